@@ -1,0 +1,52 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+DEBIAN_TOOLS := prometheus prometheus-alertmanager
+
+.PHONY: demo test lint typecheck pytest tools rules dashboard bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Prometheus and Alertmanager come from Debian's packages; installing them starts nothing.
+tools:
+	@missing=0; for b in prometheus promtool prometheus-alertmanager amtool; do \
+	  command -v $$b >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Prometheus/Alertmanager missing: run as root, or: sudo apt-get install -y --no-install-recommends $(DEBIAN_TOOLS)"; exit 1; fi; \
+	  echo "installing $(DEBIAN_TOOLS) from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS) >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	@$(MAKE) --no-print-directory tools || echo "continuing without Prometheus/Alertmanager: the exporter runs alone"
+	$(BIN)/agent-registry-exporter demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) tools
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+# Regenerate committed artefacts after changing a default.
+rules: $(STAMP)
+	$(BIN)/agent-registry-exporter rules > alerts/agent-registry.rules.yml
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/scrape.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,38 @@
+"""agent-registry-exporter: keep multi-user AI-agent backends from leaking sessions."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("agent-registry-exporter")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+from .lifecycle import AgentLifecycleManager, CleanupResult, Thresholds
+from .registry import (
+    AgentRegistry,
+    DuplicateAgentError,
+    RegistrySnapshot,
+    SessionRow,
+    UserAgentSession,
+)
+from .server import ExporterServer, create_app, start_exporter
+from .settings import Settings
+from .source import InProcessSource, RegistrySource
+
+__all__ = [
+    "AgentLifecycleManager",
+    "AgentRegistry",
+    "CleanupResult",
+    "DuplicateAgentError",
+    "ExporterServer",
+    "InProcessSource",
+    "RegistrySnapshot",
+    "RegistrySource",
+    "SessionRow",
+    "Settings",
+    "Thresholds",
+    "UserAgentSession",
+    "__version__",
+    "create_app",
+    "start_exporter",
+]

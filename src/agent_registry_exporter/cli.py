@@ -1,0 +1,191 @@
+"""The `agent-registry-exporter` command: serve, rules, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import __version__
+from .registry import AgentRegistry
+from .rules import RuleOptions, render_rules_yaml
+from .server import start_exporter
+from .settings import Settings, ThresholdSettings, describe_validation_error
+
+__all__ = ["main"]
+
+_log = logging.getLogger("agent_registry_exporter")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            text += " " + " ".join(f"{k}={v!r}" for k, v in fields.items())
+        return text
+
+
+def configure_logging(settings: Settings) -> None:
+    """One line per event: JSON when not on a terminal (or when asked), text otherwise."""
+    handler = logging.StreamHandler(sys.stderr)
+    as_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not sys.stderr.isatty()
+    )
+    handler.setFormatter(
+        _JsonFormatter() if as_json else _TextFormatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+
+
+def _threshold_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("thresholds (env AGENT_REGISTRY_EXPORTER_<NAME>)")
+    group.add_argument("--agents-per-user", type=int, help="agents one session may hold (50)")
+    group.add_argument("--session-age-seconds", type=float, help="session age limit (86400)")
+    group.add_argument("--total-agents", type=int, help="agents one registry may hold (500)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-registry-exporter",
+        description="Export agent-registry sessions to Prometheus and clean up leaking ones.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the exporter server")
+    serve.add_argument("--listen-host", help="address to bind (0.0.0.0)")
+    serve.add_argument("--listen-port", type=int, help="port to bind (8464; 0 picks a free one)")
+    serve.add_argument("--max-user-series", type=int, help="cap on per-user series (10000)")
+    serve.add_argument("--webhook-token-file", help="file holding the webhook bearer token")
+    serve.add_argument("--dry-run", action="store_true", default=None, help="decide, never act")
+    serve.add_argument("--demo", action="store_true", help="fill the registry with a demo workload")
+    serve.add_argument(
+        "--check-config", action="store_true", help="validate settings and exit (0 when valid)"
+    )
+    _threshold_options(serve)
+
+    rules = commands.add_parser("rules", help="print the Prometheus alert rules as YAML")
+    _threshold_options(rules)
+    defaults = RuleOptions()
+    for name in (
+        "agents_per_user",
+        "session_age",
+        "total_agents",
+        "cleanup_failing",
+        "exporter_down",
+    ):
+        rules.add_argument(
+            f"--for-{name.replace('_', '-')}",
+            default=getattr(defaults, f"for_{name}"),
+            help="`for:` of that alert, at most 10m (%(default)s)",
+        )
+    rules.add_argument(
+        "--job", default=defaults.job, help="scrape job of the exporter (%(default)s)"
+    )
+
+    demo = commands.add_parser("demo", help="run the whole loop on a simulated backend")
+    demo.add_argument("--duration", type=float, default=120.0, help="give up after this (s)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, ThresholdSettings]:
+    threshold_names = ("agents_per_user", "session_age_seconds", "total_agents")
+    thresholds = ThresholdSettings(**_overrides(args, threshold_names))
+    thresholds.to_thresholds()  # validate now, so a bad limit stops start-up
+    settings = Settings(
+        **_overrides(
+            args,
+            ("listen_host", "listen_port", "max_user_series", "webhook_token_file", "dry_run"),
+        )
+    )
+    return settings, thresholds
+
+
+async def _serve(settings: Settings, thresholds: ThresholdSettings, demo: bool) -> None:
+    registry = AgentRegistry(thresholds=thresholds.to_thresholds())
+    if demo:
+        from .demo import populate
+
+        kinds = await populate(registry)
+        _log.info("demo workload loaded: %s", {k: len(v) for k, v in kinds.items()})
+    server = await start_exporter(registry, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"agent-registry-exporter {__version__} serving {server.url}/metrics", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _build_parser().parse_args(argv)
+    try:
+        settings, thresholds = _load(args)
+        if args.command == "rules":
+            options = RuleOptions(
+                for_agents_per_user=args.for_agents_per_user,
+                for_session_age=args.for_session_age,
+                for_total_agents=args.for_total_agents,
+                for_cleanup_failing=args.for_cleanup_failing,
+                for_exporter_down=args.for_exporter_down,
+                job=args.job,
+            )
+    except ValidationError as exc:
+        print(describe_validation_error(exc), file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"invalid option: {exc}", file=sys.stderr)
+        return 2
+
+    if args.command == "rules":
+        sys.stdout.write(render_rules_yaml(thresholds.to_thresholds(), options))
+        return 0
+    configure_logging(settings)
+    if args.command == "serve":
+        if args.check_config:
+            print("configuration is valid")
+            return 0
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(settings, thresholds, args.demo))
+        return 0
+    from .demo import run_demo
+
+    code: int = asyncio.run(run_demo(settings, thresholds.to_thresholds(), duration=args.duration))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

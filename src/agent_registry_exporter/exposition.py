@@ -1,0 +1,226 @@
+"""Rendering registry snapshots as Prometheus text 0.0.4 or OpenMetrics 1.0, fast.
+
+The per-user families are written with plain string formatting: for 100,000 users the
+stock prometheus_client encoder is 10-20x slower, and the exporter shares its process
+with the agent backend. The exporter's own metrics go through a private
+prometheus_client registry and are appended.
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import generate_latest as _generate_text
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as _untyped_generate_openmetrics,
+)
+
+from .registry import RegistrySnapshot, SessionLike
+
+__all__ = [
+    "OPENMETRICS_CONTENT_TYPE",
+    "TEXT_CONTENT_TYPE",
+    "ExporterMetrics",
+    "Rendered",
+    "render",
+    "select_sessions",
+    "wants_gzip",
+    "wants_openmetrics",
+]
+
+
+def _generate_openmetrics(registry: CollectorRegistry) -> bytes:
+    # prometheus_client's OpenMetrics encoder has no annotations.
+    result: bytes = _untyped_generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+    return result
+
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_EOF = "# EOF\n"
+# Fast enough to keep a 10 MB scrape under ~100 ms, and within a few percent of level 9's size.
+_GZIP_LEVEL = 6
+
+
+class ExporterMetrics:
+    """The exporter's own metrics, in a private registry (never prometheus_client's global)."""
+
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        build_info = Gauge(
+            "agent_registry_exporter_build_info",
+            "Always 1; the version label names the running exporter.",
+            ["version"],
+            registry=self.registry,
+        )
+        build_info.labels(version=version).set(1)
+        self.scrape_duration = Gauge(
+            "agent_registry_exporter_scrape_duration_seconds",
+            "Time the last /metrics render took.",
+            registry=self.registry,
+        )
+        self.cleanups = Counter(
+            "agent_registry_cleanups",
+            "Cleanup decisions by trigger and outcome.",
+            ["trigger", "result"],
+            registry=self.registry,
+        )
+        self.cleaned_agents = Counter(
+            "agent_registry_cleaned_agents",
+            "Agents closed by cleanups.",
+            registry=self.registry,
+        )
+        self.webhook_requests = Counter(
+            "agent_registry_webhook_requests",
+            "Webhook HTTP responses by status code.",
+            ["code"],
+            registry=self.registry,
+        )
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when the Accept header lists OpenMetrics (Prometheus asks for it first)."""
+    return any(
+        part.split(";", 1)[0].strip() == "application/openmetrics-text"
+        for part in accept.split(",")
+    )
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    """True when the client accepts gzip (and has not refused it with q=0)."""
+    for part in accept_encoding.split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def select_sessions(
+    snapshot: RegistrySnapshot, counts: Sequence[int], max_user_series: int
+) -> list[int]:
+    """Indexes of the sessions to export when there are more than `max_user_series`.
+
+    Users are ranked by how close they are to a limit (their largest ratio of value to
+    limit), so every violating user is kept before any healthy one.
+    """
+    limits = snapshot.thresholds
+    per_agent = 1.0 / limits.agents_per_user
+    per_second = 1.0 / limits.session_age_seconds
+    now = snapshot.taken_at
+    sessions = snapshot.sessions
+
+    def pressure(i: int) -> float:
+        return max(counts[i] * per_agent, (now - sessions[i].created_timestamp) * per_second)
+
+    keep = heapq.nlargest(max_user_series, range(len(sessions)), key=pressure)
+    keep.sort()
+    return keep
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A rendered scrape body and the headers that describe it."""
+
+    body: bytes
+    content_type: str
+    gzipped: bool
+
+
+def render(
+    snapshot: RegistrySnapshot,
+    metrics: ExporterMetrics,
+    *,
+    openmetrics: bool,
+    gzipped: bool = False,
+    max_user_series: int = 10_000,
+) -> Rendered:
+    """Render a snapshot plus the exporter's own metrics. CPU-bound: call it off the loop."""
+    started = time.perf_counter()
+    sessions = snapshot.sessions
+    # Each count is read once, so the totals below are the sum of what is printed.
+    counts = [s.agent_count for s in sessions]
+    total_agents = sum(counts)
+    chosen: Sequence[int] = range(len(sessions))
+    if len(sessions) > max_user_series:
+        chosen = select_sessions(snapshot, counts, max_user_series)
+    omitted = len(sessions) - len(chosen)
+
+    body = _render_families(snapshot, sessions, counts, chosen, total_agents, omitted)
+    own = (
+        _generate_openmetrics(metrics.registry) if openmetrics else _generate_text(metrics.registry)
+    )
+    if openmetrics:
+        own = own.removesuffix(_EOF.encode())
+    payload = body.encode() + own + (_EOF.encode() if openmetrics else b"")
+    if gzipped:
+        payload = gzip.compress(payload, compresslevel=_GZIP_LEVEL)
+    metrics.scrape_duration.set(time.perf_counter() - started)
+    return Rendered(
+        body=payload,
+        content_type=OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+        gzipped=gzipped,
+    )
+
+
+def _header(name: str, help_text: str) -> str:
+    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
+
+
+def _render_families(
+    snapshot: RegistrySnapshot,
+    sessions: Sequence[SessionLike],
+    counts: Sequence[int],
+    chosen: Sequence[int],
+    total_agents: int,
+    omitted: int,
+) -> str:
+    now = snapshot.taken_at
+    labels = [_escape(sessions[i].user_id) for i in chosen]
+    created = [sessions[i].created_timestamp for i in chosen]
+    limits = snapshot.thresholds
+    parts = [
+        _header("agent_registry_user_agents", "Agents in the user's session."),
+        "".join(
+            f'agent_registry_user_agents{{user_id="{label}"}} {counts[i]}\n'
+            for label, i in zip(labels, chosen, strict=True)
+        ),
+        _header("agent_registry_user_session_age_seconds", "Age of the user's session."),
+        "".join(
+            f'agent_registry_user_session_age_seconds{{user_id="{label}"}} {now - ts!r}\n'
+            for label, ts in zip(labels, created, strict=True)
+        ),
+        _header(
+            "agent_registry_user_session_created_timestamp_seconds",
+            "Start of the user's session in Unix seconds.",
+        ),
+        "".join(
+            f'agent_registry_user_session_created_timestamp_seconds{{user_id="{label}"}} {ts!r}\n'
+            for label, ts in zip(labels, created, strict=True)
+        ),
+        _header("agent_registry_users", "Sessions in the registry."),
+        f"agent_registry_users {len(sessions)}\n",
+        _header("agent_registry_agents", "Agents in the registry."),
+        f"agent_registry_agents {total_agents}\n",
+        _header("agent_registry_threshold", "Limits the lifecycle manager enforces."),
+        f'agent_registry_threshold{{threshold="agents_per_user"}} {limits.agents_per_user}\n'
+        f'agent_registry_threshold{{threshold="session_age_seconds"}} '
+        f"{float(limits.session_age_seconds)!r}\n"
+        f'agent_registry_threshold{{threshold="total_agents"}} {limits.total_agents}\n',
+        _header(
+            "agent_registry_user_series_omitted",
+            "Users left out of the per-user series by the max_user_series cap.",
+        ),
+        f"agent_registry_user_series_omitted {omitted}\n",
+    ]
+    return "".join(parts)

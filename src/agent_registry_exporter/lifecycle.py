@@ -1,0 +1,187 @@
+"""Thresholds and the lifecycle manager that checks sessions against them and cleans up."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from .registry import AgentRegistry, UserAgentSession
+
+__all__ = ["AgentLifecycleManager", "CleanupResult", "Thresholds"]
+
+_log = logging.getLogger(__name__)
+
+# Tried in this order; the first one an agent has is the one awaited.
+_CLOSE_METHODS = ("aclose", "close", "cleanup")
+
+
+class Thresholds(BaseModel):
+    """Limits a session may reach; each one is exceeded only when strictly greater."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agents_per_user: int = Field(default=50, gt=0, description="agents in one user's session")
+    session_age_seconds: float = Field(default=24 * 3600, gt=0, description="age of a session")
+    total_agents: int = Field(default=500, gt=0, description="agents in one registry")
+
+    def user_issues(self, agent_count: int, uptime_seconds: float) -> list[str]:
+        """The issue strings for one session, in the seed system's exact wording."""
+        issues = []
+        if agent_count > self.agents_per_user:
+            issues.append(f"Too many agents: {agent_count}")
+        if uptime_seconds > self.session_age_seconds:
+            issues.append(f"Session too old: {uptime_seconds / 3600:.1f}h")
+        return issues
+
+    def total_issues(self, total_agents: int) -> list[str]:
+        """The issue strings for a whole registry."""
+        if total_agents > self.total_agents:
+            return [f"Too many agents in total: {total_agents}"]
+        return []
+
+
+@dataclass
+class CleanupResult:
+    """What one `trigger_cleanup` did. Agent failures are listed here, never raised."""
+
+    user_id: str
+    found: bool
+    agents_cleaned: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+    duration_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class AgentLifecycleManager:
+    """Monitors sessions against the registry's thresholds and cleans them up.
+
+    It owns no sessions: every read goes through the registry it was given.
+    """
+
+    def __init__(
+        self, registry: AgentRegistry | None = None, *, agent_close_timeout: float = 5.0
+    ) -> None:
+        if agent_close_timeout <= 0:
+            raise ValueError("agent_close_timeout must be greater than 0")
+        self.registry = registry
+        self.agent_close_timeout = agent_close_timeout
+
+    async def monitor_memory_usage(self, user_id: str) -> dict[str, Any]:
+        """Check one user's session; never raises (a failure is `status: 'error'`)."""
+        if self.registry is None:
+            return {"status": "no_registry", "user_id": user_id, "metrics": {}, "issues": []}
+        try:
+            session = self.registry.get_session(user_id)
+            if session is None:
+                return {"status": "no_session", "user_id": user_id, "metrics": {}, "issues": []}
+            return self.evaluate(session)
+        except Exception as exc:
+            _log.exception("monitoring user %r failed", user_id)
+            return {
+                "status": "error",
+                "user_id": user_id,
+                "metrics": {},
+                "issues": [],
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+
+    def evaluate(self, session: UserAgentSession) -> dict[str, Any]:
+        """The monitoring result for a session the caller already holds."""
+        assert self.registry is not None
+        metrics = session.get_metrics()
+        issues = self.registry.thresholds.user_issues(
+            metrics["agent_count"], metrics["uptime_seconds"]
+        )
+        return {
+            "status": "warning" if issues else "healthy",
+            "user_id": session.user_id,
+            "metrics": metrics,
+            "issues": issues,
+        }
+
+    async def monitor_all_users(self) -> dict[str, Any]:
+        """Check every session; `global_issues` holds every user's issues and the total's."""
+        if self.registry is None:
+            return {"total_users": 0, "total_agents": 0, "global_issues": [], "users": {}}
+        users: dict[str, Any] = {}
+        global_issues: list[str] = []
+        total_agents = 0
+        # No await inside the loop: the report is one consistent moment of the registry.
+        for session in self.registry.sessions():
+            result = self.evaluate(session)
+            users[session.user_id] = result
+            global_issues.extend(result["issues"])
+            total_agents += result["metrics"]["agent_count"]
+        global_issues.extend(self.registry.thresholds.total_issues(total_agents))
+        return {
+            "total_users": len(users),
+            "total_agents": total_agents,
+            "global_issues": global_issues,
+            "users": users,
+        }
+
+    async def trigger_cleanup(self, user_id: str) -> CleanupResult:
+        """Detach the user's session, then close its agents; an unknown user is a no-op."""
+        started = time.perf_counter()
+        if self.registry is None:
+            return CleanupResult(user_id=user_id, found=False)
+        session = await self.registry.detach_session(user_id)
+        if session is None:
+            return CleanupResult(user_id=user_id, found=False)
+        # Outside the registry lock: a slow agent must not stall registration for everyone.
+        agents = session.drain()
+        errors = await self._close_all(agents)
+        cleaned = len(agents) - len(errors)
+        _log.info("cleaned session of user %r: %d agents, %d errors", user_id, cleaned, len(errors))
+        return CleanupResult(
+            user_id=user_id,
+            found=True,
+            agents_cleaned=cleaned,
+            errors=errors,
+            duration_seconds=time.perf_counter() - started,
+        )
+
+    async def cleanup_agent_resources(self, user_id: str, agent_id: str) -> bool:
+        """Unregister one agent and close it; False when it was not registered or failed."""
+        if self.registry is None:
+            return False
+        agent = await self.registry.unregister_user_agent(user_id, agent_id)
+        if agent is None:
+            return False
+        errors = await self._close_all([(agent_id, agent)])
+        return not errors
+
+    async def _close_all(self, agents: Sequence[tuple[str, Any]]) -> dict[str, str]:
+        outcomes = await asyncio.gather(*(self._close_one(agent) for _, agent in agents))
+        return {
+            agent_id: error for (agent_id, _), error in zip(agents, outcomes, strict=True) if error
+        }
+
+    async def _close_one(self, agent: Any) -> str | None:
+        for name in _CLOSE_METHODS:
+            method = getattr(agent, name, None)
+            if callable(method):
+                break
+        else:
+            return None
+        try:
+            async with asyncio.timeout(self.agent_close_timeout):
+                outcome = method()
+                if inspect.isawaitable(outcome):
+                    await outcome
+        except TimeoutError:
+            return f"{name}() timed out after {self.agent_close_timeout:g}s"
+        except Exception as exc:
+            return f"{name}() raised {type(exc).__name__}: {exc}"
+        return None

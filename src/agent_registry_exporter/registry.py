@@ -1,0 +1,201 @@
+"""The registry: the one owner of user sessions, and the snapshot the exporter reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
+
+from .lifecycle import AgentLifecycleManager, Thresholds
+
+__all__ = [
+    "AgentRegistry",
+    "DuplicateAgentError",
+    "RegistrySnapshot",
+    "SessionLike",
+    "SessionRow",
+    "UserAgentSession",
+]
+
+Clock = Callable[[], float]
+
+
+class DuplicateAgentError(ValueError):
+    """An agent id is already registered in that user's session."""
+
+
+class UserAgentSession:
+    """One user's live agents and when the session started."""
+
+    __slots__ = ("_agents", "_clock", "created_timestamp", "user_id")
+
+    def __init__(
+        self, user_id: str, *, clock: Clock = time.time, created_at: datetime | None = None
+    ) -> None:
+        self.user_id = user_id
+        self._clock = clock
+        self._agents: dict[str, Any] = {}
+        # Kept as Unix seconds: the exporter reads it for every user on every scrape.
+        self.created_timestamp: float = clock()
+        if created_at is not None:
+            self.created_at = created_at
+
+    @property
+    def created_at(self) -> datetime:
+        """Session start as a timezone-aware UTC datetime; settable (tests backdate it)."""
+        return datetime.fromtimestamp(self.created_timestamp, UTC)
+
+    @created_at.setter
+    def created_at(self, value: datetime) -> None:
+        if value.tzinfo is None:
+            raise ValueError("created_at must be timezone-aware (use datetime.now(UTC))")
+        self.created_timestamp = value.timestamp()
+
+    @property
+    def agents(self) -> Mapping[str, Any]:
+        """A read-only view of the agents by id."""
+        return MappingProxyType(self._agents)
+
+    @property
+    def agent_count(self) -> int:
+        return len(self._agents)
+
+    @property
+    def uptime_seconds(self) -> float:
+        return self._clock() - self.created_timestamp
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The session's figures, as the seed system reported them."""
+        return {
+            "user_id": self.user_id,
+            "agent_count": len(self._agents),
+            "uptime_seconds": self.uptime_seconds,
+            "created_at": self.created_at.isoformat(),
+            "agent_ids": list(self._agents),
+        }
+
+    def drain(self) -> list[tuple[str, Any]]:
+        """Remove and return every agent (used once the session is detached)."""
+        agents = list(self._agents.items())
+        self._agents.clear()
+        return agents
+
+    def __repr__(self) -> str:
+        return f"UserAgentSession(user_id={self.user_id!r}, agents={len(self._agents)})"
+
+
+class SessionLike(Protocol):
+    """What the exporter reads of a session: a live one, or a row received over HTTP."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def agent_count(self) -> int: ...
+    @property
+    def created_timestamp(self) -> float: ...
+
+
+class SessionRow(NamedTuple):
+    """A session reduced to the figures the exporter needs."""
+
+    user_id: str
+    agent_count: int
+    created_timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySnapshot:
+    """The sessions of one registry at `taken_at`, with the thresholds in force.
+
+    Taking it copies only the list of sessions, so it is cheap on the event loop even for
+    100,000 users; the renderer reads each session's agent count exactly once, so totals
+    always equal the sum of the per-user values it prints.
+    """
+
+    taken_at: float
+    thresholds: Thresholds
+    sessions: Sequence[SessionLike]
+
+
+class AgentRegistry:
+    """The single source of truth for user sessions (user_id -> UserAgentSession).
+
+    Mutating methods are coroutines guarded by one lock; use the registry from one
+    event loop.
+    """
+
+    def __init__(
+        self,
+        thresholds: Thresholds | None = None,
+        clock: Clock = time.time,
+        *,
+        agent_close_timeout: float = 5.0,
+    ) -> None:
+        self.thresholds = thresholds if thresholds is not None else Thresholds()
+        self.clock = clock
+        self._user_sessions: dict[str, UserAgentSession] = {}
+        self._lock = asyncio.Lock()
+        self.lifecycle_manager = AgentLifecycleManager(
+            registry=self, agent_close_timeout=agent_close_timeout
+        )
+
+    def __len__(self) -> int:
+        return len(self._user_sessions)
+
+    async def get_user_session(self, user_id: str) -> UserAgentSession:
+        """The user's session, created if missing."""
+        async with self._lock:
+            return self._session_for(user_id)
+
+    async def register_user_agent(self, user_id: str, agent_id: str, agent: Any) -> None:
+        """Add an agent to the user's session (created if missing)."""
+        async with self._lock:
+            session = self._session_for(user_id)
+            if agent_id in session._agents:
+                raise DuplicateAgentError(
+                    f"agent {agent_id!r} is already registered for {user_id!r}"
+                )
+            session._agents[agent_id] = agent
+
+    async def unregister_user_agent(self, user_id: str, agent_id: str) -> Any | None:
+        """Remove an agent and return it, or None if it was not registered."""
+        async with self._lock:
+            session = self._user_sessions.get(user_id)
+            if session is None:
+                return None
+            return session._agents.pop(agent_id, None)
+
+    async def detach_session(self, user_id: str) -> UserAgentSession | None:
+        """Remove the user's session from the registry and hand it to the caller."""
+        async with self._lock:
+            return self._user_sessions.pop(user_id, None)
+
+    def get_session(self, user_id: str) -> UserAgentSession | None:
+        """The user's session if there is one (never creates)."""
+        return self._user_sessions.get(user_id)
+
+    def sessions(self) -> tuple[UserAgentSession, ...]:
+        """Every session, in creation order."""
+        return tuple(self._user_sessions.values())
+
+    def snapshot(self) -> RegistrySnapshot:
+        """A snapshot for the exporter; cheap, call it on the event loop."""
+        return RegistrySnapshot(
+            taken_at=self.clock(), thresholds=self.thresholds, sessions=self.sessions()
+        )
+
+    async def monitor_all_users(self) -> dict[str, Any]:
+        """Every user's monitoring result plus registry-wide issues."""
+        return await self.lifecycle_manager.monitor_all_users()
+
+    def _session_for(self, user_id: str) -> UserAgentSession:
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("user_id must be a non-empty string")
+        session = self._user_sessions.get(user_id)
+        if session is None:
+            session = self._user_sessions[user_id] = UserAgentSession(user_id, clock=self.clock)
+        return session

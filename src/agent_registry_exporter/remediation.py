@@ -1,0 +1,340 @@
+"""The policy from alert to action: match, dedupe, verify, rate-limit, act.
+
+Testable without HTTP: `Remediator.handle(payload)` returns one `Decision` per alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from .alertmanager import Alert, WebhookPayload
+from .lifecycle import CleanupResult
+from .source import RegistrySource
+
+__all__ = ["Decision", "Outcome", "RemediationPolicy", "Remediator", "TokenBucket"]
+
+_log = logging.getLogger(__name__)
+
+REMEDIATION_LABEL = "remediation"
+REMEDIATION_CLEANUP = "cleanup"
+
+
+class Outcome(StrEnum):
+    """What the receiver did with one alert."""
+
+    CLEANED = "cleaned"
+    DRY_RUN = "dry_run"
+    NOT_VIOLATING = "not_violating"
+    NO_SESSION = "no_session"
+    DUPLICATE = "duplicate"
+    RESOLVED = "ignored_resolved"
+    NOT_REMEDIABLE = "ignored_not_remediable"
+    NO_USER = "ignored_no_user_id"
+    OTHER_INSTANCE = "other_instance"
+    RATE_LIMITED = "rate_limited"
+    BREAKER_OPEN = "breaker_open"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+    @property
+    def retry_helps(self) -> bool:
+        """A failure that a quick retry may fix (answered 5xx)."""
+        return self in (Outcome.ERROR, Outcome.TIMEOUT)
+
+    @property
+    def deferred(self) -> bool:
+        """Held back on purpose; the next group_interval re-send may act (answered 429)."""
+        return self in (Outcome.RATE_LIMITED, Outcome.BREAKER_OPEN)
+
+
+# Only these mark an alert as handled: an alert found healthy is checked again next time,
+# since the user may have crossed the limit again while the alert kept firing.
+_HANDLED = frozenset({Outcome.CLEANED, Outcome.DRY_RUN})
+
+
+@dataclass
+class Decision:
+    """The outcome for one alert, with what identifies it."""
+
+    alertname: str
+    user_id: str | None
+    instance: str | None
+    fingerprint: str
+    outcome: Outcome
+    detail: str = ""
+    agents_cleaned: int = 0
+    duration_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "alertname": self.alertname,
+            "user_id": self.user_id,
+            "instance": self.instance,
+            "fingerprint": self.fingerprint,
+            "outcome": self.outcome.value,
+            "detail": self.detail,
+            "agents_cleaned": self.agents_cleaned,
+        }
+
+
+@dataclass(frozen=True)
+class RemediationPolicy:
+    """The safety settings of the receiver (see `Settings` for their meaning)."""
+
+    dry_run: bool = False
+    instance: str | None = None
+    cleanup_rate_per_minute: float = 60.0
+    cleanup_burst: int = 20
+    breaker_max_share: float = 0.5
+    breaker_min_users: int = 10
+    cleanup_concurrency: int = 8
+    cleanup_timeout_seconds: float = 5.0
+    dedupe_cache_size: int = 10_000
+
+
+class TokenBucket:
+    """A global rate limit: `burst` actions at once, refilled at `rate_per_second`."""
+
+    def __init__(
+        self, rate_per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate_per_second
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated = clock()
+
+    def try_take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+_AlertKey = tuple[str, datetime]
+
+
+@dataclass
+class _Candidate:
+    index: int
+    alert: Alert
+    user_id: str
+    key: _AlertKey
+
+
+@dataclass
+class _Batch:
+    decisions: list[Decision | None]
+    candidates: list[_Candidate] = field(default_factory=list)
+
+
+class Remediator:
+    """Turns webhook payloads into verified, rate-limited cleanups."""
+
+    def __init__(
+        self,
+        source: RegistrySource,
+        policy: RemediationPolicy | None = None,
+        *,
+        on_decision: Callable[[Decision], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.policy = policy or RemediationPolicy()
+        self._on_decision = on_decision
+        self._bucket = TokenBucket(
+            self.policy.cleanup_rate_per_minute / 60.0, self.policy.cleanup_burst, clock
+        )
+        self._handled: OrderedDict[_AlertKey, None] = OrderedDict()
+        self._in_flight: set[_AlertKey] = set()
+        # Cleanups that outlived a request's deadline; kept so they finish and are counted.
+        self._background: set[asyncio.Task[CleanupResult]] = set()
+
+    async def handle(self, payload: WebhookPayload) -> list[Decision]:
+        """Decide (and, unless dry-run, act) on every alert of the payload."""
+        batch = self._screen(payload.alerts)
+        claimed = [c.key for c in batch.candidates]
+        try:
+            violating = await self._verify(batch)
+            violating = await self._apply_breaker(batch, violating)
+            await self._act(batch, violating)
+        finally:
+            for key in claimed:
+                self._in_flight.discard(key)
+        for cand in batch.candidates:
+            decision = batch.decisions[cand.index]
+            if decision is not None and decision.outcome in _HANDLED:
+                self._remember(cand.key)
+        decisions = [d for d in batch.decisions if d is not None]
+        for decision in decisions:
+            self._record(decision)
+        return decisions
+
+    def _screen(self, alerts: Iterable[Alert]) -> _Batch:
+        """Steps that need no registry: status, label, user, instance, duplicates."""
+        batch = _Batch(decisions=[])
+        for index, alert in enumerate(alerts):
+            user_id = alert.labels.get("user_id") or None
+            outcome: Outcome | None = None
+            key = (alert.fingerprint, alert.starts_at)
+            if alert.status != "firing":
+                outcome = Outcome.RESOLVED
+            elif alert.labels.get(REMEDIATION_LABEL) != REMEDIATION_CLEANUP:
+                outcome = Outcome.NOT_REMEDIABLE
+            elif user_id is None:
+                outcome = Outcome.NO_USER
+            elif key in self._handled or key in self._in_flight:
+                outcome = Outcome.DUPLICATE
+            elif self.policy.instance and alert.labels.get("instance") != self.policy.instance:
+                outcome = Outcome.OTHER_INSTANCE
+            if outcome is not None:
+                batch.decisions.append(_decision(alert, outcome))
+                continue
+            assert user_id is not None
+            self._in_flight.add(key)
+            batch.decisions.append(None)
+            batch.candidates.append(_Candidate(index, alert, user_id, key))
+        return batch
+
+    async def _verify(self, batch: _Batch) -> list[_Candidate]:
+        """Keep the alerts whose user the registry itself sees over a threshold."""
+        violating = []
+        for cand in batch.candidates:
+            result = await self.source.monitor_user(cand.user_id)
+            status = result.get("status")
+            if status == "warning":
+                violating.append(cand)
+                continue
+            if status == "no_session":
+                outcome, detail = Outcome.NO_SESSION, "the registry has no session for this user"
+            elif status == "healthy":
+                outcome, detail = Outcome.NOT_VIOLATING, "the registry sees no threshold exceeded"
+            else:
+                outcome, detail = Outcome.ERROR, f"monitoring answered {status!r}"
+            batch.decisions[cand.index] = _decision(cand.alert, outcome, detail)
+        return violating
+
+    async def _apply_breaker(self, batch: _Batch, violating: list[_Candidate]) -> list[_Candidate]:
+        users = {c.user_id for c in violating}
+        if len(users) < self.policy.breaker_min_users:
+            return violating
+        total_users = len((await self.source.snapshot()).sessions)
+        if len(users) <= self.policy.breaker_max_share * total_users:
+            return violating
+        detail = (
+            f"one payload would clean {len(users)} of {total_users} users, more than "
+            f"breaker_max_share={self.policy.breaker_max_share:g}: nothing cleaned"
+        )
+        _log.warning("circuit breaker open: %s", detail)
+        for cand in violating:
+            batch.decisions[cand.index] = _decision(cand.alert, Outcome.BREAKER_OPEN, detail)
+        return []
+
+    async def _act(self, batch: _Batch, violating: list[_Candidate]) -> None:
+        by_user: dict[str, list[_Candidate]] = {}
+        for cand in violating:
+            by_user.setdefault(cand.user_id, []).append(cand)
+        allowed: list[str] = []
+        for user_id, cands in by_user.items():
+            if self._bucket.try_take():
+                allowed.append(user_id)
+                continue
+            detail = f"cleanup rate limit ({self.policy.cleanup_rate_per_minute:g}/min) reached"
+            for cand in cands:
+                batch.decisions[cand.index] = _decision(cand.alert, Outcome.RATE_LIMITED, detail)
+        if self.policy.dry_run:
+            for user_id in allowed:
+                for cand in by_user[user_id]:
+                    batch.decisions[cand.index] = _decision(
+                        cand.alert, Outcome.DRY_RUN, "would clean up (dry-run)"
+                    )
+            return
+        results = await self._clean_users(allowed)
+        for user_id in allowed:
+            for cand in by_user[user_id]:
+                batch.decisions[cand.index] = _from_result(cand.alert, results[user_id])
+
+    async def _clean_users(
+        self, users: list[str]
+    ) -> dict[str, CleanupResult | tuple[Outcome, str]]:
+        """Clean users with bounded concurrency; a tuple says why one did not finish."""
+        if not users:
+            return {}
+        semaphore = asyncio.Semaphore(self.policy.cleanup_concurrency)
+        started: set[str] = set()
+
+        async def clean(user_id: str) -> CleanupResult:
+            async with semaphore:
+                started.add(user_id)
+                return await self.source.cleanup_user(user_id)
+
+        tasks = {user_id: asyncio.create_task(clean(user_id)) for user_id in users}
+        budget = self.policy.cleanup_timeout_seconds
+        await asyncio.wait(tasks.values(), timeout=budget)
+        results: dict[str, CleanupResult | tuple[Outcome, str]] = {}
+        for user_id, task in tasks.items():
+            if task.done():
+                exc = task.exception()
+                results[user_id] = (
+                    task.result() if exc is None else (Outcome.ERROR, f"cleanup raised {exc!r}")
+                )
+            elif user_id in started:
+                # Never cancel a started cleanup: its session is already detached.
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                results[user_id] = (Outcome.TIMEOUT, f"cleanup still running after {budget:g}s")
+            else:
+                task.cancel()
+                results[user_id] = (
+                    Outcome.TIMEOUT,
+                    f"not started within {budget:g}s; nothing was touched",
+                )
+        return results
+
+    def _remember(self, key: _AlertKey) -> None:
+        self._handled[key] = None
+        self._handled.move_to_end(key)
+        while len(self._handled) > self.policy.dedupe_cache_size:
+            self._handled.popitem(last=False)
+
+    def _record(self, decision: Decision) -> None:
+        _log.info("remediation decision", extra={"fields": decision.as_dict()})
+        if self._on_decision is not None:
+            self._on_decision(decision)
+
+
+def _decision(alert: Alert, outcome: Outcome, detail: str = "") -> Decision:
+    return Decision(
+        alertname=alert.labels.get("alertname", ""),
+        user_id=alert.labels.get("user_id") or None,
+        instance=alert.labels.get("instance"),
+        fingerprint=alert.fingerprint,
+        outcome=outcome,
+        detail=detail,
+    )
+
+
+def _from_result(alert: Alert, result: CleanupResult | tuple[Outcome, str]) -> Decision:
+    if isinstance(result, tuple):
+        return _decision(alert, *result)
+    if not result.found:
+        return _decision(alert, Outcome.NO_SESSION, "session was already gone")
+    decision = _decision(alert, Outcome.CLEANED, f"{result.agents_cleaned} agents closed")
+    if not result.ok:
+        decision.outcome = Outcome.ERROR
+        decision.detail = f"{len(result.errors)} agents failed to close: " + "; ".join(
+            f"{agent}: {err}" for agent, err in sorted(result.errors.items())[:5]
+        )
+    decision.agents_cleaned = result.agents_cleaned
+    decision.duration_seconds = result.duration_seconds
+    return decision

@@ -1,0 +1,292 @@
+"""The exporter's HTTP server: `create_app` builds it, `start_exporter` embeds it."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import hdrs, web
+from pydantic import ValidationError
+
+from . import __version__
+from .alertmanager import WebhookPayload
+from .exposition import ExporterMetrics, render, wants_gzip, wants_openmetrics
+from .registry import AgentRegistry
+from .remediation import Decision, RemediationPolicy, Remediator
+from .settings import ENV_PREFIX, Settings
+from .source import InProcessSource, RegistrySource
+
+__all__ = ["ExporterServer", "create_app", "start_exporter"]
+
+_log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhook/alertmanager"
+# Two renders at once at most: a burst of scrapes queues instead of piling up threads.
+_MAX_CONCURRENT_RENDERS = 2
+
+
+@dataclass(frozen=True)
+class _WebhookAuth:
+    token: str | None
+    allow_unauthenticated: bool
+
+
+SOURCE = web.AppKey("source", RegistrySource)
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", ExporterMetrics)
+REMEDIATOR = web.AppKey("remediator", Remediator)
+_AUTH = web.AppKey("webhook_auth", _WebhookAuth)
+_RENDER_SLOTS = web.AppKey("render_slots", asyncio.Semaphore)
+
+
+def policy_from_settings(settings: Settings) -> RemediationPolicy:
+    """The receiver's safety settings, taken from `Settings`."""
+    return RemediationPolicy(
+        dry_run=settings.dry_run,
+        instance=settings.instance,
+        cleanup_rate_per_minute=settings.cleanup_rate_per_minute,
+        cleanup_burst=settings.cleanup_burst,
+        breaker_max_share=settings.breaker_max_share,
+        breaker_min_users=settings.breaker_min_users,
+        cleanup_concurrency=settings.cleanup_concurrency,
+        cleanup_timeout_seconds=settings.cleanup_timeout_seconds,
+        dedupe_cache_size=settings.dedupe_cache_size,
+    )
+
+
+def create_app(
+    source: RegistrySource,
+    settings: Settings | None = None,
+    *,
+    metrics: ExporterMetrics | None = None,
+) -> web.Application:
+    """Build the exporter app serving /metrics, the webhook, health and a landing page."""
+    settings = settings or Settings()
+    metrics = metrics or ExporterMetrics(__version__)
+    token = settings.resolved_webhook_token()
+    if token is None and not settings.webhook_allow_unauthenticated:
+        _log.warning(
+            "webhook disabled: no token configured; set %sWEBHOOK_TOKEN or %sWEBHOOK_TOKEN_FILE "
+            "(or %sWEBHOOK_ALLOW_UNAUTHENTICATED=true on a trusted network)",
+            ENV_PREFIX,
+            ENV_PREFIX,
+            ENV_PREFIX,
+        )
+
+    # Zero-initialised, so the first error is an increase that rules can see.
+    for outcome in Outcome:
+        metrics.cleanups.labels(trigger="webhook", result=outcome.value)
+
+    def count(decision: Decision) -> None:
+        metrics.cleanups.labels(trigger="webhook", result=decision.outcome.value).inc()
+        if decision.agents_cleaned:
+            metrics.cleaned_agents.inc(decision.agents_cleaned)
+
+    app = web.Application(
+        client_max_size=settings.webhook_max_body_bytes, middlewares=[_json_errors]
+    )
+    app[SOURCE] = source
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[REMEDIATOR] = Remediator(source, policy_from_settings(settings), on_decision=count)
+    app[_AUTH] = _WebhookAuth(token, settings.webhook_allow_unauthenticated)
+    app[_RENDER_SLOTS] = asyncio.Semaphore(_MAX_CONCURRENT_RENDERS)
+    app.router.add_get("/", _landing)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_post(WEBHOOK_PATH, _webhook)
+    app.router.add_get("/-/healthy", _healthy)
+    app.router.add_get("/-/ready", _ready)
+    return app
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        _log.exception("unhandled error serving %s %s", request.method, request.path)
+        return _error(500, "internal error; see the exporter's log")
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def _landing(request: web.Request) -> web.Response:
+    links = "".join(
+        f'<li><a href="{path}">{path}</a> {what}</li>'
+        for path, what in [
+            ("/metrics", "metrics"),
+            ("/-/healthy", "liveness"),
+            ("/-/ready", "readiness"),
+        ]
+    )
+    html = (
+        "<!doctype html><html><head><title>agent-registry-exporter</title></head><body>"
+        f"<h1>agent-registry-exporter {__version__}</h1><ul>{links}</ul>"
+        f"<p>Alertmanager webhook: <code>POST {WEBHOOK_PATH}</code></p></body></html>"
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    app = request.app
+    snapshot = await app[SOURCE].snapshot()
+    accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+    gzipped = wants_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
+    async with app[_RENDER_SLOTS]:
+        rendered = await asyncio.to_thread(
+            render,
+            snapshot,
+            app[METRICS],
+            openmetrics=wants_openmetrics(accept),
+            gzipped=gzipped,
+            max_user_series=app[SETTINGS].max_user_series,
+        )
+    headers = {hdrs.CONTENT_TYPE: rendered.content_type, hdrs.VARY: "Accept, Accept-Encoding"}
+    if rendered.gzipped:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return web.Response(body=rendered.body, headers=headers)
+
+
+async def _healthy(request: web.Request) -> web.Response:
+    return web.Response(text="healthy\n")
+
+
+async def _ready(request: web.Request) -> web.Response:
+    try:
+        await request.app[SOURCE].snapshot()
+    except Exception as exc:
+        return _error(503, f"registry unavailable: {type(exc).__name__}: {exc}")
+    return web.Response(text="ready\n")
+
+
+async def _webhook(request: web.Request) -> web.Response:
+    response = await _webhook_response(request)
+    request.app[METRICS].webhook_requests.labels(code=str(response.status)).inc()
+    return response
+
+
+async def _webhook_response(request: web.Request) -> web.Response:
+    auth = request.app[_AUTH]
+    if auth.token is None:
+        if not auth.allow_unauthenticated:
+            return _error(
+                403,
+                "webhook disabled: no token configured (set "
+                f"{ENV_PREFIX}WEBHOOK_TOKEN or {ENV_PREFIX}WEBHOOK_TOKEN_FILE)",
+            )
+    elif not _bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), auth.token):
+        response = _error(401, "missing or wrong bearer token")
+        response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="agent-registry-exporter"'
+        return response
+
+    limit = request.app[SETTINGS].webhook_max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _error(413, f"body of {request.content_length} bytes exceeds {limit} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body exceeds {limit} bytes")
+
+    try:
+        payload = WebhookPayload.model_validate_json(body)
+    except ValidationError as exc:
+        return _invalid_payload(exc)
+
+    decisions = await request.app[REMEDIATOR].handle(payload)
+    outcomes = [d.outcome for d in decisions]
+    if any(o.retry_helps for o in outcomes):
+        status, verdict = 500, "retry: some cleanups failed or did not finish"
+    elif any(o.deferred for o in outcomes):
+        status, verdict = 429, "deferred: some cleanups held back by the rate limit or breaker"
+    else:
+        status, verdict = 200, "ok"
+    summary: dict[str, int] = {}
+    for outcome in outcomes:
+        summary[outcome.value] = summary.get(outcome.value, 0) + 1
+    return web.json_response(
+        {
+            "status": verdict,
+            "summary": summary,
+            "truncated_alerts": payload.truncated_alerts,
+            "alerts": [d.as_dict() for d in decisions],
+        },
+        status=status,
+    )
+
+
+def _bearer_matches(header: str, token: str) -> bool:
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+
+def _invalid_payload(exc: ValidationError) -> web.Response:
+    errors = exc.errors(include_url=False, include_input=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return _error(400, f"invalid JSON: {errors[0]['msg'].removeprefix('Invalid JSON: ')}")
+    problems = [
+        {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in errors[:20]
+    ]
+    return _error(400, "payload is not an Alertmanager v4 webhook", problems=problems)
+
+
+class ExporterServer:
+    """A running exporter app on its own port; `stop()` releases everything."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self._requested_port = port
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._requested_port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        _log.info("exporter listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def start_exporter(
+    registry: AgentRegistry | RegistrySource, settings: Settings | None = None
+) -> ExporterServer:
+    """Serve /metrics and the webhook for `registry` on its own port (embedding)."""
+    settings = settings or Settings()
+    source: RegistrySource = (
+        InProcessSource(registry) if isinstance(registry, AgentRegistry) else registry
+    )
+    server = ExporterServer(
+        create_app(source, settings), settings.listen_host, settings.listen_port
+    )
+    await server.start()
+    return server

@@ -1,0 +1,102 @@
+"""Settings, read from arguments or `AGENT_REGISTRY_EXPORTER_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .lifecycle import Thresholds
+
+__all__ = ["ENV_PREFIX", "Settings", "ThresholdSettings", "describe_validation_error"]
+
+ENV_PREFIX = "AGENT_REGISTRY_EXPORTER_"
+
+
+class Settings(BaseSettings):
+    """How the exporter server listens, exports and remediates."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    listen_host: str = Field(default="0.0.0.0", min_length=1)
+    listen_port: int = Field(default=8464, ge=0, le=65535)
+    max_user_series: int = Field(default=10_000, gt=0)
+
+    webhook_token: SecretStr | None = None
+    webhook_token_file: Path | None = None
+    webhook_allow_unauthenticated: bool = False
+    webhook_max_body_bytes: int = Field(default=1 << 20, gt=0)
+    instance: str | None = Field(
+        default=None,
+        description="the `instance` label Prometheus gives this replica; alerts naming another"
+        " instance are not acted on here. Unset: every alert is for this replica.",
+    )
+    dry_run: bool = False
+    cleanup_rate_per_minute: float = Field(default=60.0, gt=0)
+    cleanup_burst: int = Field(default=20, gt=0)
+    breaker_max_share: float = Field(default=0.5, gt=0, le=1)
+    breaker_min_users: int = Field(default=10, gt=0)
+    cleanup_concurrency: int = Field(default=8, gt=0)
+    cleanup_timeout_seconds: float = Field(default=5.0, gt=0)
+    dedupe_cache_size: int = Field(default=10_000, gt=0)
+
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Settings:
+        if self.webhook_token is not None and self.webhook_token_file is not None:
+            raise ValueError("set webhook_token or webhook_token_file, not both")
+        if self.webhook_token is not None and not self.webhook_token.get_secret_value().strip():
+            raise ValueError("webhook_token is empty")
+        if self.webhook_token_file is not None:
+            self._read_token_file(self.webhook_token_file)
+        return self
+
+    def resolved_webhook_token(self) -> str | None:
+        """The bearer token the webhook requires, or None when none is configured."""
+        if self.webhook_token is not None:
+            return self.webhook_token.get_secret_value().strip()
+        if self.webhook_token_file is not None:
+            return self._read_token_file(self.webhook_token_file)
+        return None
+
+    @staticmethod
+    def _read_token_file(path: Path) -> str:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"webhook_token_file {str(path)!r} cannot be read: {exc.strerror}"
+            ) from None
+        if not token:
+            raise ValueError(f"webhook_token_file {str(path)!r} is empty")
+        return token
+
+
+class ThresholdSettings(BaseSettings):
+    """Threshold overrides; anything unset keeps the default in `Thresholds`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    agents_per_user: int | None = None
+    session_age_seconds: float | None = None
+    total_agents: int | None = None
+
+    def to_thresholds(self) -> Thresholds:
+        return Thresholds(**self.model_dump(exclude_none=True))
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the setting and its environment variable."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if field:
+            lines.append(f"invalid setting {field} ({ENV_PREFIX}{field.upper()}): {message}")
+        else:
+            lines.append(f"invalid settings: {message}")
+    return "\n".join(lines)
