@@ -15,7 +15,7 @@ from . import __version__
 from .alertmanager import WebhookPayload
 from .exposition import ExporterMetrics, render, wants_gzip, wants_openmetrics
 from .registry import AgentRegistry
-from .remediation import Decision, RemediationPolicy, Remediator
+from .remediation import Decision, Outcome, RemediationPolicy, Remediator
 from .settings import ENV_PREFIX, Settings
 from .source import InProcessSource, RegistrySource
 

@@ -1,0 +1,136 @@
+"""trigger_cleanup: detach first, close every agent once, survive bad agents, lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from agent_registry_exporter import AgentRegistry
+
+from .conftest import FailingAgent, HangingAgent, RecordingAgent, SyncCloseAgent
+
+
+class TestTriggerCleanup:
+    async def test_every_agent_is_closed_exactly_once(self, registry, fill) -> None:
+        """A cleanup closes each agent once and removes the session."""
+        agents = await fill("u1", 12)
+        result = await registry.lifecycle_manager.trigger_cleanup("u1")
+        assert result.found
+        assert result.ok
+        assert result.agents_cleaned == 12
+        assert [a.closes for a in agents] == [1] * 12
+        assert registry.get_session("u1") is None
+
+    async def test_other_users_are_untouched(self, registry, fill) -> None:
+        """Cleaning one user leaves the others' sessions and agents alone."""
+        await fill("u1", 3)
+        others = await fill("u2", 4)
+        await registry.lifecycle_manager.trigger_cleanup("u1")
+        assert registry.get_session("u2").agent_count == 4
+        assert all(a.closes == 0 for a in others)
+
+    async def test_unknown_user_is_a_no_op(self, registry) -> None:
+        """Cleaning a user without a session reports found=False and raises nothing."""
+        result = await registry.lifecycle_manager.trigger_cleanup("ghost")
+        assert not result.found
+        assert result.agents_cleaned == 0
+
+    async def test_failing_and_hanging_agents_do_not_stop_the_others(self, registry) -> None:
+        """One agent raising and one hanging: the rest are closed, both errors are reported."""
+        good = [RecordingAgent(f"g{n}") for n in range(5)]
+        for n, agent in enumerate(good):
+            await registry.register_user_agent("u1", f"good-{n}", agent)
+        await registry.register_user_agent("u1", "bad", FailingAgent())
+        await registry.register_user_agent("u1", "stuck", HangingAgent())
+
+        started = time.perf_counter()
+        result = await registry.lifecycle_manager.trigger_cleanup("u1")
+
+        assert time.perf_counter() - started < 2  # the 0.2 s close timeout, not the hour
+        assert [a.closes for a in good] == [1] * 5
+        assert result.agents_cleaned == 5
+        assert set(result.errors) == {"bad", "stuck"}
+        assert "socket already gone" in result.errors["bad"]
+        assert "timed out" in result.errors["stuck"]
+        assert registry.get_session("u1") is None
+
+    async def test_sync_close_and_agents_without_close_are_handled(self, registry) -> None:
+        """A plain close() is called; an object with nothing to call counts as cleaned."""
+        sync = SyncCloseAgent()
+        await registry.register_user_agent("u1", "sync", sync)
+        await registry.register_user_agent("u1", "plain", object())
+        result = await registry.lifecycle_manager.trigger_cleanup("u1")
+        assert sync.closed == 1
+        assert result.agents_cleaned == 2
+
+    async def test_agent_registered_during_cleanup_lands_in_a_new_session(self, registry) -> None:
+        """An agent added while the old session's agents are closing is kept, never closed."""
+        release = asyncio.Event()
+
+        closing = asyncio.Event()
+
+        class SlowAgent(RecordingAgent):
+            async def aclose(self) -> None:
+                closing.set()
+                await release.wait()
+                self.closes += 1
+
+        slow = SlowAgent()
+        await registry.register_user_agent("u1", "old", slow)
+        cleanup = asyncio.create_task(registry.lifecycle_manager.trigger_cleanup("u1"))
+        await closing.wait()  # the session is detached and its agents are closing
+        assert registry.get_session("u1") is None
+
+        newcomer = RecordingAgent("new")
+        await registry.register_user_agent("u1", "new", newcomer)
+        release.set()
+        result = await cleanup
+
+        assert result.agents_cleaned == 1
+        assert slow.closes == 1
+        assert newcomer.closes == 0
+        assert dict(registry.get_session("u1").agents) == {"new": newcomer}
+
+    async def test_concurrent_cleanups_close_each_agent_once(self, registry, fill) -> None:
+        """Two cleanups of one user at once: one finds the session, the other a no-op."""
+        agents = await fill("u1", 20)
+        first, second = await asyncio.gather(
+            registry.lifecycle_manager.trigger_cleanup("u1"),
+            registry.lifecycle_manager.trigger_cleanup("u1"),
+        )
+        assert sorted([first.found, second.found]) == [False, True]
+        assert [a.closes for a in agents] == [1] * 20
+
+    async def test_cleanup_agent_resources_closes_one_agent(self, registry, fill) -> None:
+        """Closing one agent leaves the rest of the session."""
+        agents = await fill("u1", 3)
+        assert await registry.lifecycle_manager.cleanup_agent_resources("u1", "agent-1")
+        assert [a.closes for a in agents] == [0, 1, 0]
+        assert registry.get_session("u1").agent_count == 2
+        assert not await registry.lifecycle_manager.cleanup_agent_resources("u1", "agent-1")
+
+
+class TestChurn:
+    async def test_registration_and_cleanup_racing_lose_no_agent(self, clock) -> None:
+        """Every agent ever registered is either still registered or closed exactly once."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=1)
+        made: list[RecordingAgent] = []
+
+        async def producer(user: str) -> None:
+            for n in range(200):
+                agent = RecordingAgent(f"{user}/{n}")
+                made.append(agent)
+                await registry.register_user_agent(user, f"a{n}", agent)
+                await asyncio.sleep(0)
+
+        async def cleaner() -> None:
+            for _ in range(100):
+                for user in ("u1", "u2", "u3"):
+                    await registry.lifecycle_manager.trigger_cleanup(user)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(producer("u1"), producer("u2"), producer("u3"), cleaner())
+
+        live = {id(a) for s in registry.sessions() for a in s.agents.values()}
+        for agent in made:
+            assert agent.closes == (0 if id(agent) in live else 1), agent.name

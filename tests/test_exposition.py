@@ -1,0 +1,229 @@
+"""Rendering: both formats parse back to the registry's values, for any user id."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
+from agent_registry_exporter.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    ExporterMetrics,
+    render,
+    wants_gzip,
+    wants_openmetrics,
+)
+
+from .conftest import DATA, T0
+
+UGLY_IDS = ["plain", 'quote"inside', "back\\slash", "new\nline", "日本語-ユーザー", "trailing\\"]
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def snapshot_of(rows: list[SessionRow], thresholds: Thresholds | None = None) -> RegistrySnapshot:
+    return RegistrySnapshot(taken_at=T0, thresholds=thresholds or Thresholds(), sessions=rows)
+
+
+def samples(
+    text: str, *, openmetrics: bool
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    parse = parse_om if openmetrics else parse_text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse(text)
+        for s in family.samples
+    }
+
+
+def user_value(parsed: dict, name: str, user: str) -> float:
+    return parsed[(name, (("user_id", user),))]
+
+
+@pytest.fixture
+def metrics() -> ExporterMetrics:
+    return ExporterMetrics("9.9.9")
+
+
+class TestRoundTrip:
+    @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+    def test_ugly_user_ids_parse_back_to_their_values(self, metrics, openmetrics) -> None:
+        """Quotes, backslashes, newlines and non-ASCII ids survive both formats."""
+        rows = [SessionRow(uid, n + 1, T0 - 100 * n) for n, uid in enumerate(UGLY_IDS)]
+        body = render(snapshot_of(rows), metrics, openmetrics=openmetrics).body.decode()
+        parsed = samples(body, openmetrics=openmetrics)
+        for n, uid in enumerate(UGLY_IDS):
+            assert user_value(parsed, "agent_registry_user_agents", uid) == n + 1
+            assert user_value(parsed, "agent_registry_user_session_age_seconds", uid) == 100 * n
+            created = "agent_registry_user_session_created_timestamp_seconds"
+            assert user_value(parsed, created, uid) == T0 - 100 * n
+        assert parsed[("agent_registry_agents", ())] == sum(range(1, len(UGLY_IDS) + 1))
+        assert parsed[("agent_registry_users", ())] == len(UGLY_IDS)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        ids=st.lists(
+            st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12),
+            min_size=1,
+            max_size=8,
+            unique=True,
+        ),
+        openmetrics=st.booleans(),
+    )
+    def test_any_user_id_gives_a_valid_scrape(self, ids: list[str], openmetrics: bool) -> None:
+        """Whatever the ids, the output parses and totals equal the per-user sum."""
+        rows = [SessionRow(uid, len(uid), T0) for uid in ids]
+        body = render(snapshot_of(rows), ExporterMetrics("1"), openmetrics=openmetrics).body
+        parsed = samples(body.decode(), openmetrics=openmetrics)
+        per_user = [user_value(parsed, "agent_registry_user_agents", uid) for uid in ids]
+        assert per_user == [len(uid) for uid in ids]
+        assert parsed[("agent_registry_agents", ())] == sum(per_user)
+
+    def test_thresholds_are_exported_from_the_snapshot(self, metrics) -> None:
+        """The threshold gauges carry the registry's Thresholds, not defaults."""
+        limits = Thresholds(agents_per_user=7, session_age_seconds=60, total_agents=70)
+        body = render(snapshot_of([], limits), metrics, openmetrics=False).body.decode()
+        parsed = samples(body, openmetrics=False)
+        assert parsed[("agent_registry_threshold", (("threshold", "agents_per_user"),))] == 7
+        assert parsed[("agent_registry_threshold", (("threshold", "session_age_seconds"),))] == 60
+        assert parsed[("agent_registry_threshold", (("threshold", "total_agents"),))] == 70
+
+    def test_self_metrics_are_appended_once_and_openmetrics_ends_with_eof(self, metrics) -> None:
+        """One # EOF, at the very end; the build info is there."""
+        body = render(snapshot_of([]), metrics, openmetrics=True).body.decode()
+        assert body.endswith("# EOF\n")
+        assert body.count("# EOF") == 1
+        assert 'agent_registry_exporter_build_info{version="9.9.9"} 1.0' in body
+
+    def test_gzip_body_decompresses_to_the_plain_body(self, metrics) -> None:
+        """The gzipped scrape is the same text."""
+        snap = snapshot_of([SessionRow("u1", 3, T0)])
+        plain = render(snap, metrics, openmetrics=False).body
+        zipped = render(snap, metrics, openmetrics=False, gzipped=True)
+        assert zipped.gzipped
+        # The scrape-duration gauge moves between renders; compare the registry's part.
+        assert (
+            gzip.decompress(zipped.body).split(b"# HELP agent_registry_exporter")[0]
+            == (plain.split(b"# HELP agent_registry_exporter")[0])
+        )
+
+
+class TestSeriesCap:
+    def test_violating_users_are_kept_and_the_rest_counted(self, metrics) -> None:
+        """With a cap of 3, the two violators and the nearest healthy user stay; totals exact."""
+        rows = [SessionRow(f"ok{n}", n, T0) for n in range(10)]
+        rows.append(SessionRow("many", 60, T0))
+        rows.append(SessionRow("old", 1, T0 - 25 * 3600))
+        body = render(snapshot_of(rows), metrics, openmetrics=False, max_user_series=3).body
+        parsed = samples(body.decode(), openmetrics=False)
+        exported = {
+            dict(labels)["user_id"]
+            for name, labels in parsed
+            if name == "agent_registry_user_agents"
+        }
+        assert exported == {"many", "old", "ok9"}
+        assert parsed[("agent_registry_user_series_omitted", ())] == 9
+        assert parsed[("agent_registry_agents", ())] == sum(range(10)) + 61
+        assert parsed[("agent_registry_users", ())] == 12
+
+    def test_no_cap_reached_means_nothing_omitted(self, metrics) -> None:
+        """Below the cap every user is exported."""
+        rows = [SessionRow(f"u{n}", 1, T0) for n in range(5)]
+        body = render(snapshot_of(rows), metrics, openmetrics=False, max_user_series=5).body
+        assert b"agent_registry_user_series_omitted 0\n" in body
+
+
+class TestNegotiation:
+    def test_prometheus_accept_header_gets_openmetrics(self) -> None:
+        """Prometheus 2.42's Accept header selects OpenMetrics."""
+        assert wants_openmetrics(PROMETHEUS_ACCEPT)
+
+    @pytest.mark.parametrize("accept", ["", "*/*", "text/plain;version=0.0.4", "text/html"])
+    def test_anything_else_gets_text(self, accept: str) -> None:
+        """Browsers, curl and old scrapers get text 0.0.4."""
+        assert not wants_openmetrics(accept)
+
+    @pytest.mark.parametrize(
+        ("header", "expected"),
+        [("gzip", True), ("deflate, gzip;q=0.5", True), ("gzip;q=0", False), ("br", False)],
+    )
+    def test_gzip_only_when_accepted(self, header: str, expected: bool) -> None:
+        """gzip is used when offered, not when refused with q=0."""
+        assert wants_gzip(header) is expected
+
+    def test_content_types_name_the_format_versions(self) -> None:
+        """The content types are the ones Prometheus expects."""
+        assert TEXT_CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+        assert OPENMETRICS_CONTENT_TYPE.startswith("application/openmetrics-text; version=1.0.0")
+
+
+_VOLATILE = re.compile(
+    r"^(agent_registry_exporter_scrape_duration_seconds|\S+_created(\{[^}]*\})?) .*$", re.M
+)
+
+
+class TestGolden:
+    def test_text_output_matches_the_golden_file(self, metrics) -> None:
+        """The whole text scrape is pinned (timings and creation stamps masked)."""
+        rows = [SessionRow(uid, n * 20, T0 - n * 36_000) for n, uid in enumerate(UGLY_IDS)]
+        metrics.cleanups.labels(trigger="webhook", result="cleaned").inc(2)
+        body = render(snapshot_of(rows), metrics, openmetrics=False).body.decode()
+        masked = _VOLATILE.sub(lambda m: f"{m.group(0).split(' ')[0]} <masked>", body)
+        golden = (DATA / "metrics-golden.prom").read_text(encoding="utf-8")
+        assert masked == golden
+
+
+class TestPromtool:
+    @pytest.fixture
+    def promtool(self) -> str:
+        path = shutil.which("promtool")
+        assert path, "promtool is installed by `make test` (Debian package prometheus)"
+        return path
+
+    def body(self, metrics: ExporterMetrics, openmetrics: bool) -> bytes:
+        rows = [SessionRow(uid, 3, T0 - 10) for uid in UGLY_IDS]
+        metrics.cleanups.labels(trigger="webhook", result="cleaned").inc()
+        metrics.webhook_requests.labels(code="200").inc()
+        return render(snapshot_of(rows), metrics, openmetrics=openmetrics).body
+
+    def test_text_output_passes_promtool_check_metrics(self, promtool, metrics) -> None:
+        """promtool's linter finds nothing in the text format."""
+        done = subprocess.run(
+            [promtool, "check", "metrics"], input=self.body(metrics, False), capture_output=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def test_openmetrics_output_has_no_lint_but_the_known_counter_mismatch(
+        self, promtool, metrics
+    ) -> None:
+        """promtool 2.42 lints with the classic parser: OpenMetrics counters read as help-less.
+
+        Every other finding would be a real problem, so only that one is allowed.
+        """
+        done = subprocess.run(
+            [promtool, "check", "metrics"], input=self.body(metrics, True), capture_output=True
+        )
+        findings = [line for line in done.stdout.decode().splitlines() if line.strip()]
+        counters = (
+            "agent_registry_cleanups",
+            "agent_registry_cleaned_agents",
+            "agent_registry_webhook_requests",
+        )
+        unexpected = [
+            f
+            for f in findings
+            if not (f.endswith("no help text") and f.split()[0].startswith(counters))
+        ]
+        assert unexpected == []
+        assert b"error" not in done.stderr.lower()

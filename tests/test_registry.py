@@ -1,0 +1,176 @@
+"""The registry and lifecycle manager: one session map, the seed system's monitoring contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from agent_registry_exporter import AgentLifecycleManager, AgentRegistry, Thresholds
+from agent_registry_exporter.registry import DuplicateAgentError
+
+from .conftest import FakeClock
+
+
+class TestOriginalScenario:
+    async def test_fifteen_old_sessions_are_all_reported_too_old(self, registry, fill) -> None:
+        """15 users with 12 agents each, 26 h old: 15 age issues, every user 'warning'."""
+        for i in range(15):
+            await fill(f"user{i}", 12, age_hours=26)
+
+        report = await registry.monitor_all_users()
+
+        assert report["total_users"] == 15
+        assert report["total_agents"] == 180
+        assert report["global_issues"] == ["Session too old: 26.0h"] * 15
+        assert {r["status"] for r in report["users"].values()} == {"warning"}
+
+    async def test_lifecycle_manager_reads_the_registry_it_was_given(self, registry, fill) -> None:
+        """The manager sees the registry's sessions: never 'no_session' for a live user."""
+        await fill("u1", 3)
+        assert registry.lifecycle_manager.registry is registry
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert result["status"] == "healthy"
+        assert result["metrics"]["agent_count"] == 3
+
+    def test_there_is_exactly_one_session_map(self, registry) -> None:
+        """No second copy of the sessions hides in the lifecycle manager."""
+        manager_state = vars(registry.lifecycle_manager)
+        assert not any(isinstance(v, dict) for v in manager_state.values())
+
+
+class TestThresholdChecks:
+    @pytest.mark.parametrize(("agents", "issues"), [(50, []), (51, ["Too many agents: 51"])])
+    async def test_agent_limit_is_exceeded_only_above_it(self, registry, fill, agents, issues):
+        """50 agents is fine, 51 is reported."""
+        await fill("u1", agents)
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert result["issues"] == issues
+        assert result["status"] == ("warning" if issues else "healthy")
+
+    async def test_session_exactly_at_the_age_limit_is_fine(self, registry, fill, clock) -> None:
+        """A session exactly 24 h old is not reported; a second later it is."""
+        await fill("u1", 1, age_hours=24)
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert result["issues"] == []
+        clock.advance(1)
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert result["issues"] == ["Session too old: 24.0h"]
+
+    async def test_both_issues_are_reported_together(self, registry, fill) -> None:
+        """A session over both limits lists both issues in the seed wording."""
+        await fill("u1", 60, age_hours=30)
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert result["issues"] == ["Too many agents: 60", "Session too old: 30.0h"]
+
+    async def test_total_limit_is_a_global_issue(self, registry, fill) -> None:
+        """More than 500 agents in the registry adds the total issue."""
+        for i in range(11):
+            await fill(f"u{i}", 46)  # 506 agents, every user under 50
+        report = await registry.monitor_all_users()
+        assert report["global_issues"] == ["Too many agents in total: 506"]
+
+    async def test_exactly_the_total_limit_is_fine(self, registry, fill) -> None:
+        """500 agents in total is not an issue."""
+        for i in range(10):
+            await fill(f"u{i}", 50)
+        report = await registry.monitor_all_users()
+        assert report["total_agents"] == 500
+        assert report["global_issues"] == []
+
+    async def test_custom_thresholds_are_used(self, clock) -> None:
+        """The registry's own Thresholds decide, not the defaults."""
+        registry = AgentRegistry(thresholds=Thresholds(agents_per_user=2), clock=clock)
+        for n in range(3):
+            await registry.register_user_agent("u1", f"a{n}", object())
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert result["issues"] == ["Too many agents: 3"]
+
+
+class TestMonitorStatuses:
+    async def test_unknown_user_is_no_session_and_is_not_created(self, registry) -> None:
+        """Monitoring never creates a session."""
+        result = await registry.lifecycle_manager.monitor_memory_usage("ghost")
+        assert result["status"] == "no_session"
+        assert registry.get_session("ghost") is None
+
+    async def test_manager_without_registry_says_so(self) -> None:
+        """A manager built without a registry answers 'no_registry'."""
+        result = await AgentLifecycleManager().monitor_memory_usage("u1")
+        assert result["status"] == "no_registry"
+
+    async def test_monitoring_failure_is_an_error_status_not_an_exception(
+        self, registry, fill, monkeypatch
+    ) -> None:
+        """monitor_memory_usage never raises."""
+        await fill("u1", 1)
+
+        def broken(*_: Any) -> Any:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(registry, "get_session", broken)
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert result["status"] == "error"
+        assert "boom" in result["error"]
+
+
+class TestThresholdValidation:
+    @pytest.mark.parametrize("field", ["agents_per_user", "session_age_seconds", "total_agents"])
+    @pytest.mark.parametrize("value", [0, -1])
+    def test_zero_or_negative_limit_is_rejected(self, field: str, value: int) -> None:
+        """A limit must be greater than 0, and the error names it."""
+        with pytest.raises(ValidationError) as info:
+            Thresholds(**{field: value})
+        assert info.value.errors()[0]["loc"] == (field,)
+        assert "greater than 0" in str(info.value)
+
+    def test_unknown_threshold_is_rejected(self) -> None:
+        """A misspelt limit is an error, not silently ignored."""
+        with pytest.raises(ValidationError, match="agents_per_usr"):
+            Thresholds(agents_per_usr=3)  # type: ignore[call-arg]
+
+
+class TestSessions:
+    async def test_created_at_is_utc_aware_and_settable(self, registry, clock) -> None:
+        """Backdating a session changes its reported uptime."""
+        session = await registry.get_user_session("u1")
+        assert session.created_at.tzinfo is not None
+        session.created_at = datetime.fromtimestamp(clock(), UTC) - timedelta(hours=2)
+        assert session.get_metrics()["uptime_seconds"] == pytest.approx(7200)
+
+    async def test_naive_created_at_is_rejected(self, registry) -> None:
+        """A naive datetime would silently shift by the local offset."""
+        session = await registry.get_user_session("u1")
+        with pytest.raises(ValueError, match="timezone-aware"):
+            session.created_at = datetime(2026, 1, 1)
+
+    async def test_registering_the_same_agent_id_twice_is_refused(self, registry) -> None:
+        """A second agent under the same id would leak the first."""
+        await registry.register_user_agent("u1", "a", object())
+        with pytest.raises(DuplicateAgentError):
+            await registry.register_user_agent("u1", "a", object())
+
+    async def test_empty_user_id_is_refused(self, registry) -> None:
+        """Every session belongs to a named user."""
+        with pytest.raises(ValueError, match="user_id"):
+            await registry.register_user_agent("", "a", object())
+
+    async def test_unregister_returns_the_agent(self, registry) -> None:
+        """Unregistering hands the agent back and leaves the session in place."""
+        agent = object()
+        await registry.register_user_agent("u1", "a", agent)
+        assert await registry.unregister_user_agent("u1", "a") is agent
+        assert await registry.unregister_user_agent("u1", "a") is None
+        assert registry.get_session("u1") is not None
+
+    async def test_get_metrics_has_the_seed_keys(self, registry, clock: FakeClock) -> None:
+        """get_metrics keeps the original keys."""
+        await registry.register_user_agent("u1", "a", object())
+        clock.advance(30)
+        metrics = (await registry.get_user_session("u1")).get_metrics()
+        assert metrics["user_id"] == "u1"
+        assert metrics["agent_count"] == 1
+        assert metrics["uptime_seconds"] == 30
+        assert metrics["created_at"].endswith("+00:00")

@@ -1,0 +1,114 @@
+"""Settings and the CLI: every bad value stops start-up with a message naming the setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent_registry_exporter import Settings, Thresholds, __version__
+from agent_registry_exporter.cli import main
+from agent_registry_exporter.settings import ThresholdSettings, describe_validation_error
+
+
+class TestSettings:
+    def test_environment_is_read_with_the_prefix(self, monkeypatch) -> None:
+        """AGENT_REGISTRY_EXPORTER_LISTEN_PORT sets listen_port."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_LISTEN_PORT", "9999")
+        assert Settings().listen_port == 9999
+
+    def test_defaults(self, monkeypatch) -> None:
+        """The default port is 8464 and the webhook has no token."""
+        s = Settings()
+        assert (s.listen_port, s.max_user_series, s.resolved_webhook_token()) == (
+            8464,
+            10_000,
+            None,
+        )
+
+    @pytest.mark.parametrize(
+        ("env", "value", "fragment"),
+        [
+            (
+                "LISTEN_PORT",
+                "70000",
+                "invalid setting listen_port (AGENT_REGISTRY_EXPORTER_LISTEN_PORT)",
+            ),
+            ("LISTEN_PORT", "http", "invalid setting listen_port"),
+            ("MAX_USER_SERIES", "0", "invalid setting max_user_series"),
+            ("BREAKER_MAX_SHARE", "1.5", "invalid setting breaker_max_share"),
+            ("DRY_RUN", "perhaps", "invalid setting dry_run"),
+        ],
+    )
+    def test_bad_environment_value_names_the_setting(self, monkeypatch, env, value, fragment):
+        """The message says which setting, and which variable, is wrong."""
+        monkeypatch.setenv(f"AGENT_REGISTRY_EXPORTER_{env}", value)
+        with pytest.raises(ValidationError) as info:
+            Settings()
+        assert fragment in describe_validation_error(info.value)
+
+    def test_unknown_argument_is_rejected(self) -> None:
+        """A misspelt setting is an error."""
+        with pytest.raises(ValidationError, match="listen_prot"):
+            Settings(listen_prot=1)  # type: ignore[call-arg]
+
+    def test_token_file_is_read_and_stripped(self, tmp_path: Path) -> None:
+        """The token file's trailing newline is not part of the token."""
+        path = tmp_path / "token"
+        path.write_text("s3cret\n")
+        assert Settings(webhook_token_file=path).resolved_webhook_token() == "s3cret"
+
+    @pytest.mark.parametrize("content", [None, ""], ids=["missing", "empty"])
+    def test_unusable_token_file_stops_start_up(self, tmp_path: Path, content) -> None:
+        """A missing or empty token file is a start-up error naming the file."""
+        path = tmp_path / "token"
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(ValidationError, match="webhook_token_file"):
+            Settings(webhook_token_file=path)
+
+    def test_token_and_token_file_together_are_refused(self, tmp_path: Path) -> None:
+        """Two sources for one secret is ambiguous."""
+        path = tmp_path / "token"
+        path.write_text("a")
+        with pytest.raises(ValidationError, match="not both"):
+            Settings(webhook_token="b", webhook_token_file=path)
+
+    def test_threshold_settings_fill_only_what_is_set(self, monkeypatch) -> None:
+        """Unset thresholds keep the defaults of Thresholds."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_AGENTS_PER_USER", "7")
+        assert ThresholdSettings().to_thresholds() == Thresholds(agents_per_user=7)
+
+
+class TestCli:
+    def test_version(self, capsys) -> None:
+        """--version prints the package version."""
+        with pytest.raises(SystemExit) as info:
+            main(["--version"])
+        assert info.value.code == 0
+        assert __version__ in capsys.readouterr().out
+
+    def test_check_config_accepts_valid_settings(self, capsys) -> None:
+        """serve --check-config exits 0 on valid settings without serving."""
+        assert main(["serve", "--check-config", "--listen-port", "0"]) == 0
+        assert "valid" in capsys.readouterr().out
+
+    def test_bad_threshold_stops_start_up(self, capsys, monkeypatch) -> None:
+        """A zero limit exits 2 naming the setting."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_AGENTS_PER_USER", "0")
+        assert main(["serve", "--check-config"]) == 2
+        assert "agents_per_user" in capsys.readouterr().err
+
+    def test_console_script_reports_bad_port(self) -> None:
+        """The installed command exits 2 and names the setting on stderr."""
+        done = subprocess.run(
+            [sys.executable, "-m", "agent_registry_exporter.cli", "serve", "--listen-port", "-5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert "invalid setting listen_port (AGENT_REGISTRY_EXPORTER_LISTEN_PORT)" in done.stderr
