@@ -1,0 +1,194 @@
+"""Time a /metrics scrape against the stock prometheus_client path over the same data.
+
+For 1,000 / 10,000 / 100,000 users (3 agents each) it serves the same registry twice, on
+one event loop as an embedding backend would:
+
+- stock: a custom prometheus_client collector yielding GaugeMetricFamily objects at
+  scrape time, served by `prometheus_client.aiohttp.make_aiohttp_handler`;
+- ours: `start_exporter` (`max_user_series` raised so every user is exported, as in the
+  stock path).
+
+Each scrape is made from another thread with Prometheus' own headers (OpenMetrics first,
+gzip), while a ticker on the loop records the longest stall (worst of all repeats, after
+one warm-up scrape). Prints one table; ratios are
+measured in the same run, never compared across machines.
+
+    .venv/bin/python benchmarks/scrape.py [--sizes 1000,10000,100000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from agent_registry_exporter import AgentRegistry, Settings, start_exporter
+
+HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+}
+
+
+class StockCollector:
+    """The straightforward prometheus_client way: fresh families from the registry."""
+
+    def __init__(self, registry: AgentRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        agents = GaugeMetricFamily(
+            "agent_registry_user_agents", "Agents in the user's session.", labels=["user_id"]
+        )
+        age = GaugeMetricFamily(
+            "agent_registry_user_session_age_seconds", "Age.", labels=["user_id"]
+        )
+        created = GaugeMetricFamily(
+            "agent_registry_user_session_created_timestamp_seconds", "Start.", labels=["user_id"]
+        )
+        total = 0
+        for s in self.registry.sessions():
+            count = s.agent_count
+            total += count
+            agents.add_metric([s.user_id], count)
+            age.add_metric([s.user_id], now - s.created_timestamp)
+            created.add_metric([s.user_id], s.created_timestamp)
+        yield agents
+        yield age
+        yield created
+        yield GaugeMetricFamily("agent_registry_agents", "Agents.", value=total)
+
+
+class StallMeter:
+    """Ticks every millisecond on the loop; remembers the longest gap between ticks."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            self.max_gap = max(self.max_gap, now - last - 0.001)
+            last = now
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+def fetch(url: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    request = urllib.request.Request(url, headers=HEADERS)  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=120) as resp:  # noqa: S310
+        size = len(resp.read())
+    return time.perf_counter() - started, size
+
+
+async def measure(url: str, repeat: int) -> tuple[float, float, int]:
+    """Median scrape seconds, worst loop stall seconds, compressed bytes.
+
+    One warm-up scrape first; a full garbage collection before, so neither path pays
+    for the other's leftovers.
+    """
+    await asyncio.to_thread(fetch, url)
+    gc.collect()
+    times, stalls, size = [], [], 0
+    for _ in range(repeat):
+        meter = StallMeter()
+        meter.start()
+        await asyncio.sleep(0.01)
+        elapsed, size = await asyncio.to_thread(fetch, url)
+        await meter.stop()
+        times.append(elapsed)
+        stalls.append(meter.max_gap)
+    return statistics.median(times), max(stalls), size
+
+
+async def build_registry(users: int) -> AgentRegistry:
+    registry = AgentRegistry()
+    now = datetime.now(UTC)
+    for u in range(users):
+        user = f"user-{u:06d}"
+        for a in range(3):
+            await registry.register_user_agent(user, f"agent-{a}", object())
+        session = registry.get_session(user)
+        assert session is not None
+        session.created_at = now - timedelta(seconds=u % 90_000)
+    return registry
+
+
+async def bench(users: int, repeat: int) -> dict[str, float]:
+    registry = await build_registry(users)
+
+    stock_registry = CollectorRegistry()
+    stock_registry.register(StockCollector(registry))  # type: ignore[arg-type]
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(stock_registry))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    stock_url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+
+    ours = await start_exporter(
+        registry, Settings(listen_host="127.0.0.1", listen_port=0, max_user_series=users)
+    )
+    try:
+        stock_repeat = max(1, repeat // 2) if users >= 100_000 else repeat
+        stock_t, stock_stall, stock_size = await measure(stock_url, stock_repeat)
+        ours_t, ours_stall, ours_size = await measure(f"{ours.url}/metrics", repeat)
+    finally:
+        await ours.stop()
+        await runner.cleanup()
+    return {
+        "users": users,
+        "stock_ms": stock_t * 1000,
+        "ours_ms": ours_t * 1000,
+        "speedup": stock_t / ours_t,
+        "stock_stall_ms": stock_stall * 1000,
+        "ours_stall_ms": ours_stall * 1000,
+        "stock_kb": stock_size / 1024,
+        "ours_kb": ours_size / 1024,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    print(
+        f"{'users':>8} {'stock ms':>9} {'ours ms':>8} {'speedup':>8} "
+        f"{'stock stall ms':>15} {'ours stall ms':>14} {'stock KiB':>10} {'ours KiB':>9}"
+    )
+    for size in (int(s) for s in args.sizes.split(",")):
+        r = await bench(size, args.repeat)
+        print(
+            f"{r['users']:>8,} {r['stock_ms']:>9.1f} {r['ours_ms']:>8.1f} {r['speedup']:>7.1f}x "
+            f"{r['stock_stall_ms']:>15.1f} {r['ours_stall_ms']:>14.1f} "
+            f"{r['stock_kb']:>10.0f} {r['ours_kb']:>9.0f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
