@@ -24,6 +24,7 @@ _log = logging.getLogger(__name__)
 
 REMEDIATION_LABEL = "remediation"
 REMEDIATION_CLEANUP = "cleanup"
+_YIELD_EVERY = 100
 
 
 class Outcome(StrEnum):
@@ -81,6 +82,7 @@ class Decision:
             "outcome": self.outcome.value,
             "detail": self.detail,
             "agents_cleaned": self.agents_cleaned,
+            "duration_ms": round(self.duration_seconds * 1000, 1),
         }
 
 
@@ -162,6 +164,7 @@ class Remediator:
 
     async def handle(self, payload: WebhookPayload) -> list[Decision]:
         """Decide (and, unless dry-run, act) on every alert of the payload."""
+        started = time.perf_counter()
         batch = self._screen(payload.alerts)
         claimed = [c.key for c in batch.candidates]
         try:
@@ -176,7 +179,10 @@ class Remediator:
             if decision is not None and decision.outcome in _HANDLED:
                 self._remember(cand.key)
         decisions = [d for d in batch.decisions if d is not None]
+        elapsed = time.perf_counter() - started
         for decision in decisions:
+            # A cleanup reports its own duration; any other decision took the whole handling.
+            decision.duration_seconds = decision.duration_seconds or elapsed
             self._record(decision)
         return decisions
 
@@ -209,7 +215,9 @@ class Remediator:
     async def _verify(self, batch: _Batch) -> list[_Candidate]:
         """Keep the alerts whose user the registry itself sees over a threshold."""
         violating = []
-        for cand in batch.candidates:
+        for n, cand in enumerate(batch.candidates, 1):
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # an in-process check never suspends; let scrapes in
             result = await self.source.monitor_user(cand.user_id)
             status = result.get("status")
             if status == "warning":

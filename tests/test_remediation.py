@@ -1,0 +1,337 @@
+"""The remediation policy without HTTP: rate limit, breaker, dry-run, timeouts, storms, races."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import ClientSession
+
+from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, start_exporter
+from agent_registry_exporter.alertmanager import WebhookPayload
+from agent_registry_exporter.lifecycle import CleanupResult
+from agent_registry_exporter.remediation import (
+    Outcome,
+    RemediationPolicy,
+    Remediator,
+    TokenBucket,
+)
+
+from .conftest import FakeClock, HangingAgent, RecordingAgent
+
+STARTS = "2026-11-27T20:07:48.84Z"
+
+
+def payload(*users: str, alertname: str = "AgentRegistryTooManyAgentsPerUser", **kw: Any):
+    """A firing payload as Alertmanager would send it (parsed from JSON, like the endpoint)."""
+    return WebhookPayload.model_validate_json(
+        json.dumps(
+            {
+                "version": "4",
+                "status": "firing",
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": {
+                            "alertname": alertname,
+                            "remediation": "cleanup",
+                            "user_id": user,
+                            "instance": "127.0.0.1:8464",
+                        },
+                        "startsAt": kw.get("starts", STARTS),
+                        "fingerprint": f"fp-{alertname}-{user}",
+                    }
+                    for user in users
+                ],
+            }
+        )
+    )
+
+
+async def leak(registry: AgentRegistry, user: str, agents: int = 51) -> list[RecordingAgent]:
+    made = [RecordingAgent(f"{user}/{n}") for n in range(agents)]
+    for n, agent in enumerate(made):
+        await registry.register_user_agent(user, f"a{n}", agent)
+    return made
+
+
+def outcomes(decisions) -> list[str]:
+    return [d.outcome.value for d in decisions]
+
+
+class FlakySource(InProcessSource):
+    """Fault injection: the first `failures` cleanups raise before touching anything."""
+
+    def __init__(self, registry: AgentRegistry, failures: int) -> None:
+        super().__init__(registry)
+        self.failures = failures
+        self.calls = 0
+
+    async def cleanup_user(self, user_id: str) -> CleanupResult:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("registry API unavailable")
+        return await super().cleanup_user(user_id)
+
+
+class TestTokenBucket:
+    def test_burst_then_refill(self) -> None:
+        """`burst` at once, then one more per 1/rate seconds."""
+        clock = FakeClock(0)
+        bucket = TokenBucket(rate_per_second=2, burst=3, clock=clock)
+        assert [bucket.try_take() for _ in range(4)] == [True, True, True, False]
+        clock.advance(0.5)
+        assert [bucket.try_take() for _ in range(2)] == [True, False]
+        clock.advance(100)
+        assert sum(bucket.try_take() for _ in range(10)) == 3
+
+
+class TestPolicy:
+    async def test_rate_limit_defers_the_rest_and_a_later_delivery_acts(self, registry) -> None:
+        """Burst 2: two users cleaned, the third deferred, then cleaned once tokens refill."""
+        clock = FakeClock(0)
+        for user in ("a", "b", "c"):
+            await leak(registry, user)
+        remediator = Remediator(
+            InProcessSource(registry),
+            RemediationPolicy(cleanup_burst=2, cleanup_rate_per_minute=6, breaker_min_users=99),
+            clock=clock,
+        )
+        first = await remediator.handle(payload("a", "b", "c"))
+        assert outcomes(first) == ["cleaned", "cleaned", "rate_limited"]
+        assert registry.get_session("c").agent_count == 51
+        clock.advance(10)  # one token at 6/min
+        second = await remediator.handle(payload("a", "b", "c"))
+        assert outcomes(second) == ["duplicate", "duplicate", "cleaned"]
+        assert len(registry) == 0
+
+    async def test_breaker_refuses_a_payload_cleaning_most_users(self, registry) -> None:
+        """12 of 15 users in one payload is over the 50% share: nothing is cleaned."""
+        leaky = [f"u{n}" for n in range(12)]
+        for user in leaky:
+            await leak(registry, user)
+        for n in range(3):
+            await leak(registry, f"ok{n}", 2)
+        remediator = Remediator(InProcessSource(registry), RemediationPolicy(breaker_min_users=10))
+        decisions = await remediator.handle(payload(*leaky))
+        assert set(outcomes(decisions)) == {"breaker_open"}
+        assert "12 of 15" in decisions[0].detail
+        assert len(registry) == 15
+
+    async def test_breaker_ignores_small_payloads(self, registry) -> None:
+        """Below breaker_min_users a payload may clean every user of a small registry."""
+        await leak(registry, "only")
+        remediator = Remediator(InProcessSource(registry), RemediationPolicy(breaker_min_users=10))
+        assert outcomes(await remediator.handle(payload("only"))) == ["cleaned"]
+
+    async def test_dry_run_decides_but_touches_nothing(self, registry) -> None:
+        """Dry-run reports what it would do and leaves every agent alone."""
+        agents = await leak(registry, "a")
+        remediator = Remediator(InProcessSource(registry), RemediationPolicy(dry_run=True))
+        decisions = await remediator.handle(payload("a", "ghost"))
+        assert outcomes(decisions) == ["dry_run", "no_session"]
+        assert registry.get_session("a").agent_count == 51
+        assert {a.closes for a in agents} == {0}
+
+    async def test_two_alerts_for_one_user_share_one_cleanup(self, registry, clock) -> None:
+        """Too many agents and too old together: one cleanup, both alerts report it."""
+        await leak(registry, "a", 60)
+        session = registry.get_session("a")
+        session.created_at = datetime.fromtimestamp(clock(), UTC) - timedelta(hours=30)
+        remediator = Remediator(InProcessSource(registry), RemediationPolicy(cleanup_burst=1))
+        both = WebhookPayload.model_validate(
+            {
+                "version": "4",
+                "status": "firing",
+                "alerts": [
+                    *payload("a").model_dump(by_alias=True)["alerts"],
+                    *payload("a", alertname="AgentRegistrySessionTooOld").model_dump(by_alias=True)[
+                        "alerts"
+                    ],
+                ],
+            }
+        )
+        decisions = await remediator.handle(both)
+        assert outcomes(decisions) == ["cleaned", "cleaned"]
+        assert [d.agents_cleaned for d in decisions] == [60, 60]
+
+    async def test_dedupe_cache_is_bounded(self, registry) -> None:
+        """The oldest handled alert is forgotten once the cache is full."""
+        remediator = Remediator(InProcessSource(registry), RemediationPolicy(dedupe_cache_size=2))
+        for user in ("a", "b", "c"):
+            await leak(registry, user)
+            await remediator.handle(payload(user))
+        assert len(remediator._handled) == 2
+        await leak(registry, "a")
+        assert outcomes(await remediator.handle(payload("a"))) == ["cleaned"]
+
+
+class TestFailures:
+    async def test_failed_cleanup_is_retried_and_acts_only_on_what_is_left(self, registry):
+        """First attempt raises (5xx-worthy); the retry cleans; a done alert is not redone."""
+        done_agents = await leak(registry, "done")
+        flaky_agents = await leak(registry, "flaky")
+        source = FlakySource(registry, failures=0)
+        remediator = Remediator(source)
+        assert outcomes(await remediator.handle(payload("done"))) == ["cleaned"]
+        source.failures, source.calls = 1, 0
+
+        first = await remediator.handle(payload("done", "flaky"))
+        assert outcomes(first) == ["duplicate", "error"]
+        assert Outcome.ERROR.retry_helps
+        assert registry.get_session("flaky").agent_count == 51
+
+        retry = await remediator.handle(payload("done", "flaky"))
+        assert outcomes(retry) == ["duplicate", "cleaned"]
+        assert {a.closes for a in done_agents + flaky_agents} == {1}
+
+    async def test_agent_close_errors_are_an_error_outcome(self, registry) -> None:
+        """A session whose agent fails to close is detached but reported as error."""
+
+        class Broken:
+            async def aclose(self) -> None:
+                raise OSError("gone")
+
+        await leak(registry, "a")
+        await registry.register_user_agent("a", "broken", Broken())
+        decisions = await Remediator(InProcessSource(registry)).handle(payload("a"))
+        assert outcomes(decisions) == ["error"]
+        assert decisions[0].agents_cleaned == 51
+        assert "broken" in decisions[0].detail
+        assert registry.get_session("a") is None
+
+    async def test_slow_cleanup_times_out_but_finishes_in_the_background(self, clock) -> None:
+        """The answer comes within the budget; the started cleanup still completes."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=0.5)
+        hanging = HangingAgent()
+        await leak(registry, "slow")
+        await registry.register_user_agent("slow", "hang", hanging)
+        remediator = Remediator(
+            InProcessSource(registry), RemediationPolicy(cleanup_timeout_seconds=0.1)
+        )
+        started = time.perf_counter()
+        decisions = await remediator.handle(payload("slow"))
+        assert time.perf_counter() - started < 0.4
+        assert outcomes(decisions) == ["timeout"]
+        assert registry.get_session("slow") is None
+        (task,) = remediator._background
+        result = await task
+        assert result.agents_cleaned == 51
+        assert "hang" in result.errors
+
+    async def test_cleanups_not_started_in_time_are_left_untouched(self, clock) -> None:
+        """With one worker and a short budget, queued users keep their sessions."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=0.3)
+        for user in ("a", "b", "c"):
+            await leak(registry, user)
+            await registry.register_user_agent(user, "hang", HangingAgent())
+        remediator = Remediator(
+            InProcessSource(registry),
+            RemediationPolicy(cleanup_concurrency=1, cleanup_timeout_seconds=0.1),
+        )
+        decisions = await remediator.handle(payload("a", "b", "c"))
+        assert outcomes(decisions) == ["timeout"] * 3
+        assert "nothing was touched" in decisions[2].detail
+        assert registry.get_session("c").agent_count == 52
+        await asyncio.gather(*remediator._background)
+
+
+class TestStorm:
+    async def test_thousand_alerts_respect_the_rate_limit_and_scrapes_continue(self, clock) -> None:
+        """1,000 violating users of 2,000: answered fast, 20 cleaned, /metrics keeps serving."""
+        registry = AgentRegistry(clock=clock)
+        for n in range(1000):
+            await leak(registry, f"bad{n:04d}")
+            await leak(registry, f"ok{n:04d}", 1)
+        server = await start_exporter(
+            registry, Settings(listen_host="127.0.0.1", listen_port=0, webhook_token="t")
+        )
+        body = payload(*(f"bad{n:04d}" for n in range(1000))).model_dump_json(by_alias=True)
+        scrape_times: list[float] = []
+        try:
+            async with ClientSession() as http:
+
+                async def scrape_until(done: asyncio.Event) -> None:
+                    while not done.is_set():
+                        t = time.perf_counter()
+                        async with http.get(f"{server.url}/metrics") as resp:
+                            assert resp.status == 200
+                            await resp.read()
+                        scrape_times.append(time.perf_counter() - t)
+
+                done = asyncio.Event()
+                scraper = asyncio.create_task(scrape_until(done))
+                started = time.perf_counter()
+                async with http.post(
+                    f"{server.url}/webhook/alertmanager",
+                    data=body,
+                    headers={"Authorization": "Bearer t"},
+                ) as resp:
+                    answer = await resp.json()
+                    status = resp.status
+                elapsed = time.perf_counter() - started
+                done.set()
+                await scraper
+        finally:
+            await server.stop()
+
+        assert elapsed < 5
+        assert status == 429
+        assert answer["summary"] == {"cleaned": 20, "rate_limited": 980}
+        assert len(registry) == 2000 - 20
+        assert len(scrape_times) >= 1
+        assert max(scrape_times) < 5
+
+    async def test_thousand_alerts_covering_every_user_trip_the_breaker(self, clock) -> None:
+        """1,000 of 1,000 users in one payload: the breaker holds, nothing is cleaned."""
+        registry = AgentRegistry(clock=clock)
+        for n in range(1000):
+            await leak(registry, f"bad{n:04d}")
+        remediator = Remediator(InProcessSource(registry))
+        decisions = await remediator.handle(payload(*(f"bad{n:04d}" for n in range(1000))))
+        assert set(outcomes(decisions)) == {"breaker_open"}
+        assert len(registry) == 1000
+
+
+class TestRaces:
+    async def test_webhook_cleanups_racing_registration_lose_no_agent(self, clock) -> None:
+        """Agents registered while webhooks clean: each is kept or closed exactly once."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=1)
+        remediator = Remediator(
+            InProcessSource(registry),
+            RemediationPolicy(cleanup_burst=10_000, breaker_min_users=10_000),
+        )
+        made: list[RecordingAgent] = []
+        stop = asyncio.Event()
+
+        async def register(user: str) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                agent = RecordingAgent(f"{user}/{n}")
+                made.append(agent)
+                await registry.register_user_agent(user, f"{user}-{n}", agent)
+                await asyncio.sleep(0)
+
+        async def deliver() -> None:
+            for round_ in range(30):
+                starts = f"2026-11-27T20:{round_:02d}:00Z"
+                await remediator.handle(payload("u1", "u2", "u3", starts=starts))
+                await asyncio.sleep(0.002)
+            stop.set()
+
+        async def scrape() -> None:
+            while not stop.is_set():
+                snapshot = registry.snapshot()
+                counts = [s.agent_count for s in snapshot.sessions]
+                assert all(c >= 0 for c in counts)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(register("u1"), register("u2"), register("u3"), deliver(), scrape())
+        live = {id(a) for s in registry.sessions() for a in s.agents.values()}
+        for agent in made:
+            assert agent.closes == (0 if id(agent) in live else 1), agent.name
+        assert any(a.closes for a in made)
