@@ -44,6 +44,7 @@ test: lint typecheck pytest
 # Regenerate committed artefacts after changing a default.
 rules: $(STAMP)
 	$(BIN)/agent-registry-exporter rules > alerts/agent-registry.rules.yml
+	$(BIN)/agent-registry-exporter alertmanager-config > alerts/alertmanager.example.yml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scrape.py

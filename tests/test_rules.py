@@ -11,6 +11,7 @@ import yaml
 
 from agent_registry_exporter import Thresholds
 from agent_registry_exporter.cli import main
+from agent_registry_exporter.routing import render_alertmanager_yaml
 from agent_registry_exporter.rules import RuleOptions, render_rules, render_rules_yaml
 
 ROOT = Path(__file__).parent.parent
@@ -145,6 +146,10 @@ class TestPromtool:
 
 class TestAlertmanagerExample:
     EXAMPLE = ALERTS / "alertmanager.example.yml"
+
+    def test_committed_example_equals_the_default_rendering(self) -> None:
+        """alerts/alertmanager.example.yml is exactly what `make rules` writes."""
+        assert self.EXAMPLE.read_text() == render_alertmanager_yaml()
 
     def test_example_passes_amtool(self) -> None:
         """amtool (0.25) accepts the example configuration."""

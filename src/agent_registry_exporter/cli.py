@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .registry import AgentRegistry
+from .routing import render_alertmanager_yaml
 from .rules import RuleOptions, render_rules_yaml
 from .server import start_exporter
 from .settings import Settings, ThresholdSettings, describe_validation_error
@@ -108,6 +109,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--job", default=defaults.job, help="scrape job of the exporter (%(default)s)"
     )
 
+    commands.add_parser(
+        "alertmanager-config", help="print the example Alertmanager route for the webhook"
+    )
+
     demo = commands.add_parser("demo", help="run the whole loop on a simulated backend")
     demo.add_argument("--duration", type=float, default=120.0, help="give up after this (s)")
     return parser
@@ -172,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "rules":
         sys.stdout.write(render_rules_yaml(thresholds.to_thresholds(), options))
+        return 0
+    if args.command == "alertmanager-config":
+        sys.stdout.write(render_alertmanager_yaml())
         return 0
     configure_logging(settings)
     if args.command == "serve":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +63,12 @@ def create_app(
     settings: Settings | None = None,
     *,
     metrics: ExporterMetrics | None = None,
+    on_decision: Callable[[Decision], None] | None = None,
 ) -> web.Application:
-    """Build the exporter app serving /metrics, the webhook, health and a landing page."""
+    """Build the exporter app serving /metrics, the webhook, health and a landing page.
+
+    `on_decision` is called with every remediation decision, after it is counted.
+    """
     settings = settings or Settings()
     metrics = metrics or ExporterMetrics(__version__)
     token = settings.resolved_webhook_token()
@@ -84,6 +89,8 @@ def create_app(
         metrics.cleanups.labels(trigger="webhook", result=decision.outcome.value).inc()
         if decision.agents_cleaned:
             metrics.cleaned_agents.inc(decision.agents_cleaned)
+        if on_decision is not None:
+            on_decision(decision)
 
     app = web.Application(
         client_max_size=settings.webhook_max_body_bytes, middlewares=[_json_errors]

@@ -1,0 +1,266 @@
+"""The local full-loop stack: real Prometheus and Alertmanager processes for the exporter.
+
+Used by the end-to-end tests and by `agent-registry-exporter demo`. Everything listens on
+127.0.0.1 on free ports and is stopped by process handle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .lifecycle import Thresholds
+from .routing import AlertmanagerRoute, render_alertmanager_config
+from .rules import RuleOptions, render_rules
+
+__all__ = [
+    "BINARIES",
+    "INSTALL_HINT",
+    "LocalStack",
+    "ManagedProcess",
+    "StackError",
+    "free_port",
+    "missing_binaries",
+]
+
+BINARIES = ("prometheus", "prometheus-alertmanager")
+INSTALL_HINT = (
+    "apt-get update && apt-get install -y --no-install-recommends "
+    "prometheus prometheus-alertmanager"
+)
+JOB = "agent-registry-exporter"
+
+
+class StackError(RuntimeError):
+    """A stack process failed to start or answer."""
+
+
+def missing_binaries() -> list[str]:
+    """The stack's binaries that are not on PATH."""
+    return [b for b in BINARIES if shutil.which(b) is None]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    """GET a loopback URL and decode its JSON body."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return json.load(resp)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback only
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class ManagedProcess:
+    """One child process with its log file; stopped by handle, never by name."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    ready_url: str
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if _answers(self.ready_url):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise StackError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class LocalStack:
+    """Prometheus scraping the exporter with the project's rules, Alertmanager calling back.
+
+    `targets` are the exporter addresses (host:port) Prometheus scrapes in job
+    `agent-registry-exporter`; the first one receives the webhook.
+    """
+
+    workdir: Path
+    targets: list[str]
+    token: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    interval: str = "1s"
+    rule_options: RuleOptions = field(
+        default_factory=lambda: RuleOptions(
+            for_agents_per_user="0s",
+            for_session_age="0s",
+            for_total_agents="0s",
+            for_cleanup_failing="0s",
+            for_exporter_down="0s",
+        )
+    )
+    route: AlertmanagerRoute | None = None
+    prometheus: ManagedProcess | None = None
+    alertmanager: ManagedProcess | None = None
+
+    @property
+    def prometheus_url(self) -> str:
+        assert self.prometheus is not None
+        return self.prometheus.ready_url.removesuffix("/-/ready")
+
+    @property
+    def alertmanager_url(self) -> str:
+        assert self.alertmanager is not None
+        return self.alertmanager.ready_url.removesuffix("/-/ready")
+
+    def start(self) -> None:
+        """Write the configs, start Alertmanager then Prometheus, wait until both are ready."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        token_file = self.workdir / "webhook-token"
+        token_file.write_text(self.token)
+        token_file.chmod(0o600)
+        try:
+            self.alertmanager = self._start_alertmanager(token_file)
+            self.prometheus = self._start_prometheus()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop both processes (Prometheus first, so no alert is sent to a dead receiver)."""
+        for proc in (self.prometheus, self.alertmanager):
+            if proc is not None:
+                proc.stop()
+
+    def _start_alertmanager(self, token_file: Path) -> ManagedProcess:
+        route = self.route or AlertmanagerRoute(
+            webhook_url=f"http://{self.targets[0]}/webhook/alertmanager",
+            credentials_file=str(token_file),
+            group_wait="1s",
+            group_interval="2s",
+            repeat_interval="1h",
+        )
+        config = self.workdir / "alertmanager.yml"
+        config.write_text(yaml.safe_dump(render_alertmanager_config(route), sort_keys=False))
+        port = free_port()
+        proc = ManagedProcess(
+            "alertmanager",
+            [
+                shutil.which("prometheus-alertmanager") or "prometheus-alertmanager",
+                f"--config.file={config}",
+                f"--storage.path={self.workdir / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",  # no HA gossip: a single local instance
+            ],
+            self.workdir / "alertmanager.log",
+            f"http://127.0.0.1:{port}/-/ready",
+        )
+        proc.start()
+        return proc
+
+    def _start_prometheus(self) -> ManagedProcess:
+        assert self.alertmanager is not None
+        rules = self.workdir / "rules.yml"
+        rules.write_text(
+            yaml.safe_dump(render_rules(self.thresholds, self.rule_options), sort_keys=False)
+        )
+        am = self.alertmanager_url.removeprefix("http://")
+        config = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "rule_files": [str(rules)],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am]}]}]},
+            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": self.targets}]}],
+        }
+        path = self.workdir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        port = free_port()
+        proc = ManagedProcess(
+            "prometheus",
+            [
+                shutil.which("prometheus") or "prometheus",
+                f"--config.file={path}",
+                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                # Re-send firing alerts every second instead of every minute.
+                f"--rules.alert.resend-delay={self.interval}",
+            ],
+            self.workdir / "prometheus.log",
+            f"http://127.0.0.1:{port}/-/ready",
+        )
+        proc.start()
+        return proc
+
+    def prometheus_alerts(self) -> list[dict[str, Any]]:
+        """Alerts Prometheus holds (pending and firing)."""
+        alerts: list[dict[str, Any]] = get_json(f"{self.prometheus_url}/api/v1/alerts")["data"][
+            "alerts"
+        ]
+        return alerts
+
+    def alertmanager_alerts(self) -> list[dict[str, Any]]:
+        """Active alerts Alertmanager holds."""
+        alerts: list[dict[str, Any]] = get_json(f"{self.alertmanager_url}/api/v2/alerts")
+        return alerts
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant PromQL query's result vector."""
+        url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        result: list[dict[str, Any]] = get_json(url)["data"]["result"]
+        return result
+
+    def diagnostics(self) -> str:
+        """Logs and alerts of both processes, for a failed test's report."""
+        parts = []
+        for proc in (self.prometheus, self.alertmanager):
+            if proc is not None:
+                parts.append(f"--- {proc.name} log (tail) ---\n{proc.log_tail()}")
+        for name, fetch in (
+            ("Prometheus alerts", self.prometheus_alerts),
+            ("Alertmanager alerts", self.alertmanager_alerts),
+        ):
+            try:
+                parts.append(f"--- {name} ---\n{json.dumps(fetch(), indent=1)[:6000]}")
+            except (OSError, AssertionError, urllib.error.URLError) as exc:
+                parts.append(f"--- {name} ---\n(unavailable: {exc})")
+        return "\n".join(parts)

@@ -1,0 +1,142 @@
+"""The end-to-end harness: the real exporter, Prometheus and Alertmanager on 127.0.0.1.
+
+One stack per test session (a cold start to the first webhook takes several seconds); each
+test gets a fresh registry behind the same exporter. On failure the report carries both
+processes' logs and the alerts they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import pytest_asyncio
+
+from agent_registry_exporter import AgentRegistry, CleanupResult, InProcessSource, Settings
+from agent_registry_exporter.remediation import Decision
+from agent_registry_exporter.server import ExporterServer, create_app
+from agent_registry_exporter.stack import LocalStack, ManagedProcess, free_port, missing_binaries
+
+STACK_KEY = pytest.StashKey["LocalStack"]()
+
+
+class SwitchableSource(InProcessSource):
+    """The in-process source, with the registry swapped per test and faults on demand."""
+
+    def __init__(self, registry: AgentRegistry) -> None:
+        super().__init__(registry)
+        self.failing_cleanups = 0
+
+    async def cleanup_user(self, user_id: str) -> CleanupResult:
+        if self.failing_cleanups > 0:
+            self.failing_cleanups -= 1
+            raise ConnectionError("injected fault: registry unavailable")
+        return await super().cleanup_user(user_id)
+
+
+@dataclass
+class Harness:
+    source: SwitchableSource
+    server: ExporterServer
+    stack: LocalStack
+    victim: ManagedProcess
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def instance(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def decisions_for(self, users: set[str]) -> list[Decision]:
+        return [d for d in self.decisions if d.user_id in users]
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], within: float = 30.0, what: str = ""
+) -> None:
+    """Poll `check` until it holds; fail with `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within:g}s: {what}")
+        await asyncio.sleep(0.2)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def harness(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Harness]:
+    missing = missing_binaries()
+    assert not missing, f"{missing} are installed by `make test` (Debian packages)"
+    workdir = tmp_path_factory.mktemp("stack")
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    source = SwitchableSource(AgentRegistry())
+    decisions: list[Decision] = []
+    settings = Settings(
+        listen_host="127.0.0.1",
+        listen_port=port,
+        webhook_token=token,
+        instance=f"127.0.0.1:{port}",
+        cleanup_burst=1000,
+    )
+    server = ExporterServer(
+        create_app(source, settings, on_decision=decisions.append), "127.0.0.1", port
+    )
+    await server.start()
+    # A second, separate exporter process: the target the exporter-down test kills.
+    victim_port = free_port()
+    victim = ManagedProcess(
+        "victim-exporter",
+        [
+            sys.executable,
+            "-m",
+            "agent_registry_exporter.cli",
+            "serve",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(victim_port),
+        ],
+        workdir / "victim.log",
+        f"http://127.0.0.1:{victim_port}/-/ready",
+    )
+    stack = LocalStack(
+        workdir=workdir, targets=[f"127.0.0.1:{port}", f"127.0.0.1:{victim_port}"], token=token
+    )
+    try:
+        await asyncio.to_thread(victim.start)
+        await asyncio.to_thread(stack.start)
+        request.config.stash[STACK_KEY] = stack
+        yield Harness(source, server, stack, victim, decisions)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        await asyncio.to_thread(victim.stop)
+        await server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def registry(harness: Harness) -> AgentRegistry:
+    """A fresh, empty registry behind the running exporter."""
+    fresh = AgentRegistry()
+    harness.source.registry = fresh
+    harness.source.failing_cleanups = 0
+    return fresh
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.config.stash.get(STACK_KEY, None)
+    if report.when == "call" and report.failed and stack is not None:
+        report.sections.append(("Prometheus and Alertmanager", stack.diagnostics()))

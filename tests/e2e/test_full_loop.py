@@ -1,0 +1,153 @@
+"""The whole loop on the real binaries: a session goes bad, Prometheus sees it, a rule fires,
+Alertmanager calls the webhook, the session is cleaned, the alert resolves."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent_registry_exporter import AgentRegistry
+
+from ..conftest import RecordingAgent
+from .conftest import Harness, eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def add_user(
+    registry: AgentRegistry, user: str, agents: int, age_hours: float = 0
+) -> list[RecordingAgent]:
+    made = [RecordingAgent(f"{user}/{n}") for n in range(agents)]
+    for n, agent in enumerate(made):
+        await registry.register_user_agent(user, f"agent-{n}", agent)
+    session = registry.get_session(user)
+    assert session is not None
+    session.created_at = datetime.now(UTC) - timedelta(hours=age_hours)
+    return made
+
+
+def firing(alerts: list[dict], alertname: str, **labels: str) -> list[dict]:
+    return [
+        a
+        for a in alerts
+        if a["labels"]["alertname"] == alertname
+        and a.get("state", a.get("status", {}).get("state")) in ("firing", "active")
+        and all(a["labels"].get(k) == v for k, v in labels.items())
+    ]
+
+
+async def prometheus_alerts(h: Harness) -> list[dict]:
+    return await asyncio.to_thread(h.stack.prometheus_alerts)
+
+
+async def alertmanager_alerts(h: Harness) -> list[dict]:
+    return await asyncio.to_thread(h.stack.alertmanager_alerts)
+
+
+async def test_original_scenario_cleans_exactly_the_old_sessions(harness, registry) -> None:
+    """15 users x 12 agents, 26 h old, beside healthy ones: those 15 are cleaned, alerts resolve."""
+    old = {f"old{i:02d}": await add_user(registry, f"old{i:02d}", 12, 26) for i in range(15)}
+    healthy = {f"ok{i}": await add_user(registry, f"ok{i}", 3, 1) for i in range(5)}
+
+    await eventually(
+        lambda: all(registry.get_session(u) is None for u in old), 45, "old sessions cleaned"
+    )
+
+    for user, agents in healthy.items():
+        assert registry.get_session(user).agent_count == 3, user
+        assert {a.closes for a in agents} == {0}
+    for agents in old.values():
+        assert {a.closes for a in agents} == {1}
+    cleaned = {
+        d.user_id
+        for d in harness.decisions_for(set(old))
+        if d.outcome == "cleaned" and d.alertname == "AgentRegistrySessionTooOld"
+    }
+    assert cleaned == set(old)
+    assert not harness.decisions_for(set(healthy))
+
+    async def resolved() -> bool:
+        prom = firing(await prometheus_alerts(harness), "AgentRegistrySessionTooOld")
+        am = firing(await alertmanager_alerts(harness), "AgentRegistrySessionTooOld")
+        return not prom and not am
+
+    await eventually(resolved, 30, "AgentRegistrySessionTooOld resolved in both")
+
+
+async def test_user_over_the_agent_limit_is_cleaned(harness, registry) -> None:
+    """60 agents fire AgentRegistryTooManyAgentsPerUser and the session is cleaned."""
+    agents = await add_user(registry, "greedy", 60)
+    bystander = await add_user(registry, "calm", 50)
+
+    await eventually(lambda: registry.get_session("greedy") is None, 30, "greedy cleaned")
+
+    (decision,) = [d for d in harness.decisions_for({"greedy"}) if d.outcome == "cleaned"]
+    assert decision.alertname == "AgentRegistryTooManyAgentsPerUser"
+    assert decision.agents_cleaned == 60
+    assert decision.instance == harness.instance
+    assert {a.closes for a in agents} == {1}
+    assert registry.get_session("calm").agent_count == 50
+    assert {a.closes for a in bystander} == {0}
+
+
+async def test_total_limit_alerts_but_cleans_nothing(harness, registry) -> None:
+    """506 agents across 11 healthy users: the total alert fires in both, no session is touched."""
+    users = {f"mid{i:02d}": await add_user(registry, f"mid{i:02d}", 46) for i in range(11)}
+
+    async def total_alert_reached_alertmanager() -> bool:
+        alerts = await alertmanager_alerts(harness)
+        return bool(firing(alerts, "AgentRegistryTooManyAgentsTotal", instance=harness.instance))
+
+    await eventually(total_alert_reached_alertmanager, 30, "total alert in Alertmanager")
+    (alert,) = firing(
+        await prometheus_alerts(harness),
+        "AgentRegistryTooManyAgentsTotal",
+        instance=harness.instance,
+    )
+    assert float(alert["value"]) == 506
+    assert alert["labels"]["severity"] == "critical"
+    await asyncio.sleep(3)  # longer than group_wait + a scrape: a cleanup would have happened
+    assert len(registry) == 11
+    assert all({a.closes for a in agents} == {0} for agents in users.values())
+    assert not harness.decisions_for(set(users))
+
+
+async def test_failed_receiver_is_retried_and_cleans_once(harness, registry) -> None:
+    """The receiver answers 5xx once (injected); Alertmanager retries; one cleanup happens."""
+    harness.source.failing_cleanups = 1
+    agents = await add_user(registry, "flaky", 70)
+
+    await eventually(lambda: registry.get_session("flaky") is None, 40, "flaky cleaned")
+
+    outcomes = [d.outcome.value for d in harness.decisions_for({"flaky"})]
+    assert outcomes[0] == "error"
+    assert outcomes.count("cleaned") == 1
+    assert {a.closes for a in agents} == {1}
+    assert harness.source.failing_cleanups == 0
+
+
+async def test_killed_exporter_raises_exporter_down(harness, registry) -> None:
+    """Kill the second exporter process: AgentRegistryExporterDown fires for its instance."""
+    victim = harness.victim
+    assert victim.process is not None
+    instance = victim.ready_url.removeprefix("http://").removesuffix("/-/ready")
+    victim.process.kill()
+    victim.process.wait(10)
+
+    async def down_in_both() -> bool:
+        prom = firing(
+            await prometheus_alerts(harness), "AgentRegistryExporterDown", instance=instance
+        )
+        am = firing(
+            await alertmanager_alerts(harness), "AgentRegistryExporterDown", instance=instance
+        )
+        return bool(prom and am)
+
+    await eventually(down_in_both, 30, "AgentRegistryExporterDown in Prometheus and Alertmanager")
+    up = await asyncio.to_thread(harness.stack.query, f'up{{instance="{instance}"}}')
+    assert up[0]["value"][1] == "0"
+    assert not firing(
+        await prometheus_alerts(harness), "AgentRegistryExporterDown", instance=harness.instance
+    )
