@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
+import secrets
+import signal
+import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from .lifecycle import Thresholds
 from .registry import AgentRegistry
-from .server import start_exporter
+from .remediation import Decision, Outcome
+from .server import ExporterServer, create_app
 from .settings import Settings
+from .source import InProcessSource
+from .stack import INSTALL_HINT, LocalStack, free_port, missing_binaries
 
-__all__ = ["DemoAgent", "WorkloadShape", "populate"]
+__all__ = ["DemoAgent", "SimulatedBackend", "WorkloadShape", "populate", "run_demo"]
 
 
 class DemoAgent:
@@ -66,14 +79,214 @@ async def _add_agents(registry: AgentRegistry, user: str, count: int) -> None:
         await registry.register_user_agent(user, f"agent-{n}", DemoAgent(f"{user}/agent-{n}"))
 
 
-async def run_demo(settings: Settings, thresholds: Thresholds, *, duration: float) -> int:
-    """Serve the demo workload for `duration` seconds (the full loop comes with the stack)."""
+@dataclass
+class _User:
+    name: str
+    kind: str  # "steady", "leaky" or "stale"
+    next_agent: int = 0
+    violated_at: float | None = None
+    cleaned_at: float | None = None
+    agents_closed: int = 0
+    fixed: bool = False
+
+
+class SimulatedBackend:
+    """Users opening and closing agents over time; leaky ones never close theirs."""
+
+    def __init__(self, registry: AgentRegistry, *, steady: int, leaky: int, stale: int) -> None:
+        self.registry = registry
+        self.rng = random.Random(11)
+        self.users = {
+            u.name: u
+            for u in (
+                *(_User(f"steady-{n:02d}", "steady") for n in range(steady)),
+                *(_User(f"leaky-{n:02d}", "leaky") for n in range(leaky)),
+                *(_User(f"stale-{n:02d}", "stale") for n in range(stale)),
+            )
+        }
+
+    async def open_sessions(self, now: float) -> None:
+        limits = self.registry.thresholds
+        for user in self.users.values():
+            start = {"steady": 8, "leaky": max(1, limits.agents_per_user - 8), "stale": 4}
+            for _ in range(start[user.kind]):
+                await self._open(user)
+            if user.kind == "stale":
+                session = self.registry.get_session(user.name)
+                assert session is not None
+                opened = datetime.fromtimestamp(self.registry.clock(), UTC)
+                session.created_at = opened - timedelta(seconds=limits.session_age_seconds + 7200)
+                user.violated_at = now
+
+    async def step(self, now: float) -> None:
+        """One tick of user activity."""
+        for user in self.users.values():
+            session = self.registry.get_session(user.name)
+            if user.kind == "leaky" and not user.fixed:
+                for _ in range(2):
+                    await self._open(user)
+                count = self.registry.get_session(user.name)
+                if count and count.agent_count > self.registry.thresholds.agents_per_user:
+                    user.violated_at = user.violated_at or now
+            elif session is not None and user.kind == "steady":
+                if self.rng.random() < 0.5 and session.agent_count < 30:
+                    await self._open(user)
+                elif session.agent_count > 2:
+                    agent_id = self.rng.choice(list(session.agents))
+                    await self.registry.lifecycle_manager.cleanup_agent_resources(
+                        user.name, agent_id
+                    )
+
+    def mark_cleaned(self, user_id: str, now: float, agents: int) -> _User | None:
+        user = self.users.get(user_id)
+        if user is None:
+            return None
+        user.cleaned_at = user.cleaned_at or now
+        user.agents_closed += agents
+        user.fixed = True  # the client was restarted: it stops leaking
+        return user
+
+    @property
+    def all_cleaned(self) -> bool:
+        return all(u.cleaned_at is not None for u in self.users.values() if u.kind != "steady")
+
+    async def _open(self, user: _User) -> None:
+        user.next_agent += 1
+        name = f"agent-{user.next_agent}"
+        await self.registry.register_user_agent(user.name, name, DemoAgent(f"{user.name}/{name}"))
+
+
+async def run_demo(
+    settings: Settings,
+    thresholds: Thresholds,
+    *,
+    duration: float,
+    steady: int = 8,
+    leaky: int = 3,
+    stale: int = 2,
+) -> int:
+    """The full loop on a simulated backend; 0 once every leaking session was cleaned."""
+    logging.getLogger("agent_registry_exporter").setLevel(logging.WARNING)
     registry = AgentRegistry(thresholds=thresholds)
-    kinds = await populate(registry)
-    server = await start_exporter(registry, settings)
-    print(f"demo workload { ({k: len(v) for k, v in kinds.items()}) } on {server.url}/metrics")
-    try:
-        await asyncio.sleep(duration)
-    finally:
-        await server.stop()
-    return 0
+    backend = SimulatedBackend(registry, steady=steady, leaky=leaky, stale=stale)
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)
+
+    def on_decision(decision: Decision) -> None:
+        if decision.outcome != Outcome.CLEANED or decision.user_id is None:
+            if decision.outcome not in (Outcome.DUPLICATE, Outcome.NO_SESSION):
+                say(f"{decision.user_id or '-':<10} {decision.alertname}: {decision.outcome}")
+            return
+        now = time.monotonic() - started
+        user = backend.mark_cleaned(decision.user_id, now, decision.agents_cleaned)
+        delay = ""
+        if user is not None and user.violated_at is not None:
+            delay = f" ({now - user.violated_at:.1f}s after the violation)"
+        say(
+            f"{decision.user_id:<10} {decision.alertname} -> cleaned "
+            f"{decision.agents_cleaned} agents{delay}"
+        )
+
+    port = free_port()
+    token = secrets.token_urlsafe(24)
+    server_settings = settings.model_copy(
+        update={
+            "listen_host": "127.0.0.1",
+            "listen_port": port,
+            "webhook_token": SecretStr(token),
+            "webhook_token_file": None,
+            "instance": f"127.0.0.1:{port}",
+        }
+    )
+    app = create_app(InProcessSource(registry), server_settings, on_decision=on_decision)
+    server = ExporterServer(app, "127.0.0.1", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    await backend.open_sessions(0.0)
+    await server.start()
+    say(f"exporter on {server.url}/metrics  ({steady} steady, {leaky} leaky, {stale} stale users)")
+    stack: LocalStack | None = None
+    missing = missing_binaries()
+    with tempfile.TemporaryDirectory(prefix="agent-registry-demo-") as workdir:
+        try:
+            if missing:
+                say(f"{' and '.join(missing)} not found: running the exporter alone.")
+                say(f"For the whole loop install them (as root): {INSTALL_HINT}")
+            else:
+                stack = LocalStack(
+                    workdir=Path(workdir),
+                    targets=[f"127.0.0.1:{port}"],
+                    token=token,
+                    thresholds=thresholds,
+                )
+                await asyncio.to_thread(stack.start)
+                say(f"Prometheus {stack.prometheus_url}  Alertmanager {stack.alertmanager_url}")
+            await _simulate(
+                backend, registry, stop, started, duration, say, loop_closed=bool(missing)
+            )
+        finally:
+            if stack is not None:
+                await asyncio.to_thread(stack.stop)
+            await server.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    _summary(backend, registry)
+    if stop.is_set():
+        return 130
+    return 0 if missing or backend.all_cleaned else 1
+
+
+async def _simulate(
+    backend: SimulatedBackend,
+    registry: AgentRegistry,
+    stop: asyncio.Event,
+    started: float,
+    duration: float,
+    say: Callable[[str], None],
+    *,
+    loop_closed: bool,
+) -> None:
+    reported: set[str] = set()
+    while not stop.is_set():
+        now = time.monotonic() - started
+        await backend.step(now)
+        for user in backend.users.values():
+            if user.violated_at is not None and user.name not in reported:
+                reported.add(user.name)
+                result = await registry.lifecycle_manager.monitor_memory_usage(user.name)
+                say(f"{user.name:<10} violates: {', '.join(result['issues'])}")
+        if not loop_closed and backend.all_cleaned:
+            say("every leaking session was cleaned")
+            return
+        if now > duration:
+            say(f"stopping after --duration {duration:g}s")
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    say("interrupted: stopping everything")
+
+
+def _summary(backend: SimulatedBackend, registry: AgentRegistry) -> None:
+    print()
+    print(f"{'user':<12}{'kind':<8}{'violated':>10}{'cleaned':>10}{'delay':>8}{'closed':>8}")
+    for user in backend.users.values():
+        if user.kind == "steady" and user.cleaned_at is None:
+            continue
+        violated = f"{user.violated_at:.1f}s" if user.violated_at is not None else "-"
+        cleaned = f"{user.cleaned_at:.1f}s" if user.cleaned_at is not None else "no"
+        delay = (
+            f"{user.cleaned_at - user.violated_at:.1f}s"
+            if user.cleaned_at is not None and user.violated_at is not None
+            else "-"
+        )
+        print(
+            f"{user.name:<12}{user.kind:<8}{violated:>10}{cleaned:>10}{delay:>8}{user.agents_closed:>8}"
+        )
+    steady = [u for u in backend.users.values() if u.kind == "steady"]
+    untouched = sum(1 for u in steady if u.cleaned_at is None)
+    print(f"steady users untouched: {untouched} of {len(steady)}; sessions now: {len(registry)}")

@@ -1,0 +1,66 @@
+"""`agent-registry-exporter demo`, run as a newcomer would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+DEMO = [sys.executable, "-m", "agent_registry_exporter.cli", "demo"]
+
+
+def test_demo_cleans_every_leaking_session_and_exits_zero() -> None:
+    """With the binaries on PATH the demo runs the whole loop and ends by itself."""
+    done = subprocess.run([*DEMO, "--duration", "60"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "every leaking session was cleaned" in out
+    for user in ("leaky-00", "leaky-01", "leaky-02", "stale-00", "stale-01"):
+        assert f"{user:<10} AgentRegistry" in out, user
+    assert "steady users untouched: 8 of 8" in out
+
+
+def test_demo_without_binaries_runs_the_exporter_alone(tmp_path: Path) -> None:
+    """Without Prometheus it says how to install it and still serves."""
+    env = {**os.environ, "PATH": str(tmp_path)}
+    done = subprocess.run(
+        [*DEMO, "--duration", "1"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "apt-get install -y --no-install-recommends prometheus prometheus-alertmanager" in (
+        done.stdout
+    )
+    assert "/metrics" in done.stdout
+
+
+def test_ctrl_c_stops_the_demo_and_its_processes() -> None:
+    """SIGINT ends the demo with 130 and leaves no Prometheus or Alertmanager behind."""
+    proc = subprocess.Popen(
+        [*DEMO, "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Prometheus http://" in line:
+            break
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 2, lines
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, "".join(lines) + out
+    assert "interrupted" in out
+    for pid in children:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
