@@ -53,7 +53,12 @@ def test_ctrl_c_stops_the_demo_and_its_processes() -> None:
         lines.append(line)
         if "Prometheus http://" in line:
             break
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    # Children are listed per thread; the stack is started from a worker thread.
+    children = [
+        pid
+        for task in Path(f"/proc/{proc.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
     assert len(children) == 2, lines
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
