@@ -41,10 +41,11 @@ pytest: $(STAMP) tools
 
 test: lint typecheck pytest
 
-# Regenerate committed artefacts after changing a default.
+# Regenerate the committed artefacts (rules, Alertmanager example, dashboard).
 rules: $(STAMP)
 	$(BIN)/agent-registry-exporter rules > alerts/agent-registry.rules.yml
 	$(BIN)/agent-registry-exporter alertmanager-config > alerts/alertmanager.example.yml
+	$(BIN)/agent-registry-exporter dashboard > grafana/agent-registry.json
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scrape.py

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import __version__
+from .dashboard import render_dashboard_json
 from .registry import AgentRegistry
 from .routing import render_alertmanager_yaml
 from .rules import RuleOptions, render_rules_yaml
@@ -109,6 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--job", default=defaults.job, help="scrape job of the exporter (%(default)s)"
     )
 
+    commands.add_parser("dashboard", help="print the Grafana dashboard JSON")
     commands.add_parser(
         "alertmanager-config", help="print the example Alertmanager route for the webhook"
     )
@@ -177,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "rules":
         sys.stdout.write(render_rules_yaml(thresholds.to_thresholds(), options))
+        return 0
+    if args.command == "dashboard":
+        sys.stdout.write(render_dashboard_json())
         return 0
     if args.command == "alertmanager-config":
         sys.stdout.write(render_alertmanager_yaml())
