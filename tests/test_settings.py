@@ -112,3 +112,17 @@ class TestCli:
         )
         assert done.returncode == 2
         assert "invalid setting listen_port (AGENT_REGISTRY_EXPORTER_LISTEN_PORT)" in done.stderr
+
+
+class TestRemediationPolicy:
+    def test_defaults_are_the_policys_own(self) -> None:
+        """Settings carry no second copy of the receiver's defaults."""
+        from agent_registry_exporter.remediation import RemediationPolicy
+
+        assert Settings().remediation_policy() == RemediationPolicy()
+
+    def test_settings_reach_the_policy(self, monkeypatch) -> None:
+        """An environment value ends up in the policy the receiver uses."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_CLEANUP_BURST", "3")
+        policy = Settings(dry_run=True, instance="10.0.0.1:8464").remediation_policy()
+        assert (policy.cleanup_burst, policy.dry_run, policy.instance) == (3, True, "10.0.0.1:8464")

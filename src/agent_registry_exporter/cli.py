@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from pydantic import ValidationError
@@ -162,14 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings, thresholds = _load(args)
         if args.command == "rules":
-            options = RuleOptions(
-                for_agents_per_user=args.for_agents_per_user,
-                for_session_age=args.for_session_age,
-                for_total_agents=args.for_total_agents,
-                for_cleanup_failing=args.for_cleanup_failing,
-                for_exporter_down=args.for_exporter_down,
-                job=args.job,
-            )
+            options = RuleOptions(**{f.name: getattr(args, f.name) for f in fields(RuleOptions)})
     except ValidationError as exc:
         print(describe_validation_error(exc), file=sys.stderr)
         return 2

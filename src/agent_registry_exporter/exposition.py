@@ -178,10 +178,6 @@ def _header(name: str, help_text: str) -> str:
     return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
 
 
-def _spans(n: int) -> list[tuple[int, int]]:
-    return [(lo, min(lo + _CHUNK, n)) for lo in range(0, n, _CHUNK)]
-
-
 def _gzip(chunks: list[bytes]) -> bytes:
     # Chunk by chunk: each compress call releases the GIL, so the event loop keeps running.
     compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -209,40 +205,30 @@ def _render_families(
     chosen_counts = [counts[i] for i in chosen]
     limits = snapshot.thresholds
     chunks: list[bytes] = []
-    family = "agent_registry_user_agents"
-    chunks.append(_header(family, "Agents in the user's session.").encode())
-    for lo, hi in _spans(len(labels)):
-        chunks.append(
-            "".join(
-                [
-                    f'{family}{{user_id="{label}"}} {count}\n'
-                    for label, count in zip(labels[lo:hi], chosen_counts[lo:hi], strict=True)
-                ]
-            ).encode()
-        )
     # Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
-    family = "agent_registry_user_session_age_seconds"
-    chunks.append(_header(family, "Age of the user's session.").encode())
-    for lo, hi in _spans(len(labels)):
-        chunks.append(
-            "".join(
-                [
-                    f'{family}{{user_id="{label}"}} {now - ts:.3f}\n'
-                    for label, ts in zip(labels[lo:hi], created[lo:hi], strict=True)
-                ]
-            ).encode()
-        )
-    family = "agent_registry_user_session_created_timestamp_seconds"
-    chunks.append(_header(family, "Start of the user's session in Unix seconds.").encode())
-    for lo, hi in _spans(len(labels)):
-        chunks.append(
-            "".join(
-                [
-                    f'{family}{{user_id="{label}"}} {ts:.3f}\n'
-                    for label, ts in zip(labels[lo:hi], created[lo:hi], strict=True)
-                ]
-            ).encode()
-        )
+    for family, help_text, values, spec in (
+        ("agent_registry_user_agents", "Agents in the user's session.", chosen_counts, "d"),
+        (
+            "agent_registry_user_session_age_seconds",
+            "Age of the user's session.",
+            [now - ts for ts in created],
+            ".3f",
+        ),
+        (
+            "agent_registry_user_session_created_timestamp_seconds",
+            "Start of the user's session in Unix seconds.",
+            created,
+            ".3f",
+        ),
+    ):
+        chunks.append(_header(family, help_text).encode())
+        for lo in range(0, len(labels), _CHUNK):
+            pairs = zip(labels[lo : lo + _CHUNK], values[lo : lo + _CHUNK], strict=True)
+            chunks.append(
+                "".join(
+                    [f'{family}{{user_id="{label}"}} {v:{spec}}\n' for label, v in pairs]
+                ).encode()
+            )
     chunks.append(
         "".join(
             [

@@ -16,7 +16,7 @@ from . import __version__
 from .alertmanager import WebhookPayload
 from .exposition import ExporterMetrics, render, wants_gzip, wants_openmetrics
 from .registry import AgentRegistry
-from .remediation import Decision, Outcome, RemediationPolicy, Remediator
+from .remediation import Decision, Outcome, Remediator
 from .settings import ENV_PREFIX, Settings
 from .source import InProcessSource, RegistrySource
 
@@ -41,21 +41,6 @@ METRICS = web.AppKey("metrics", ExporterMetrics)
 REMEDIATOR = web.AppKey("remediator", Remediator)
 _AUTH = web.AppKey("webhook_auth", _WebhookAuth)
 _RENDER_SLOTS = web.AppKey("render_slots", asyncio.Semaphore)
-
-
-def policy_from_settings(settings: Settings) -> RemediationPolicy:
-    """The receiver's safety settings, taken from `Settings`."""
-    return RemediationPolicy(
-        dry_run=settings.dry_run,
-        instance=settings.instance,
-        cleanup_rate_per_minute=settings.cleanup_rate_per_minute,
-        cleanup_burst=settings.cleanup_burst,
-        breaker_max_share=settings.breaker_max_share,
-        breaker_min_users=settings.breaker_min_users,
-        cleanup_concurrency=settings.cleanup_concurrency,
-        cleanup_timeout_seconds=settings.cleanup_timeout_seconds,
-        dedupe_cache_size=settings.dedupe_cache_size,
-    )
 
 
 def create_app(
@@ -98,7 +83,7 @@ def create_app(
     app[SOURCE] = source
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[REMEDIATOR] = Remediator(source, policy_from_settings(settings), on_decision=count)
+    app[REMEDIATOR] = Remediator(source, settings.remediation_policy(), on_decision=count)
     app[_AUTH] = _WebhookAuth(token, settings.webhook_allow_unauthenticated)
     app[_RENDER_SLOTS] = asyncio.Semaphore(_MAX_CONCURRENT_RENDERS)
     app.router.add_get("/", _landing)

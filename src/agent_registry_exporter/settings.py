@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,9 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .lifecycle import Thresholds
+from .remediation import RemediationPolicy
+
+_POLICY = RemediationPolicy()  # the receiver's defaults live there, once
 
 __all__ = ["ENV_PREFIX", "Settings", "ThresholdSettings", "describe_validation_error"]
 
@@ -29,18 +33,18 @@ class Settings(BaseSettings):
     webhook_allow_unauthenticated: bool = False
     webhook_max_body_bytes: int = Field(default=1 << 20, gt=0)
     instance: str | None = Field(
-        default=None,
+        default=_POLICY.instance,
         description="the `instance` label Prometheus gives this replica; alerts naming another"
         " instance are not acted on here. Unset: every alert is for this replica.",
     )
-    dry_run: bool = False
-    cleanup_rate_per_minute: float = Field(default=60.0, gt=0)
-    cleanup_burst: int = Field(default=20, gt=0)
-    breaker_max_share: float = Field(default=0.5, gt=0, le=1)
-    breaker_min_users: int = Field(default=10, gt=0)
-    cleanup_concurrency: int = Field(default=8, gt=0)
-    cleanup_timeout_seconds: float = Field(default=5.0, gt=0)
-    dedupe_cache_size: int = Field(default=10_000, gt=0)
+    dry_run: bool = _POLICY.dry_run
+    cleanup_rate_per_minute: float = Field(default=_POLICY.cleanup_rate_per_minute, gt=0)
+    cleanup_burst: int = Field(default=_POLICY.cleanup_burst, gt=0)
+    breaker_max_share: float = Field(default=_POLICY.breaker_max_share, gt=0, le=1)
+    breaker_min_users: int = Field(default=_POLICY.breaker_min_users, gt=0)
+    cleanup_concurrency: int = Field(default=_POLICY.cleanup_concurrency, gt=0)
+    cleanup_timeout_seconds: float = Field(default=_POLICY.cleanup_timeout_seconds, gt=0)
+    dedupe_cache_size: int = Field(default=_POLICY.dedupe_cache_size, gt=0)
 
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -54,6 +58,10 @@ class Settings(BaseSettings):
         if self.webhook_token_file is not None:
             self._read_token_file(self.webhook_token_file)
         return self
+
+    def remediation_policy(self) -> RemediationPolicy:
+        """The receiver's safety settings."""
+        return RemediationPolicy(**{f.name: getattr(self, f.name) for f in fields(_POLICY)})
 
     def resolved_webhook_token(self) -> str | None:
         """The bearer token the webhook requires, or None when none is configured."""
