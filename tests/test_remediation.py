@@ -203,8 +203,10 @@ class TestFailures:
         assert "broken" in decisions[0].detail
         assert registry.get_session("a") is None
 
-    async def test_slow_cleanup_times_out_but_finishes_in_the_background(self, clock) -> None:
-        """The answer comes within the budget; the started cleanup still completes."""
+    async def test_slow_cleanup_times_out_but_finishes_in_the_background(
+        self, clock, caplog
+    ) -> None:
+        """The answer comes within the budget; the started cleanup still completes and is logged."""
         registry = AgentRegistry(clock=clock, agent_close_timeout=0.5)
         hanging = HangingAgent()
         await leak(registry, "slow")
@@ -219,8 +221,12 @@ class TestFailures:
         assert registry.get_session("slow") is None
         (task,) = remediator._background
         result = await task
+        await asyncio.sleep(0)  # let the done-callback run
         assert result.agents_cleaned == 51
         assert "hang" in result.errors
+        assert not remediator._background
+        (late,) = [r for r in caplog.records if r.getMessage() == "late cleanup finished"]
+        assert late.fields == {"user_id": "slow", "agents_cleaned": 51, "errors": 1}
 
     async def test_cleanups_not_started_in_time_are_left_untouched(self, clock) -> None:
         """With one worker and a short budget, queued users keep their sessions."""

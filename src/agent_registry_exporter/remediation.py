@@ -6,6 +6,7 @@ Testable without HTTP: `Remediator.handle(payload)` returns one `Decision` per a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -159,7 +160,8 @@ class Remediator:
         )
         self._handled: OrderedDict[_AlertKey, None] = OrderedDict()
         self._in_flight: set[_AlertKey] = set()
-        # Cleanups that outlived a request's deadline; kept so they finish and are counted.
+        # Cleanups that outlived a request's deadline: referenced until they finish (an
+        # unreferenced task may be garbage-collected mid-cleanup), then logged.
         self._background: set[asyncio.Task[CleanupResult]] = set()
 
     async def handle(self, payload: WebhookPayload) -> list[Decision]:
@@ -299,7 +301,7 @@ class Remediator:
             elif user_id in started:
                 # Never cancel a started cleanup: its session is already detached.
                 self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                task.add_done_callback(functools.partial(self._background_done, user_id))
                 results[user_id] = (Outcome.TIMEOUT, f"cleanup still running after {budget:g}s")
             else:
                 task.cancel()
@@ -308,6 +310,19 @@ class Remediator:
                     f"not started within {budget:g}s; nothing was touched",
                 )
         return results
+
+    def _background_done(self, user_id: str, task: asyncio.Task[CleanupResult]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        fields: dict[str, object] = {"user_id": user_id}
+        if exc is not None:
+            fields["error"] = repr(exc)
+        else:
+            result = task.result()
+            fields.update(agents_cleaned=result.agents_cleaned, errors=len(result.errors))
+        _log.warning("late cleanup finished", extra={"fields": fields})
 
     def _remember(self, key: _AlertKey) -> None:
         self._handled[key] = None
