@@ -230,9 +230,13 @@ class TestBadInput:
         assert "token" in (await resp.json())["error"]
         assert registry.get_session("leaky").agent_count == 60
 
-    async def test_no_token_configured_refuses_to_act(self, aiohttp_client, registry, users):
-        """Without a token, the webhook is disabled and says how to enable it."""
-        app = create_app(InProcessSource(registry), Settings())
+    async def test_no_token_configured_refuses_to_act(
+        self, aiohttp_client, registry, users, caplog
+    ) -> None:
+        """Without a token, start-up warns and the webhook refuses, saying how to enable it."""
+        with caplog.at_level(logging.WARNING, logger="agent_registry_exporter"):
+            app = create_app(InProcessSource(registry), Settings())
+        assert any("webhook disabled" in r.getMessage() for r in caplog.records)
         client = await aiohttp_client(app)
         body = (WEBHOOK / "firing-too-many-agents.json").read_bytes()
         resp = await client.post("/webhook/alertmanager", data=body, headers=AUTH)
