@@ -207,26 +207,35 @@ class TestFailures:
         self, clock, caplog
     ) -> None:
         """The answer comes within the budget; the started cleanup still completes and is logged."""
-        registry = AgentRegistry(clock=clock, agent_close_timeout=0.5)
-        hanging = HangingAgent()
-        await leak(registry, "slow")
-        await registry.register_user_agent("slow", "hang", hanging)
+        gate = asyncio.Event()
+
+        class GatedAgent(RecordingAgent):
+            async def aclose(self) -> None:
+                await gate.wait()  # held until the webhook has answered
+                self.closes += 1
+
+        registry = AgentRegistry(clock=clock, agent_close_timeout=60)
+        agents = await leak(registry, "slow")
+        gated = GatedAgent()
+        await registry.register_user_agent("slow", "gated", gated)
         remediator = Remediator(
             InProcessSource(registry), RemediationPolicy(cleanup_timeout_seconds=0.1)
         )
-        started = time.perf_counter()
-        decisions = await remediator.handle(payload("slow"))
-        assert time.perf_counter() - started < 0.4
+        decisions = await remediator.handle(payload("slow"))  # returns while the agent is held
         assert outcomes(decisions) == ["timeout"]
+        assert "still running" in decisions[0].detail
         assert registry.get_session("slow") is None
+        assert gated.closes == 0
+
+        gate.set()
         (task,) = remediator._background
         result = await task
         await asyncio.sleep(0)  # let the done-callback run
-        assert result.agents_cleaned == 51
-        assert "hang" in result.errors
+        assert result.agents_cleaned == 52
+        assert {a.closes for a in [*agents, gated]} == {1}
         assert not remediator._background
         (late,) = [r for r in caplog.records if r.getMessage() == "late cleanup finished"]
-        assert late.fields == {"user_id": "slow", "agents_cleaned": 51, "errors": 1}
+        assert late.fields == {"user_id": "slow", "agents_cleaned": 52, "errors": 0}
 
     async def test_cleanups_not_started_in_time_are_left_untouched(self, clock) -> None:
         """With one worker and a short budget, queued users keep their sessions."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -307,3 +308,34 @@ class TestObservability:
         )
         assert TOKEN not in everything
         assert "wrong" not in everything
+
+
+class TestTokenRotation:
+    async def test_rotated_token_file_is_picked_up(
+        self, aiohttp_client, registry, users, tmp_path, caplog
+    ) -> None:
+        """A new token in the file replaces the old one; a vanished file keeps the last good one."""
+        token_file = tmp_path / "token"
+        token_file.write_text("first\n")
+        app = create_app(InProcessSource(registry), Settings(webhook_token_file=token_file))
+        client = await aiohttp_client(app)
+        body = (WEBHOOK / "healthy-again.json").read_bytes()
+
+        async def status_with(token: str) -> int:
+            headers = {"Authorization": f"Bearer {token}"}
+            return (await client.post("/webhook/alertmanager", data=body, headers=headers)).status
+
+        assert await status_with("first") == 200
+        token_file.write_text("second\n")
+        stat = token_file.stat()
+        os.utime(token_file, (stat.st_atime, stat.st_mtime + 5))  # a visible change
+        assert await status_with("first") == 401
+        assert await status_with("second") == 200
+
+        token_file.unlink()
+        with caplog.at_level(logging.WARNING, logger="agent_registry_exporter"):
+            assert await status_with("second") == 200
+            assert await status_with("second") == 200
+        warnings = [r for r in caplog.records if "not reloaded" in r.getMessage()]
+        assert len(warnings) == 1
+        assert registry.get_session("healthy").agent_count == 5

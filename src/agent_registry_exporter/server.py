@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -29,10 +28,32 @@ WEBHOOK_PATH = "/webhook/alertmanager"
 _MAX_CONCURRENT_RENDERS = 2
 
 
-@dataclass(frozen=True)
 class _WebhookAuth:
-    token: str | None
-    allow_unauthenticated: bool
+    """The bearer token, re-read from its file when the file changes (secret rotation)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.allow_unauthenticated = settings.webhook_allow_unauthenticated
+        self._file = settings.webhook_token_file
+        self._token = settings.resolved_webhook_token()
+        self._mtime = self._stat()
+
+    def token(self) -> str | None:
+        if self._file is not None and (mtime := self._stat()) != self._mtime:
+            self._mtime = mtime  # once per change, even when the read fails
+            try:
+                self._token = Settings.read_token_file(self._file)
+                _log.info("webhook token reloaded from %s", self._file)
+            except ValueError as exc:
+                # Keep the last good token: a half-written or vanished file must not lock out
+                # Alertmanager, nor open the endpoint.
+                _log.warning("webhook token not reloaded: %s", exc)
+        return self._token
+
+    def _stat(self) -> float | None:
+        try:
+            return self._file.stat().st_mtime if self._file is not None else None
+        except OSError:
+            return None
 
 
 SOURCE = web.AppKey("source", RegistrySource)
@@ -56,8 +77,7 @@ def create_app(
     """
     settings = settings or Settings()
     metrics = metrics or ExporterMetrics(__version__)
-    token = settings.resolved_webhook_token()
-    if token is None and not settings.webhook_allow_unauthenticated:
+    if settings.resolved_webhook_token() is None and not settings.webhook_allow_unauthenticated:
         _log.warning(
             "webhook disabled: no token configured; set %sWEBHOOK_TOKEN or %sWEBHOOK_TOKEN_FILE "
             "(or %sWEBHOOK_ALLOW_UNAUTHENTICATED=true on a trusted network)",
@@ -84,7 +104,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[REMEDIATOR] = Remediator(source, settings.remediation_policy(), on_decision=count)
-    app[_AUTH] = _WebhookAuth(token, settings.webhook_allow_unauthenticated)
+    app[_AUTH] = _WebhookAuth(settings)
     app[_RENDER_SLOTS] = asyncio.Semaphore(_MAX_CONCURRENT_RENDERS)
     app.router.add_get("/", _landing)
     app.router.add_get("/metrics", _metrics)
@@ -169,14 +189,15 @@ async def _webhook(request: web.Request) -> web.Response:
 
 async def _webhook_response(request: web.Request) -> web.Response:
     auth = request.app[_AUTH]
-    if auth.token is None:
+    token = auth.token()
+    if token is None:
         if not auth.allow_unauthenticated:
             return _error(
                 403,
                 "webhook disabled: no token configured (set "
                 f"{ENV_PREFIX}WEBHOOK_TOKEN or {ENV_PREFIX}WEBHOOK_TOKEN_FILE)",
             )
-    elif not _bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), auth.token):
+    elif not _bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), token):
         response = _error(401, "missing or wrong bearer token")
         response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="agent-registry-exporter"'
         return response

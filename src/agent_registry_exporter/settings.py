@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         if self.webhook_token is not None and not self.webhook_token.get_secret_value().strip():
             raise ValueError("webhook_token is empty")
         if self.webhook_token_file is not None:
-            self._read_token_file(self.webhook_token_file)
+            self.read_token_file(self.webhook_token_file)
         return self
 
     def remediation_policy(self) -> RemediationPolicy:
@@ -68,11 +68,12 @@ class Settings(BaseSettings):
         if self.webhook_token is not None:
             return self.webhook_token.get_secret_value().strip()
         if self.webhook_token_file is not None:
-            return self._read_token_file(self.webhook_token_file)
+            return self.read_token_file(self.webhook_token_file)
         return None
 
     @staticmethod
-    def _read_token_file(path: Path) -> str:
+    def read_token_file(path: Path) -> str:
+        """The token in `path`, stripped; ValueError naming the file when unusable."""
         try:
             token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
