@@ -339,3 +339,23 @@ class TestTokenRotation:
         warnings = [r for r in caplog.records if "not reloaded" in r.getMessage()]
         assert len(warnings) == 1
         assert registry.get_session("healthy").agent_count == 5
+
+
+class TestUnexpectedFailure:
+    async def test_a_crash_in_the_receiver_is_a_counted_json_500(
+        self, client, registry, users, monkeypatch
+    ) -> None:
+        """An unexpected error answers 500 (Alertmanager retries) and is counted like any answer."""
+        from agent_registry_exporter.remediation import Remediator
+
+        async def crash(self, payload):
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(Remediator, "handle", crash)
+        body = (WEBHOOK / "firing-too-many-agents.json").read_bytes()
+        resp = await client.post("/webhook/alertmanager", data=body, headers=AUTH)
+        assert resp.status == 500
+        assert "internal error" in (await resp.json())["error"]
+        text = await (await client.get("/metrics")).text()
+        assert 'agent_registry_webhook_requests_total{code="500"} 1.0' in text
+        assert registry.get_session("leaky").agent_count == 60

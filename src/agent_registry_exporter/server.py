@@ -77,7 +77,8 @@ def create_app(
     """
     settings = settings or Settings()
     metrics = metrics or ExporterMetrics(__version__)
-    if settings.resolved_webhook_token() is None and not settings.webhook_allow_unauthenticated:
+    auth = _WebhookAuth(settings)
+    if auth.token() is None and not auth.allow_unauthenticated:
         _log.warning(
             "webhook disabled: no token configured; set %sWEBHOOK_TOKEN or %sWEBHOOK_TOKEN_FILE "
             "(or %sWEBHOOK_ALLOW_UNAUTHENTICATED=true on a trusted network)",
@@ -104,7 +105,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[REMEDIATOR] = Remediator(source, settings.remediation_policy(), on_decision=count)
-    app[_AUTH] = _WebhookAuth(settings)
+    app[_AUTH] = auth
     app[_RENDER_SLOTS] = asyncio.Semaphore(_MAX_CONCURRENT_RENDERS)
     app.router.add_get("/", _landing)
     app.router.add_get("/metrics", _metrics)
@@ -151,10 +152,11 @@ async def _landing(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     app = request.app
-    snapshot = await app[SOURCE].snapshot()
     accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
     gzipped = wants_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
     async with app[_RENDER_SLOTS]:
+        # Taken once a slot is free, so a queued scrape does not render stale data.
+        snapshot = await app[SOURCE].snapshot()
         rendered = await asyncio.to_thread(
             render,
             snapshot,
@@ -182,7 +184,12 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _webhook(request: web.Request) -> web.Response:
-    response = await _webhook_response(request)
+    try:
+        response = await _webhook_response(request)
+    except Exception:
+        # Answered here rather than by the middleware, so this 500 is counted too.
+        _log.exception("webhook failed")
+        response = _error(500, "internal error; see the exporter's log")
     request.app[METRICS].webhook_requests.labels(code=str(response.status)).inc()
     return response
 
