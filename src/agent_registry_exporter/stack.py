@@ -79,8 +79,16 @@ class ManagedProcess:
     name: str
     argv: list[str]
     log_path: Path
-    ready_url: str
+    address: str  # host:port it serves on
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def ready_url(self) -> str:
+        return f"{self.url}/-/ready"
 
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("wb")
@@ -140,19 +148,18 @@ class LocalStack:
             for_exporter_down="0s",
         )
     )
-    route: AlertmanagerRoute | None = None
     prometheus: ManagedProcess | None = None
     alertmanager: ManagedProcess | None = None
 
     @property
     def prometheus_url(self) -> str:
         assert self.prometheus is not None
-        return self.prometheus.ready_url.removesuffix("/-/ready")
+        return self.prometheus.url
 
     @property
     def alertmanager_url(self) -> str:
         assert self.alertmanager is not None
-        return self.alertmanager.ready_url.removesuffix("/-/ready")
+        return self.alertmanager.url
 
     def start(self) -> None:
         """Write the configs, start Alertmanager then Prometheus, wait until both are ready."""
@@ -174,59 +181,61 @@ class LocalStack:
                 proc.stop()
 
     def _start_alertmanager(self, token_file: Path) -> ManagedProcess:
-        route = self.route or AlertmanagerRoute(
+        route = AlertmanagerRoute(
             webhook_url=f"http://{self.targets[0]}/webhook/alertmanager",
             credentials_file=str(token_file),
             group_wait="1s",
             group_interval="2s",
             repeat_interval="1h",
         )
-        config = self.workdir / "alertmanager.yml"
-        config.write_text(yaml.safe_dump(render_alertmanager_config(route), sort_keys=False))
-        port = free_port()
-        proc = ManagedProcess(
+        config = self._write("alertmanager.yml", render_alertmanager_config(route))
+        return self._spawn(
             "alertmanager",
-            [
-                shutil.which("prometheus-alertmanager") or "prometheus-alertmanager",
-                f"--config.file={config}",
-                f"--storage.path={self.workdir / 'alertmanager-data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--cluster.listen-address=",  # no HA gossip: a single local instance
-            ],
-            self.workdir / "alertmanager.log",
-            f"http://127.0.0.1:{port}/-/ready",
+            "prometheus-alertmanager",
+            f"--config.file={config}",
+            f"--storage.path={self.workdir / 'alertmanager-data'}",
+            "--cluster.listen-address=",  # no HA gossip: a single local instance
         )
-        proc.start()
-        return proc
 
     def _start_prometheus(self) -> ManagedProcess:
         assert self.alertmanager is not None
-        rules = self.workdir / "rules.yml"
-        rules.write_text(
-            yaml.safe_dump(render_rules(self.thresholds, self.rule_options), sort_keys=False)
+        rules = self._write("rules.yml", render_rules(self.thresholds, self.rule_options))
+        config = self._write(
+            "prometheus.yml",
+            {
+                "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+                "rule_files": [str(rules)],
+                "alerting": {
+                    "alertmanagers": [
+                        {"static_configs": [{"targets": [self.alertmanager.address]}]}
+                    ]
+                },
+                "scrape_configs": [
+                    {"job_name": JOB, "static_configs": [{"targets": self.targets}]}
+                ],
+            },
         )
-        am = self.alertmanager_url.removeprefix("http://")
-        config = {
-            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
-            "rule_files": [str(rules)],
-            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am]}]}]},
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": self.targets}]}],
-        }
-        path = self.workdir / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        port = free_port()
-        proc = ManagedProcess(
+        return self._spawn(
             "prometheus",
-            [
-                shutil.which("prometheus") or "prometheus",
-                f"--config.file={path}",
-                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                # Re-send firing alerts every second instead of every minute.
-                f"--rules.alert.resend-delay={self.interval}",
-            ],
-            self.workdir / "prometheus.log",
-            f"http://127.0.0.1:{port}/-/ready",
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+            # Re-send firing alerts every interval instead of every minute.
+            f"--rules.alert.resend-delay={self.interval}",
+        )
+
+    def _write(self, name: str, config: dict[str, Any]) -> Path:
+        path = self.workdir / name
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def _spawn(self, name: str, binary: str, *flags: str) -> ManagedProcess:
+        address = f"127.0.0.1:{free_port()}"
+        proc = ManagedProcess(
+            name,
+            [shutil.which(binary) or binary, *flags, f"--web.listen-address={address}"],
+            self.workdir / f"{name}.log",
+            address,
         )
         proc.start()
         return proc

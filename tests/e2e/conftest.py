@@ -108,7 +108,7 @@ async def harness(
             str(victim_port),
         ],
         workdir / "victim.log",
-        f"http://127.0.0.1:{victim_port}/-/ready",
+        f"127.0.0.1:{victim_port}",
     )
     stack = LocalStack(
         workdir=workdir, targets=[f"127.0.0.1:{port}", f"127.0.0.1:{victim_port}"], token=token

@@ -132,7 +132,7 @@ async def test_killed_exporter_raises_exporter_down(harness, registry) -> None:
     """Kill the second exporter process: AgentRegistryExporterDown fires for its instance."""
     victim = harness.victim
     assert victim.process is not None
-    instance = victim.ready_url.removeprefix("http://").removesuffix("/-/ready")
+    instance = victim.address
     victim.process.kill()
     victim.process.wait(10)
 
