@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .dashboard import render_dashboard_json
+from .lifecycle import Thresholds
 from .registry import AgentRegistry
 from .routing import render_alertmanager_yaml
 from .rules import RuleOptions, render_rules_yaml
@@ -125,10 +126,11 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _load(args: argparse.Namespace) -> tuple[Settings, ThresholdSettings]:
-    threshold_names = ("agents_per_user", "session_age_seconds", "total_agents")
-    thresholds = ThresholdSettings(**_overrides(args, threshold_names))
-    thresholds.to_thresholds()  # validate now, so a bad limit stops start-up
+def _load(args: argparse.Namespace) -> tuple[Settings, Thresholds]:
+    # Built (and so validated) here, once: a bad limit stops start-up.
+    thresholds = ThresholdSettings(
+        **_overrides(args, list(ThresholdSettings.model_fields))
+    ).to_thresholds()
     settings = Settings(
         **_overrides(
             args,
@@ -138,8 +140,8 @@ def _load(args: argparse.Namespace) -> tuple[Settings, ThresholdSettings]:
     return settings, thresholds
 
 
-async def _serve(settings: Settings, thresholds: ThresholdSettings, demo: bool) -> None:
-    registry = AgentRegistry(thresholds=thresholds.to_thresholds())
+async def _serve(settings: Settings, thresholds: Thresholds, demo: bool) -> None:
+    registry = AgentRegistry(thresholds=thresholds)
     if demo:
         from .demo import populate
 
@@ -172,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     if args.command == "rules":
-        sys.stdout.write(render_rules_yaml(thresholds.to_thresholds(), options))
+        sys.stdout.write(render_rules_yaml(thresholds, options))
         return 0
     if args.command == "dashboard":
         sys.stdout.write(render_dashboard_json())
@@ -190,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .demo import run_demo
 
-    code: int = asyncio.run(run_demo(settings, thresholds.to_thresholds(), duration=args.duration))
+    code: int = asyncio.run(run_demo(settings, thresholds, duration=args.duration))
     return code
 
 

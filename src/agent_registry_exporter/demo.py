@@ -56,7 +56,6 @@ async def populate(
     rng = random.Random(seed)
     limits = registry.thresholds
     kinds: dict[str, list[str]] = {"healthy": [], "too_many_agents": [], "too_old": []}
-    now = datetime.fromtimestamp(registry.clock(), UTC)
     for i in range(shape.healthy):
         user = f"user-{i:03d}"
         await _add_agents(registry, user, rng.randint(1, max(1, limits.agents_per_user // 2)))
@@ -68,10 +67,17 @@ async def populate(
     for i in range(shape.too_old):
         user = f"stale-{i:03d}"
         await _add_agents(registry, user, rng.randint(1, 10))
-        session = await registry.get_user_session(user)
-        session.created_at = now - timedelta(seconds=limits.session_age_seconds + 2 * 3600)
+        _age_past_limit(registry, user)
         kinds["too_old"].append(user)
     return kinds
+
+
+def _age_past_limit(registry: AgentRegistry, user: str) -> None:
+    """Backdate the user's session to two hours past the age limit (opened "yesterday")."""
+    session = registry.get_session(user)
+    assert session is not None
+    now = datetime.fromtimestamp(registry.clock(), UTC)
+    session.created_at = now - timedelta(seconds=registry.thresholds.session_age_seconds + 7200)
 
 
 async def _add_agents(registry: AgentRegistry, user: str, count: int) -> None:
@@ -112,23 +118,23 @@ class SimulatedBackend:
             for _ in range(start[user.kind]):
                 await self._open(user)
             if user.kind == "stale":
-                session = self.registry.get_session(user.name)
-                assert session is not None
-                opened = datetime.fromtimestamp(self.registry.clock(), UTC)
-                session.created_at = opened - timedelta(seconds=limits.session_age_seconds + 7200)
+                _age_past_limit(self.registry, user.name)
                 user.violated_at = now
 
     async def step(self, now: float) -> None:
         """One tick of user activity."""
+        limit = self.registry.thresholds.agents_per_user
         for user in self.users.values():
-            session = self.registry.get_session(user.name)
-            if user.kind == "leaky" and not user.fixed:
+            leaking = user.kind == "leaky" and not user.fixed
+            if leaking:
                 for _ in range(2):
                     await self._open(user)
-                count = self.registry.get_session(user.name)
-                if count and count.agent_count > self.registry.thresholds.agents_per_user:
-                    user.violated_at = user.violated_at or now
-            elif session is not None and user.kind == "steady":
+            session = self.registry.get_session(user.name)
+            if session is None:
+                continue
+            if leaking and session.agent_count > limit:
+                user.violated_at = user.violated_at or now
+            elif user.kind == "steady":
                 if self.rng.random() < 0.5 and session.agent_count < 30:
                     await self._open(user)
                 elif session.agent_count > 2:
