@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -70,16 +71,26 @@ def registry(clock: FakeClock) -> AgentRegistry:
     return AgentRegistry(thresholds=Thresholds(), clock=clock, agent_close_timeout=0.2)
 
 
+async def add_agents(
+    registry: AgentRegistry, user: str, count: int, age_hours: float = 0.0
+) -> list[RecordingAgent]:
+    """Register `count` recording agents for `user`; the session is `age_hours` old."""
+    made = [RecordingAgent(f"{user}/{n}") for n in range(count)]
+    for n, agent in enumerate(made):
+        await registry.register_user_agent(user, f"agent-{n}", agent)
+    session = await registry.get_user_session(user)
+    session.created_at = datetime.fromtimestamp(registry.clock(), UTC) - timedelta(hours=age_hours)
+    return made
+
+
+def assert_kept_or_closed_once(registry: AgentRegistry, made: list[RecordingAgent]) -> None:
+    """The invariant under any race: every agent is still registered, or closed exactly once."""
+    live = {id(a) for s in registry.sessions() for a in s.agents.values()}
+    for agent in made:
+        assert agent.closes == (0 if id(agent) in live else 1), agent.name
+
+
 @pytest.fixture
-def fill(registry: AgentRegistry, clock: FakeClock) -> Callable[..., object]:
-    """Add `agents` agents for `user`, optionally backdating the session by `age_hours`."""
-
-    async def _fill(user: str, agents: int, age_hours: float = 0.0) -> list[RecordingAgent]:
-        made = [RecordingAgent(f"{user}/{n}") for n in range(agents)]
-        for n, agent in enumerate(made):
-            await registry.register_user_agent(user, f"agent-{n}", agent)
-        session = await registry.get_user_session(user)
-        session.created_at = datetime.fromtimestamp(clock(), UTC) - timedelta(hours=age_hours)
-        return made
-
-    return _fill
+def fill(registry: AgentRegistry) -> Callable[..., Awaitable[list[RecordingAgent]]]:
+    """`add_agents` bound to the test's registry."""
+    return functools.partial(add_agents, registry)

@@ -7,7 +7,13 @@ import time
 
 from agent_registry_exporter import AgentRegistry
 
-from .conftest import FailingAgent, HangingAgent, RecordingAgent, SyncCloseAgent
+from .conftest import (
+    FailingAgent,
+    HangingAgent,
+    RecordingAgent,
+    SyncCloseAgent,
+    assert_kept_or_closed_once,
+)
 
 
 class TestTriggerCleanup:
@@ -131,6 +137,4 @@ class TestChurn:
 
         await asyncio.gather(producer("u1"), producer("u2"), producer("u3"), cleaner())
 
-        live = {id(a) for s in registry.sessions() for a in s.agents.values()}
-        for agent in made:
-            assert agent.closes == (0 if id(agent) in live else 1), agent.name
+        assert_kept_or_closed_once(registry, made)

@@ -20,7 +20,13 @@ from agent_registry_exporter.remediation import (
     TokenBucket,
 )
 
-from .conftest import FakeClock, HangingAgent, RecordingAgent
+from .conftest import (
+    FakeClock,
+    HangingAgent,
+    RecordingAgent,
+    add_agents,
+    assert_kept_or_closed_once,
+)
 
 STARTS = "2026-11-27T20:07:48.84Z"
 
@@ -52,10 +58,8 @@ def payload(*users: str, alertname: str = "AgentRegistryTooManyAgentsPerUser", *
 
 
 async def leak(registry: AgentRegistry, user: str, agents: int = 51) -> list[RecordingAgent]:
-    made = [RecordingAgent(f"{user}/{n}") for n in range(agents)]
-    for n, agent in enumerate(made):
-        await registry.register_user_agent(user, f"a{n}", agent)
-    return made
+    """A user over the default agent limit."""
+    return await add_agents(registry, user, agents)
 
 
 def outcomes(decisions) -> list[str]:
@@ -346,7 +350,5 @@ class TestRaces:
                 await asyncio.sleep(0)
 
         await asyncio.gather(register("u1"), register("u2"), register("u3"), deliver(), scrape())
-        live = {id(a) for s in registry.sessions() for a in s.agents.values()}
-        for agent in made:
-            assert agent.closes == (0 if id(agent) in live else 1), agent.name
+        assert_kept_or_closed_once(registry, made)
         assert any(a.closes for a in made)

@@ -4,28 +4,13 @@ Alertmanager calls the webhook, the session is cleaned, the alert resolves."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent_registry_exporter import AgentRegistry
-
-from ..conftest import RecordingAgent
+from ..conftest import add_agents
 from .conftest import Harness, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
-
-
-async def add_user(
-    registry: AgentRegistry, user: str, agents: int, age_hours: float = 0
-) -> list[RecordingAgent]:
-    made = [RecordingAgent(f"{user}/{n}") for n in range(agents)]
-    for n, agent in enumerate(made):
-        await registry.register_user_agent(user, f"agent-{n}", agent)
-    session = registry.get_session(user)
-    assert session is not None
-    session.created_at = datetime.now(UTC) - timedelta(hours=age_hours)
-    return made
 
 
 def firing(alerts: list[dict], alertname: str, **labels: str) -> list[dict]:
@@ -48,8 +33,8 @@ async def alertmanager_alerts(h: Harness) -> list[dict]:
 
 async def test_original_scenario_cleans_exactly_the_old_sessions(harness, registry) -> None:
     """15 users x 12 agents, 26 h old, beside healthy ones: those 15 are cleaned, alerts resolve."""
-    old = {f"old{i:02d}": await add_user(registry, f"old{i:02d}", 12, 26) for i in range(15)}
-    healthy = {f"ok{i}": await add_user(registry, f"ok{i}", 3, 1) for i in range(5)}
+    old = {f"old{i:02d}": await add_agents(registry, f"old{i:02d}", 12, 26) for i in range(15)}
+    healthy = {f"ok{i}": await add_agents(registry, f"ok{i}", 3, 1) for i in range(5)}
 
     await eventually(
         lambda: all(registry.get_session(u) is None for u in old), 45, "old sessions cleaned"
@@ -78,8 +63,8 @@ async def test_original_scenario_cleans_exactly_the_old_sessions(harness, regist
 
 async def test_user_over_the_agent_limit_is_cleaned(harness, registry) -> None:
     """60 agents fire AgentRegistryTooManyAgentsPerUser and the session is cleaned."""
-    agents = await add_user(registry, "greedy", 60)
-    bystander = await add_user(registry, "calm", 50)
+    agents = await add_agents(registry, "greedy", 60)
+    bystander = await add_agents(registry, "calm", 50)
 
     await eventually(lambda: registry.get_session("greedy") is None, 30, "greedy cleaned")
 
@@ -94,7 +79,7 @@ async def test_user_over_the_agent_limit_is_cleaned(harness, registry) -> None:
 
 async def test_total_limit_alerts_but_cleans_nothing(harness, registry) -> None:
     """506 agents across 11 healthy users: the total alert fires in both, no session is touched."""
-    users = {f"mid{i:02d}": await add_user(registry, f"mid{i:02d}", 46) for i in range(11)}
+    users = {f"mid{i:02d}": await add_agents(registry, f"mid{i:02d}", 46) for i in range(11)}
 
     async def total_alert_reached_alertmanager() -> bool:
         alerts = await alertmanager_alerts(harness)
@@ -117,7 +102,7 @@ async def test_total_limit_alerts_but_cleans_nothing(harness, registry) -> None:
 async def test_failed_receiver_is_retried_and_cleans_once(harness, registry) -> None:
     """The receiver answers 5xx once (injected); Alertmanager retries; one cleanup happens."""
     harness.source.failing_cleanups = 1
-    agents = await add_user(registry, "flaky", 70)
+    agents = await add_agents(registry, "flaky", 70)
 
     await eventually(lambda: registry.get_session("flaky") is None, 40, "flaky cleaned")
 
