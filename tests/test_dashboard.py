@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_registry_exporter.dashboard import UID, render_dashboard, render_dashboard_json
+from agent_registry_exporter.artifacts.dashboard import UID, render_dashboard, render_dashboard_json
 
 ROOT = Path(__file__).parent.parent
 DASHBOARD_FILE = ROOT / "grafana" / "agent-registry.json"

@@ -11,7 +11,6 @@ from typing import Any
 from aiohttp import ClientSession
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, start_exporter
-from agent_registry_exporter.alertmanager import WebhookPayload
 from agent_registry_exporter.lifecycle import CleanupResult
 from agent_registry_exporter.remediation import (
     Outcome,
@@ -19,6 +18,7 @@ from agent_registry_exporter.remediation import (
     Remediator,
     TokenBucket,
 )
+from agent_registry_exporter.remediation.payload import WebhookPayload
 
 from .conftest import (
     FakeClock,

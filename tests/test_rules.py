@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from agent_registry_exporter import Thresholds
+from agent_registry_exporter.artifacts.alertmanager_route import render_alertmanager_yaml
+from agent_registry_exporter.artifacts.rules import RuleOptions, render_rules, render_rules_yaml
 from agent_registry_exporter.cli import main
-from agent_registry_exporter.routing import render_alertmanager_yaml
-from agent_registry_exporter.rules import RuleOptions, render_rules, render_rules_yaml
 
 ROOT = Path(__file__).parent.parent
 ALERTS = ROOT / "alerts"

@@ -17,7 +17,7 @@ from .registry import (
 )
 from .server import ExporterServer, create_app, start_exporter
 from .settings import Settings
-from .source import InProcessSource, RegistrySource
+from .sources import InProcessSource, RegistrySource
 
 __all__ = [
     "AgentLifecycleManager",

@@ -16,11 +16,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import __version__
-from .dashboard import render_dashboard_json
+from .artifacts import (
+    RuleOptions,
+    render_alertmanager_yaml,
+    render_dashboard_json,
+    render_rules_yaml,
+)
 from .lifecycle import Thresholds
 from .registry import AgentRegistry
-from .routing import render_alertmanager_yaml
-from .rules import RuleOptions, render_rules_yaml
 from .server import start_exporter
 from .settings import Settings, ThresholdSettings, describe_validation_error
 

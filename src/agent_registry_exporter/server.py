@@ -12,12 +12,11 @@ from aiohttp import hdrs, web
 from pydantic import ValidationError
 
 from . import __version__
-from .alertmanager import WebhookPayload
 from .exposition import ExporterMetrics, render, wants_gzip, wants_openmetrics
 from .registry import AgentRegistry
-from .remediation import Decision, Outcome, Remediator
+from .remediation import Decision, Outcome, Remediator, WebhookPayload
 from .settings import ENV_PREFIX, Settings
-from .source import InProcessSource, RegistrySource
+from .sources import InProcessSource, RegistrySource
 
 __all__ = ["ExporterServer", "create_app", "start_exporter"]
 

@@ -8,9 +8,9 @@ import urllib.parse
 
 import pytest
 
-from agent_registry_exporter.dashboard import render_dashboard
+from agent_registry_exporter.artifacts.dashboard import render_dashboard
 from agent_registry_exporter.demo import populate
-from agent_registry_exporter.stack import get_json
+from agent_registry_exporter.demo.stack import get_json
 
 from ..test_dashboard import CORE_PANELS, data_panels, substitute
 from .conftest import eventually

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from .lifecycle import Thresholds
-from .routing import AlertmanagerRoute, render_alertmanager_config
-from .rules import RuleOptions, render_rules
+from ..artifacts.alertmanager_route import AlertmanagerRoute, render_alertmanager_config
+from ..artifacts.rules import RuleOptions, render_rules
+from ..lifecycle import Thresholds
 
 __all__ = [
     "BINARIES",

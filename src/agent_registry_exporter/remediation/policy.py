@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from .alertmanager import Alert, WebhookPayload
-from .lifecycle import CleanupResult
-from .source import RegistrySource
+from ..lifecycle import CleanupResult
+from ..sources import RegistrySource
+from .payload import Alert, WebhookPayload
 
 __all__ = ["Decision", "Outcome", "RemediationPolicy", "Remediator", "TokenBucket"]
 

@@ -1,0 +1,26 @@
+"""The in-process source: a registry living in the exporter's own process (embedded mode)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..lifecycle import CleanupResult
+from ..registry import AgentRegistry, RegistrySnapshot
+
+__all__ = ["InProcessSource"]
+
+
+class InProcessSource:
+    """A registry living in the same process (the embedded "sidecar server")."""
+
+    def __init__(self, registry: AgentRegistry) -> None:
+        self.registry = registry
+
+    async def snapshot(self) -> RegistrySnapshot:
+        return self.registry.snapshot()
+
+    async def monitor_user(self, user_id: str) -> dict[str, Any]:
+        return await self.registry.lifecycle_manager.monitor_memory_usage(user_id)
+
+    async def cleanup_user(self, user_id: str) -> CleanupResult:
+        return await self.registry.lifecycle_manager.trigger_cleanup(user_id)

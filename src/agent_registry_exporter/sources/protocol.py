@@ -1,0 +1,26 @@
+"""`RegistrySource`: what the exporter server needs of a registry, wherever it lives."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..lifecycle import CleanupResult
+from ..registry import RegistrySnapshot
+
+__all__ = ["RegistrySource"]
+
+
+class RegistrySource(Protocol):
+    """The three things the exporter server needs of a registry."""
+
+    async def snapshot(self) -> RegistrySnapshot:
+        """The sessions and thresholds to render."""
+        ...
+
+    async def monitor_user(self, user_id: str) -> dict[str, Any]:
+        """The lifecycle manager's `monitor_memory_usage` result for one user."""
+        ...
+
+    async def cleanup_user(self, user_id: str) -> CleanupResult:
+        """The lifecycle manager's `trigger_cleanup` for one user."""
+        ...
