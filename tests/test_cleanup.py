@@ -116,6 +116,68 @@ class TestTriggerCleanup:
         assert not await registry.lifecycle_manager.cleanup_agent_resources("u1", "agent-1")
 
 
+class TestConditionalCleanup:
+    async def test_healthy_session_is_left_untouched(self, registry, fill) -> None:
+        """if_violating=True on a healthy session detaches nothing and closes nothing."""
+        agents = await fill("u1", 50)
+        result = await registry.lifecycle_manager.trigger_cleanup("u1", if_violating=True)
+        assert result.found
+        assert result.not_violating
+        assert result.issues == []
+        assert result.agents_cleaned == 0
+        assert registry.get_session("u1").agent_count == 50
+        assert all(a.closes == 0 for a in agents)
+
+    async def test_violating_session_is_cleaned_and_its_issues_reported(
+        self, registry, fill
+    ) -> None:
+        """The issues seen at the check come back with the result."""
+        agents = await fill("u1", 51, age_hours=26)
+        result = await registry.lifecycle_manager.trigger_cleanup("u1", if_violating=True)
+        assert not result.not_violating
+        assert result.issues == ["Too many agents: 51", "Session too old: 26.0h"]
+        assert result.agents_cleaned == 51
+        assert {a.closes for a in agents} == {1}
+        assert registry.get_session("u1") is None
+
+    async def test_unconditional_cleanup_still_cleans_a_healthy_session(
+        self, registry, fill
+    ) -> None:
+        """The default (if_violating=False) keeps the seed's behaviour."""
+        agents = await fill("u1", 2)
+        result = await registry.lifecycle_manager.trigger_cleanup("u1")
+        assert not result.not_violating
+        assert result.agents_cleaned == 2
+        assert {a.closes for a in agents} == {1}
+
+    async def test_unknown_user_is_not_found_rather_than_not_violating(self, registry) -> None:
+        """No session: found=False, and nothing claims the user is healthy."""
+        result = await registry.lifecycle_manager.trigger_cleanup("ghost", if_violating=True)
+        assert not result.found
+        assert not result.not_violating
+
+
+class TestHostileAgents:
+    async def test_close_attribute_that_raises_on_access_is_an_error_not_a_crash(
+        self, registry
+    ) -> None:
+        """Attack: `agent.aclose` is a property that raises; trigger_cleanup still returns."""
+
+        class Booby(RecordingAgent):
+            @property
+            def aclose(self):  # type: ignore[override]
+                raise RuntimeError("trapped attribute")
+
+        good = RecordingAgent("good")
+        await registry.register_user_agent("u1", "booby", Booby())
+        await registry.register_user_agent("u1", "good", good)
+        result = await registry.lifecycle_manager.trigger_cleanup("u1")
+        assert result.agents_cleaned == 1
+        assert "trapped attribute" in result.errors["booby"]
+        assert good.closes == 1
+        assert registry.get_session("u1") is None
+
+
 class TestChurn:
     async def test_registration_and_cleanup_racing_lose_no_agent(self, clock) -> None:
         """Every agent ever registered is either still registered or closed exactly once."""

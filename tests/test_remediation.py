@@ -74,11 +74,11 @@ class FlakySource(InProcessSource):
         self.failures = failures
         self.calls = 0
 
-    async def cleanup_user(self, user_id: str) -> CleanupResult:
+    async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
         self.calls += 1
         if self.calls <= self.failures:
             raise ConnectionError("registry API unavailable")
-        return await super().cleanup_user(user_id)
+        return await super().cleanup_user(user_id, if_violating=if_violating)
 
 
 class TestTokenBucket:
@@ -352,3 +352,90 @@ class TestRaces:
         await asyncio.gather(register("u1"), register("u2"), register("u3"), deliver(), scrape())
         assert_kept_or_closed_once(registry, made)
         assert any(a.closes for a in made)
+
+    async def test_victim_made_healthy_while_waiting_for_a_cleanup_slot_is_not_wiped(
+        self, clock
+    ) -> None:
+        """Attack: the victim turns healthy while eight slow cleanups hold every slot."""
+        stage = await _SlotsHeld.build(clock)
+        registry, remediator = stage.registry, stage.remediator
+        victim = await leak(registry, "victim", 55)
+        handling = asyncio.create_task(remediator.handle(payload(*_SLOW_USERS, "victim")))
+        await _wait_until(lambda: stage.closing == len(_SLOW_USERS))
+
+        for n in range(50):
+            await registry.unregister_user_agent("victim", f"agent-{n}")
+        newcomer = RecordingAgent("victim/new")
+        await registry.register_user_agent("victim", "new", newcomer)
+        assert (await registry.lifecycle_manager.monitor_memory_usage("victim"))["status"] == (
+            "healthy"
+        )
+        stage.release.set()
+        decisions = await handling
+
+        assert outcomes(decisions) == ["cleaned"] * 8 + ["not_violating"]
+        assert registry.get_session("victim").agent_count == 6
+        assert newcomer.closes == 0
+        assert all(a.closes == 0 for a in victim)
+        # Not remembered as handled: the same alert is checked again at its next delivery.
+        assert not any(fingerprint.endswith("-victim") for fingerprint, _ in remediator._handled)
+
+    async def test_victim_cleaned_elsewhere_then_back_with_one_agent_is_not_wiped(
+        self, clock
+    ) -> None:
+        """Attack: the victim is cleaned by someone else meanwhile and registers one new agent."""
+        stage = await _SlotsHeld.build(clock)
+        registry, remediator = stage.registry, stage.remediator
+        old = await leak(registry, "victim", 55)
+        handling = asyncio.create_task(remediator.handle(payload(*_SLOW_USERS, "victim")))
+        await _wait_until(lambda: stage.closing == len(_SLOW_USERS))
+
+        await registry.lifecycle_manager.trigger_cleanup("victim")
+        newcomer = RecordingAgent("victim/new")
+        await registry.register_user_agent("victim", "new", newcomer)
+        stage.release.set()
+        decisions = await handling
+
+        assert outcomes(decisions)[-1] == "not_violating"
+        assert dict(registry.get_session("victim").agents) == {"new": newcomer}
+        assert newcomer.closes == 0
+        assert {a.closes for a in old} == {1}
+
+
+_SLOW_USERS = [f"slow-{n}" for n in range(8)]
+
+
+class _SlotsHeld:
+    """Eight violating users whose agents close only on `release`: every cleanup slot busy."""
+
+    def __init__(self, registry: AgentRegistry) -> None:
+        self.registry = registry
+        self.remediator = Remediator(
+            InProcessSource(registry),
+            RemediationPolicy(cleanup_concurrency=8, cleanup_timeout_seconds=60),
+        )
+        self.release = asyncio.Event()
+        self.closing = 0
+
+    @classmethod
+    async def build(cls, clock: FakeClock) -> _SlotsHeld:
+        stage = cls(AgentRegistry(clock=clock, agent_close_timeout=60))
+
+        class SlowAgent(RecordingAgent):
+            async def aclose(self) -> None:
+                stage.closing += 1
+                await stage.release.wait()
+                self.closes += 1
+
+        for user in _SLOW_USERS:
+            await leak(stage.registry, user)
+            await stage.registry.register_user_agent(user, "slow", SlowAgent())
+        return stage
+
+
+async def _wait_until(condition, deadline: float = 30.0) -> None:
+    """Poll `condition` on the loop until it holds (generous deadline: the machine is shared)."""
+    give_up = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < give_up, "condition never held"
+        await asyncio.sleep(0.01)

@@ -57,6 +57,10 @@ class CleanupResult:
     agents_cleaned: int = 0
     errors: dict[str, str] = field(default_factory=dict)
     duration_seconds: float = 0.0
+    # Set by a conditional cleanup that found the session within every threshold: untouched.
+    not_violating: bool = False
+    # The issue strings seen at the check, under the same lock as the detach.
+    issues: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -131,14 +135,34 @@ class AgentLifecycleManager:
             "users": users,
         }
 
-    async def trigger_cleanup(self, user_id: str) -> CleanupResult:
-        """Detach the user's session, then close its agents; an unknown user is a no-op."""
+    async def trigger_cleanup(self, user_id: str, *, if_violating: bool = False) -> CleanupResult:
+        """Detach the user's session, then close its agents; an unknown user is a no-op.
+
+        With `if_violating=True` the session is detached only if it exceeds a threshold,
+        checked under the registry lock in the same step as the detach: a session that
+        became healthy since an alert was raised is left untouched (`not_violating=True`).
+        Never raises for anything an agent does: failures are listed in `errors`.
+        """
         started = time.perf_counter()
         if self.registry is None:
             return CleanupResult(user_id=user_id, found=False)
-        session = await self.registry.detach_session(user_id)
+        thresholds = self.registry.thresholds
+        seen: list[str] = []
+
+        def should_detach(session: UserAgentSession) -> bool:
+            seen[:] = thresholds.user_issues(session.agent_count, session.uptime_seconds)
+            return bool(seen) or not if_violating
+
+        found, session = await self.registry.detach_session_if(user_id, should_detach)
         if session is None:
-            return CleanupResult(user_id=user_id, found=False)
+            if found:
+                _log.info("session of user %r left alone: within every threshold", user_id)
+            return CleanupResult(
+                user_id=user_id,
+                found=found,
+                not_violating=found,
+                duration_seconds=time.perf_counter() - started,
+            )
         # Outside the registry lock: a slow agent must not stall registration for everyone.
         agents = session.drain()
         errors = await self._close_all(agents)
@@ -150,6 +174,7 @@ class AgentLifecycleManager:
             agents_cleaned=cleaned,
             errors=errors,
             duration_seconds=time.perf_counter() - started,
+            issues=seen,
         )
 
     async def cleanup_agent_resources(self, user_id: str, agent_id: str) -> bool:
@@ -169,19 +194,35 @@ class AgentLifecycleManager:
         }
 
     async def _close_one(self, agent: Any) -> str | None:
-        for name in _CLOSE_METHODS:
-            method = getattr(agent, name, None)
-            if callable(method):
-                break
-        else:
-            return None
+        name = _CLOSE_METHODS[0]
         try:
+            for name in _CLOSE_METHODS:
+                method = getattr(agent, name, None)
+                if callable(method):
+                    break
+            else:
+                return None
             async with asyncio.timeout(self.agent_close_timeout):
                 outcome = method()
                 if inspect.isawaitable(outcome):
                     await outcome
         except TimeoutError:
             return f"{name}() timed out after {self.agent_close_timeout:g}s"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our own cancellation (shutdown), not the agent's doing
+            return f"{name}() raised CancelledError"
         except Exception as exc:
-            return f"{name}() raised {type(exc).__name__}: {exc}"
+            return f"{name}() raised {_describe(exc)}"
         return None
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message`, even for an exception whose own `__str__` raises."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable>"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

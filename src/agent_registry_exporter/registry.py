@@ -174,6 +174,24 @@ class AgentRegistry:
         async with self._lock:
             return self._user_sessions.pop(user_id, None)
 
+    async def detach_session_if(
+        self, user_id: str, condition: Callable[[UserAgentSession], bool]
+    ) -> tuple[bool, UserAgentSession | None]:
+        """Remove the user's session only if `condition(session)` holds, in one critical section.
+
+        Returns (whether the user had a session, the detached session or None). `condition`
+        runs under the registry lock: it must be quick and must not await, so no registration
+        or removal can slip between the check and the detach.
+        """
+        async with self._lock:
+            session = self._user_sessions.get(user_id)
+            if session is None:
+                return False, None
+            if not condition(session):
+                return True, None
+            del self._user_sessions[user_id]
+            return True, session
+
     def get_session(self, user_id: str) -> UserAgentSession | None:
         """The user's session if there is one (never creates)."""
         return self._user_sessions.get(user_id)

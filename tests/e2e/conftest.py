@@ -37,11 +37,11 @@ class SwitchableSource(InProcessSource):
         super().__init__(registry)
         self.failing_cleanups = 0
 
-    async def cleanup_user(self, user_id: str) -> CleanupResult:
+    async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
         if self.failing_cleanups > 0:
             self.failing_cleanups -= 1
             raise ConnectionError("injected fault: registry unavailable")
-        return await super().cleanup_user(user_id)
+        return await super().cleanup_user(user_id, if_violating=if_violating)
 
 
 @dataclass

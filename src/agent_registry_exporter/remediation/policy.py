@@ -286,7 +286,9 @@ class Remediator:
         async def clean(user_id: str) -> CleanupResult:
             async with semaphore:
                 started.add(user_id)
-                return await self.source.cleanup_user(user_id)
+                # Re-checked under the registry lock with the detach: the user may have
+                # become healthy while this cleanup waited for a slot.
+                return await self.source.cleanup_user(user_id, if_violating=True)
 
         tasks = {user_id: asyncio.create_task(clean(user_id)) for user_id in users}
         budget = self.policy.cleanup_timeout_seconds
@@ -352,6 +354,10 @@ def _from_result(alert: Alert, result: CleanupResult | tuple[Outcome, str]) -> D
         return _decision(alert, *result)
     if not result.found:
         return _decision(alert, Outcome.NO_SESSION, "session was already gone")
+    if result.not_violating:
+        return _decision(
+            alert, Outcome.NOT_VIOLATING, "within every threshold when its cleanup started"
+        )
     decision = _decision(alert, Outcome.CLEANED, f"{result.agents_cleaned} agents closed")
     if not result.ok:
         decision.outcome = Outcome.ERROR

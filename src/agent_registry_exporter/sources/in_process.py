@@ -22,5 +22,7 @@ class InProcessSource:
     async def monitor_user(self, user_id: str) -> dict[str, Any]:
         return await self.registry.lifecycle_manager.monitor_memory_usage(user_id)
 
-    async def cleanup_user(self, user_id: str) -> CleanupResult:
-        return await self.registry.lifecycle_manager.trigger_cleanup(user_id)
+    async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
+        return await self.registry.lifecycle_manager.trigger_cleanup(
+            user_id, if_violating=if_violating
+        )

@@ -21,6 +21,10 @@ class RegistrySource(Protocol):
         """The lifecycle manager's `monitor_memory_usage` result for one user."""
         ...
 
-    async def cleanup_user(self, user_id: str) -> CleanupResult:
-        """The lifecycle manager's `trigger_cleanup` for one user."""
+    async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
+        """The lifecycle manager's `trigger_cleanup` for one user.
+
+        By default only a session over a threshold is detached, checked atomically with the
+        detach; a healthy one comes back with `not_violating=True`, untouched.
+        """
         ...
