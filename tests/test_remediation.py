@@ -13,6 +13,7 @@ from aiohttp import ClientSession
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, start_exporter
 from agent_registry_exporter.lifecycle import CleanupResult
 from agent_registry_exporter.remediation import (
+    Decision,
     Outcome,
     RemediationPolicy,
     Remediator,
@@ -360,8 +361,7 @@ class TestRaces:
         stage = await _SlotsHeld.build(clock)
         registry, remediator = stage.registry, stage.remediator
         victim = await leak(registry, "victim", 55)
-        handling = asyncio.create_task(remediator.handle(payload(*_SLOW_USERS, "victim")))
-        await _wait_until(lambda: stage.closing == len(_SLOW_USERS))
+        handling = await stage.deliver_while_slots_are_held("victim")
 
         for n in range(50):
             await registry.unregister_user_agent("victim", f"agent-{n}")
@@ -385,10 +385,9 @@ class TestRaces:
     ) -> None:
         """Attack: the victim is cleaned by someone else meanwhile and registers one new agent."""
         stage = await _SlotsHeld.build(clock)
-        registry, remediator = stage.registry, stage.remediator
+        registry = stage.registry
         old = await leak(registry, "victim", 55)
-        handling = asyncio.create_task(remediator.handle(payload(*_SLOW_USERS, "victim")))
-        await _wait_until(lambda: stage.closing == len(_SLOW_USERS))
+        handling = await stage.deliver_while_slots_are_held("victim")
 
         await registry.lifecycle_manager.trigger_cleanup("victim")
         newcomer = RecordingAgent("victim/new")
@@ -431,6 +430,12 @@ class _SlotsHeld:
             await leak(stage.registry, user)
             await stage.registry.register_user_agent(user, "slow", SlowAgent())
         return stage
+
+    async def deliver_while_slots_are_held(self, victim: str) -> asyncio.Task[list[Decision]]:
+        """One payload naming the slow users then `victim`; returns once every slot is busy."""
+        handling = asyncio.create_task(self.remediator.handle(payload(*_SLOW_USERS, victim)))
+        await _wait_until(lambda: self.closing == len(_SLOW_USERS))
+        return handling
 
 
 async def _wait_until(condition, deadline: float = 30.0) -> None:
