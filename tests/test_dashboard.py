@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import pytest
 import yaml
 
 from agent_registry_exporter.artifacts.dashboard import UID, render_dashboard, render_dashboard_json
+from agent_registry_exporter.artifacts.grafana import decode, encode, model
+from agent_registry_exporter.cli import main
 
 ROOT = Path(__file__).parent.parent
 DASHBOARD_FILE = ROOT / "grafana" / "agent-registry.json"
@@ -72,6 +76,68 @@ class TestDashboardFile:
     def test_core_panels_are_there(self, dashboard) -> None:
         """Every question the dashboard promises to answer has its panel."""
         assert {p["title"] for p in data_panels(dashboard)} >= CORE_PANELS
+
+
+class TestGrafanaSchema:
+    def test_committed_json_reads_back_into_the_sdk_model_unchanged(self) -> None:
+        """JSON -> the SDK's Dashboard model -> JSON gives the committed file byte for byte."""
+        text = DASHBOARD_FILE.read_text()
+        assert encode(decode(text)) == text
+
+    def test_read_back_panels_and_queries_are_typed_by_their_plugin(self) -> None:
+        """Each panel's options decode to its plugin's class, each target to a Prometheus query."""
+        board = decode(DASHBOARD_FILE.read_text())
+        panels = [p for p in board.panels or [] if isinstance(p, model.Panel)]
+        assert len(panels) == len(data_panels(json.loads(DASHBOARD_FILE.read_text())))
+        for panel in panels:
+            options = type(panel.options)
+            assert options.__module__.endswith(f"models.{panel.type_val}"), panel.title
+            for target in panel.targets or []:
+                assert type(target).__module__.endswith("models.prometheus"), panel.title
+
+    def test_a_field_outside_grafana_schema_does_not_survive_the_round_trip(self) -> None:
+        """The round trip can fail: a key Grafana's schema lacks is dropped on the way back."""
+        data = json.loads(DASHBOARD_FILE.read_text())
+        data["panels"][1]["fieldConfig"]["defaults"]["units"] = "bytes"  # typo of `unit`
+        text = json.dumps(data, indent=2) + "\n"
+        assert encode(decode(text)) != text
+
+    def test_dashboard_command_prints_the_committed_json(self, capsys) -> None:
+        """`agent-registry-exporter dashboard` (what `make rules` runs) writes the same file."""
+        assert main(["dashboard"]) == 0
+        assert capsys.readouterr().out == DASHBOARD_FILE.read_text()
+
+
+class TestWithoutTheSdk:
+    """Grafana's SDK is the optional `dashboard` extra: serving never needs it."""
+
+    @staticmethod
+    def run_python(code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+
+    def test_importing_the_package_and_its_command_does_not_import_the_sdk(self) -> None:
+        """The exporter, the artefacts family and the CLI load without touching the SDK."""
+        done = self.run_python(
+            "import sys, agent_registry_exporter, agent_registry_exporter.artifacts, "
+            "agent_registry_exporter.cli\n"
+            "print(sorted(m for m in sys.modules if m.startswith('grafana_foundation_sdk')))"
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+    def test_dashboard_command_without_the_sdk_names_the_extra(self) -> None:
+        """Exit 2 and one line saying which extra to install, not a traceback."""
+        done = self.run_python(
+            "import sys\n"
+            "sys.modules['grafana_foundation_sdk'] = None  # as if not installed\n"
+            "from agent_registry_exporter.cli import main\n"
+            "sys.exit(main(['dashboard']))"
+        )
+        assert done.returncode == 2, done.stderr
+        assert "pip install 'agent-registry-exporter[dashboard]'" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stdout == ""
 
 
 class TestLint:

@@ -19,7 +19,6 @@ from . import __version__
 from .artifacts import (
     RuleOptions,
     render_alertmanager_yaml,
-    render_dashboard_json,
     render_rules_yaml,
 )
 from .lifecycle import Thresholds
@@ -115,7 +114,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--job", default=defaults.job, help="scrape job of the exporter (%(default)s)"
     )
 
-    commands.add_parser("dashboard", help="print the Grafana dashboard JSON")
+    commands.add_parser(
+        "dashboard", help="print the Grafana dashboard JSON (needs the dashboard extra)"
+    )
     commands.add_parser(
         "alertmanager-config", help="print the example Alertmanager route for the webhook"
     )
@@ -162,6 +163,22 @@ async def _serve(settings: Settings, thresholds: Thresholds, demo: bool) -> None
         await server.stop()
 
 
+def _print_dashboard() -> int:
+    try:
+        from .artifacts.dashboard import render_dashboard_json
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("grafana_foundation_sdk"):
+            raise
+        print(
+            "the dashboard command needs Grafana's SDK, the 'dashboard' extra: "
+            "pip install 'agent-registry-exporter[dashboard]'",
+            file=sys.stderr,
+        )
+        return 2
+    sys.stdout.write(render_dashboard_json())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _build_parser().parse_args(argv)
@@ -180,8 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_rules_yaml(thresholds, options))
         return 0
     if args.command == "dashboard":
-        sys.stdout.write(render_dashboard_json())
-        return 0
+        return _print_dashboard()
     if args.command == "alertmanager-config":
         sys.stdout.write(render_alertmanager_yaml())
         return 0

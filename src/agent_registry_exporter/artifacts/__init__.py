@@ -1,11 +1,14 @@
-"""What is rendered as code and committed: alert rules, Alertmanager route, Grafana dashboard."""
+"""What is rendered as code and committed: alert rules, Alertmanager route, Grafana dashboard.
+
+The dashboard (`artifacts.dashboard`) is not imported here: it needs Grafana's SDK, the optional
+`dashboard` extra, which serving metrics never does.
+"""
 
 from .alertmanager_route import (
     AlertmanagerRoute,
     render_alertmanager_config,
     render_alertmanager_yaml,
 )
-from .dashboard import render_dashboard, render_dashboard_json
 from .rules import GROUP_NAME, RuleOptions, render_rules, render_rules_yaml
 
 __all__ = [
@@ -14,8 +17,6 @@ __all__ = [
     "RuleOptions",
     "render_alertmanager_config",
     "render_alertmanager_yaml",
-    "render_dashboard",
-    "render_dashboard_json",
     "render_rules",
     "render_rules_yaml",
 ]
