@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 import shutil
@@ -112,11 +113,9 @@ class TestRoundTrip:
         plain = render(snap, metrics, openmetrics=False).body
         zipped = render(snap, metrics, openmetrics=False, gzipped=True)
         assert zipped.gzipped
-        # The scrape-duration gauge moves between renders; compare the registry's part.
-        assert (
-            gzip.decompress(zipped.body).split(b"# HELP agent_registry_exporter")[0]
-            == (plain.split(b"# HELP agent_registry_exporter")[0])
-        )
+        # The exporter's own figures move between renders; compare the registry's part.
+        own = b"# HELP process_"
+        assert gzip.decompress(zipped.body).split(own)[0] == plain.split(own)[0]
 
 
 class TestSeriesCap:
@@ -144,6 +143,20 @@ class TestSeriesCap:
         assert b"agent_registry_user_series_omitted 0\n" in body
 
 
+class TestSessionAge:
+    def test_age_family_can_be_turned_off(self, metrics) -> None:
+        """export_session_age=False drops the age family; the created timestamp stays."""
+        rows = [SessionRow("u1", 2, T0 - 50)]
+        body = render(
+            snapshot_of(rows), metrics, openmetrics=False, export_session_age=False
+        ).body.decode()
+        parsed = samples(body, openmetrics=False)
+        assert "agent_registry_user_session_age_seconds" not in body
+        created = "agent_registry_user_session_created_timestamp_seconds"
+        assert user_value(parsed, created, "u1") == T0 - 50
+        assert user_value(parsed, "agent_registry_user_agents", "u1") == 2
+
+
 class TestNegotiation:
     def test_prometheus_accept_header_gets_openmetrics(self) -> None:
         """Prometheus 2.42's Accept header selects OpenMetrics."""
@@ -168,8 +181,11 @@ class TestNegotiation:
         assert OPENMETRICS_CONTENT_TYPE.startswith("application/openmetrics-text; version=1.0.0")
 
 
+# Timings, creation stamps, and the process and garbage-collector figures of this very test.
 _VOLATILE = re.compile(
-    r"^(agent_registry_exporter_scrape_duration_seconds|\S+_created(\{[^}]*\})?) .*$", re.M
+    r"^(agent_registry_exporter_scrape_duration_seconds|\S+_created(\{[^}]*\})?"
+    r"|(process|python_gc)_\w+(\{[^}]*\})?) .*$",
+    re.M,
 )
 
 
@@ -178,7 +194,13 @@ class TestGolden:
         """The whole text scrape is pinned (timings and creation stamps masked)."""
         rows = [SessionRow(uid, n * 20, T0 - n * 36_000) for n, uid in enumerate(UGLY_IDS)]
         metrics.cleanups.labels(trigger="webhook", result="cleaned").inc(2)
-        body = render(snapshot_of(rows), metrics, openmetrics=False).body.decode()
+        snapshot = dataclasses.replace(
+            snapshot_of(rows),
+            cleaned_agents_alive=2,
+            cleaned_agents_untracked=1,
+            resident_memory_bytes=123_456_789,
+        )
+        body = render(snapshot, metrics, openmetrics=False).body.decode()
         masked = _VOLATILE.sub(lambda m: f"{m.group(0).split(' ')[0]} <masked>", body)
         golden = (DATA / "metrics-golden.prom").read_text(encoding="utf-8")
         assert masked == golden

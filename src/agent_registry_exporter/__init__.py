@@ -8,6 +8,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 from .lifecycle import AgentLifecycleManager, CleanupResult, Thresholds
+from .memory import CleanedAgentTracker
 from .registry import (
     AgentRegistry,
     DuplicateAgentError,
@@ -22,6 +23,7 @@ from .sources import InProcessSource, RegistrySource
 __all__ = [
     "AgentLifecycleManager",
     "AgentRegistry",
+    "CleanedAgentTracker",
     "CleanupResult",
     "DuplicateAgentError",
     "ExporterServer",

@@ -98,16 +98,10 @@ def _build_parser() -> argparse.ArgumentParser:
     rules = commands.add_parser("rules", help="print the Prometheus alert rules as YAML")
     _threshold_options(rules)
     defaults = RuleOptions()
-    for name in (
-        "agents_per_user",
-        "session_age",
-        "total_agents",
-        "cleanup_failing",
-        "exporter_down",
-    ):
+    for name in (f.name for f in fields(RuleOptions) if f.name.startswith("for_")):
         rules.add_argument(
-            f"--for-{name.replace('_', '-')}",
-            default=getattr(defaults, f"for_{name}"),
+            f"--{name.replace('_', '-')}",
+            default=getattr(defaults, name),
             help="`for:` of that alert, at most 10m (%(default)s)",
         )
     rules.add_argument(

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, ProcessCollector
 from prometheus_client import generate_latest as _generate_text
 from prometheus_client.openmetrics.exposition import (
     generate_latest as _untyped_generate_openmetrics,
@@ -55,6 +55,9 @@ class ExporterMetrics:
 
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Memory beside the agents: resident memory, open fds, collections per generation.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         build_info = Gauge(
             "agent_registry_exporter_build_info",
             "Always 1; the version label names the running exporter.",
@@ -147,6 +150,7 @@ def render(
     openmetrics: bool,
     gzipped: bool = False,
     max_user_series: int = 10_000,
+    export_session_age: bool = True,
 ) -> Rendered:
     """Render a snapshot plus the exporter's own metrics. CPU-bound: call it off the loop."""
     started = time.perf_counter()
@@ -159,7 +163,8 @@ def render(
         chosen = select_sessions(snapshot, counts, max_user_series)
     omitted = len(sessions) - len(chosen)
 
-    chunks = _render_families(snapshot, sessions, counts, chosen, total_agents, omitted)
+    chunks = _render_families(snapshot, sessions, counts, chosen, export_session_age)
+    chunks.append(_registry_totals(snapshot, total_agents, omitted, openmetrics).encode())
     if openmetrics:
         own = _generate_openmetrics(metrics.registry).removesuffix(_EOF.encode())
         chunks += [own, _EOF.encode()]
@@ -191,8 +196,7 @@ def _render_families(
     sessions: Sequence[SessionLike],
     counts: Sequence[int],
     chosen: Sequence[int],
-    total_agents: int,
-    omitted: int,
+    export_session_age: bool,
 ) -> list[bytes]:
     """The registry's families as encoded chunks of at most `_CHUNK` users each.
 
@@ -203,24 +207,29 @@ def _render_families(
     labels = [_escape(sessions[i].user_id) for i in chosen]
     created = [sessions[i].created_timestamp for i in chosen]
     chosen_counts = [counts[i] for i in chosen]
-    limits = snapshot.thresholds
     chunks: list[bytes] = []
-    # Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
-    for family, help_text, values, spec in (
-        ("agent_registry_user_agents", "Agents in the user's session.", chosen_counts, "d"),
-        (
-            "agent_registry_user_session_age_seconds",
-            "Age of the user's session.",
-            [now - ts for ts in created],
-            ".3f",
-        ),
+    families: list[tuple[str, str, Sequence[float], str]] = [
+        ("agent_registry_user_agents", "Agents in the user's session.", chosen_counts, "d")
+    ]
+    if export_session_age:
+        families.append(
+            (
+                "agent_registry_user_session_age_seconds",
+                "Age of the user's session.",
+                [now - ts for ts in created],
+                ".3f",
+            )
+        )
+    families.append(
         (
             "agent_registry_user_session_created_timestamp_seconds",
             "Start of the user's session in Unix seconds.",
             created,
             ".3f",
-        ),
-    ):
+        )
+    )
+    # Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
+    for family, help_text, values, spec in families:
         chunks.append(_header(family, help_text).encode())
         for lo in range(0, len(labels), _CHUNK):
             pairs = zip(labels[lo : lo + _CHUNK], values[lo : lo + _CHUNK], strict=True)
@@ -229,25 +238,55 @@ def _render_families(
                     [f'{family}{{user_id="{label}"}} {v:{spec}}\n' for label, v in pairs]
                 ).encode()
             )
-    chunks.append(
-        "".join(
-            [
-                _header("agent_registry_users", "Sessions in the registry."),
-                f"agent_registry_users {len(sessions)}\n",
-                _header("agent_registry_agents", "Agents in the registry."),
-                f"agent_registry_agents {total_agents}\n",
-                _header("agent_registry_threshold", "Limits the lifecycle manager enforces."),
-                f'agent_registry_threshold{{threshold="agents_per_user"}} '
-                f"{limits.agents_per_user}\n"
-                f'agent_registry_threshold{{threshold="session_age_seconds"}} '
-                f"{float(limits.session_age_seconds)!r}\n"
-                f'agent_registry_threshold{{threshold="total_agents"}} {limits.total_agents}\n',
-                _header(
-                    "agent_registry_user_series_omitted",
-                    "Users left out of the per-user series by the max_user_series cap.",
-                ),
-                f"agent_registry_user_series_omitted {omitted}\n",
-            ]
-        ).encode()
-    )
     return chunks
+
+
+def _registry_totals(
+    snapshot: RegistrySnapshot, total_agents: int, omitted: int, openmetrics: bool
+) -> str:
+    """The registry-wide families, and the optional figures the snapshot carries."""
+    sessions = snapshot.sessions
+    limits = snapshot.thresholds
+    parts = [
+        _header("agent_registry_users", "Sessions in the registry."),
+        f"agent_registry_users {len(sessions)}\n",
+        _header("agent_registry_agents", "Agents in the registry."),
+        f"agent_registry_agents {total_agents}\n",
+        _header("agent_registry_threshold", "Limits the lifecycle manager enforces."),
+        f'agent_registry_threshold{{threshold="agents_per_user"}} '
+        f"{limits.agents_per_user}\n"
+        f'agent_registry_threshold{{threshold="session_age_seconds"}} '
+        f"{float(limits.session_age_seconds)!r}\n"
+        f'agent_registry_threshold{{threshold="total_agents"}} {limits.total_agents}\n',
+        _header(
+            "agent_registry_user_series_omitted",
+            "Users left out of the per-user series by the max_user_series cap.",
+        ),
+        f"agent_registry_user_series_omitted {omitted}\n",
+    ]
+    if snapshot.cleaned_agents_alive is not None:
+        parts += [
+            _header(
+                "agent_registry_cleaned_agents_alive",
+                "Cleaned agents still referenced more than leak_grace_seconds after cleanup.",
+            ),
+            f"agent_registry_cleaned_agents_alive {snapshot.cleaned_agents_alive}\n",
+        ]
+    if snapshot.cleaned_agents_untracked is not None:
+        # OpenMetrics names a counter's family without `_total`; text 0.0.4 with it.
+        family = "agent_registry_cleaned_agents_untracked" + ("" if openmetrics else "_total")
+        parts += [
+            f"# HELP {family} Cleaned agents not watched for a leak (no weak reference"
+            " support, or over the tracking bound).\n",
+            f"# TYPE {family} counter\n",
+            f"agent_registry_cleaned_agents_untracked_total {snapshot.cleaned_agents_untracked}\n",
+        ]
+    if snapshot.resident_memory_bytes is not None:
+        parts += [
+            _header(
+                "agent_registry_resident_memory_bytes",
+                "Resident memory of the process holding the registry.",
+            ),
+            f"agent_registry_resident_memory_bytes {snapshot.resident_memory_bytes}\n",
+        ]
+    return "".join(parts)

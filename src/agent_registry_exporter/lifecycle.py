@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .memory import CleanedAgentTracker
+
 if TYPE_CHECKING:
     from .registry import AgentRegistry, UserAgentSession
 
@@ -80,6 +82,10 @@ class AgentLifecycleManager:
             raise ValueError("agent_close_timeout must be greater than 0")
         self.registry = registry
         self.agent_close_timeout = agent_close_timeout
+        # Weak references to what cleanups closed: a closed agent should soon be garbage.
+        self.cleaned_agents = CleanedAgentTracker(
+            clock=registry.clock if registry is not None else time.time
+        )
 
     async def monitor_memory_usage(self, user_id: str) -> dict[str, Any]:
         """Check one user's session; never raises (a failure is `status: 'error'`)."""
@@ -166,6 +172,7 @@ class AgentLifecycleManager:
         # Outside the registry lock: a slow agent must not stall registration for everyone.
         agents = session.drain()
         errors = await self._close_all(agents)
+        self.cleaned_agents.track(agent for _, agent in agents)
         cleaned = len(agents) - len(errors)
         _log.info("cleaned session of user %r: %d agents, %d errors", user_id, cleaned, len(errors))
         return CleanupResult(
@@ -185,6 +192,7 @@ class AgentLifecycleManager:
         if agent is None:
             return False
         errors = await self._close_all([(agent_id, agent)])
+        self.cleaned_agents.track([agent])
         return not errors
 
     async def _close_all(self, agents: Sequence[tuple[str, Any]]) -> dict[str, str]:

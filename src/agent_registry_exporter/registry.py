@@ -119,6 +119,10 @@ class RegistrySnapshot:
     taken_at: float
     thresholds: Thresholds
     sessions: Sequence[SessionLike]
+    # Optional figures, rendered only when present (a sidecar worker may not send them).
+    cleaned_agents_alive: int | None = None
+    cleaned_agents_untracked: int | None = None
+    resident_memory_bytes: int | None = None
 
 
 class AgentRegistry:
@@ -200,10 +204,19 @@ class AgentRegistry:
         """Every session, in creation order."""
         return tuple(self._user_sessions.values())
 
-    def snapshot(self) -> RegistrySnapshot:
-        """A snapshot for the exporter; cheap, call it on the event loop."""
+    def snapshot(self, *, leak_grace_seconds: float = 60.0) -> RegistrySnapshot:
+        """A snapshot for the exporter; cheap, call it on the event loop.
+
+        Cleaned agents still alive `leak_grace_seconds` after their cleanup are counted here,
+        on the loop, where the lifecycle manager tracks them.
+        """
+        tracker = self.lifecycle_manager.cleaned_agents
         return RegistrySnapshot(
-            taken_at=self.clock(), thresholds=self.thresholds, sessions=self.sessions()
+            taken_at=self.clock(),
+            thresholds=self.thresholds,
+            sessions=self.sessions(),
+            cleaned_agents_alive=tracker.alive_after(leak_grace_seconds),
+            cleaned_agents_untracked=tracker.untracked_total,
         )
 
     async def monitor_all_users(self) -> dict[str, Any]:

@@ -163,6 +163,7 @@ async def _metrics(request: web.Request) -> web.Response:
             openmetrics=wants_openmetrics(accept),
             gzipped=gzipped,
             max_user_series=app[SETTINGS].max_user_series,
+            export_session_age=app[SETTINGS].export_session_age,
         )
     headers = {hdrs.CONTENT_TYPE: rendered.content_type, hdrs.VARY: "Accept, Accept-Encoding"}
     if rendered.gzipped:
@@ -302,7 +303,9 @@ async def start_exporter(
     """Serve /metrics and the webhook for `registry` on its own port (embedding)."""
     settings = settings or Settings()
     source: RegistrySource = (
-        InProcessSource(registry) if isinstance(registry, AgentRegistry) else registry
+        InProcessSource(registry, leak_grace_seconds=settings.leak_grace_seconds)
+        if isinstance(registry, AgentRegistry)
+        else registry
     )
     server = ExporterServer(
         create_app(source, settings), settings.listen_host, settings.listen_port

@@ -27,6 +27,16 @@ class Settings(BaseSettings):
     listen_host: str = Field(default="0.0.0.0", min_length=1)
     listen_port: int = Field(default=8464, ge=0, le=65535)
     max_user_series: int = Field(default=10_000, gt=0)
+    export_session_age: bool = Field(
+        default=True,
+        description="export agent_registry_user_session_age_seconds; the rules use the created"
+        " timestamp, so turning it off saves a third of every scrape",
+    )
+    leak_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="a cleaned agent still alive this long after its cleanup counts as not freed",
+    )
 
     webhook_token: SecretStr | None = None
     webhook_token_file: Path | None = None

@@ -38,6 +38,8 @@ class RuleOptions:
     for_total_agents: str = "5m"
     for_cleanup_failing: str = "10m"
     for_exporter_down: str = "5m"
+    # Agents in reference cycles wait for a full collection; 10m rides that out.
+    for_cleaned_agents_not_freed: str = "10m"
     job: str = "agent-registry-exporter"
 
     def __post_init__(self) -> None:
@@ -124,6 +126,17 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
             "agent-registry exporter {{ $labels.instance }} is down",
             "Prometheus cannot scrape {{ $labels.instance }} (job {{ $labels.job }}): sessions "
             "there are not monitored and leaking sessions are not cleaned up.",
+        ),
+        _rule(
+            "AgentRegistryCleanedAgentsNotFreed",
+            "agent_registry_cleaned_agents_alive > 0",
+            o.for_cleaned_agents_not_freed,
+            {"severity": "warning"},
+            '{{ $value | printf "%.0f" }} cleaned agents are not freed on {{ $labels.instance }}',
+            '{{ $value | printf "%.0f" }} agents closed by cleanups on {{ $labels.instance }} are '
+            "still referenced long after their cleanup: something outside the registry keeps "
+            "them, so memory leaks although sessions are cleaned. No automatic cleanup: the fix "
+            "is in code (see the README on finding the holder with gc.get_referrers).",
         ),
     ]
     return {"groups": [{"name": GROUP_NAME, "rules": rules}]}

@@ -13,11 +13,12 @@ __all__ = ["InProcessSource"]
 class InProcessSource:
     """A registry living in the same process (the embedded "sidecar server")."""
 
-    def __init__(self, registry: AgentRegistry) -> None:
+    def __init__(self, registry: AgentRegistry, *, leak_grace_seconds: float = 60.0) -> None:
         self.registry = registry
+        self.leak_grace_seconds = leak_grace_seconds
 
     async def snapshot(self) -> RegistrySnapshot:
-        return self.registry.snapshot()
+        return self.registry.snapshot(leak_grace_seconds=self.leak_grace_seconds)
 
     async def monitor_user(self, user_id: str) -> dict[str, Any]:
         return await self.registry.lifecycle_manager.monitor_memory_usage(user_id)
