@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable
+from html import escape as html_escape
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -14,7 +15,16 @@ from pydantic import ValidationError
 from . import __version__
 from .exposition import ExporterMetrics, render, wants_gzip, wants_openmetrics
 from .registry import AgentRegistry
-from .remediation import Decision, Outcome, Remediator, WebhookPayload
+from .remediation import (
+    HOP_HEADER,
+    Decision,
+    Forwarder,
+    InstanceRouter,
+    Outcome,
+    Peers,
+    Remediator,
+    WebhookPayload,
+)
 from .settings import ENV_PREFIX, Settings
 from .sources import InProcessSource, RegistrySource
 
@@ -103,7 +113,11 @@ def create_app(
     app[SOURCE] = source
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[REMEDIATOR] = Remediator(source, settings.remediation_policy(), on_decision=count)
+    router = _router(settings, auth)
+    app[REMEDIATOR] = Remediator(
+        source, settings.remediation_policy(), on_decision=count, router=router
+    )
+    app.on_cleanup.append(lambda _: router.close())
     app[_AUTH] = auth
     app[_RENDER_SLOTS] = asyncio.Semaphore(_MAX_CONCURRENT_RENDERS)
     app.router.add_get("/", _landing)
@@ -112,6 +126,20 @@ def create_app(
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
     return app
+
+
+def _router(settings: Settings, auth: _WebhookAuth) -> InstanceRouter:
+    if settings.peers is None or settings.instance is None:
+        return InstanceRouter(settings.instance)
+    forwarder = Forwarder(
+        settings.instance,
+        path=WEBHOOK_PATH,
+        token=auth.token,
+        timeout_seconds=settings.forward_timeout_seconds,
+        # A peer answers one short decision per alert it was sent: bounded like a request.
+        max_response_bytes=2 * settings.webhook_max_body_bytes,
+    )
+    return InstanceRouter(settings.instance, Peers(settings.peers, settings.instance), forwarder)
 
 
 @web.middleware
@@ -141,9 +169,14 @@ async def _landing(request: web.Request) -> web.Response:
             ("/-/ready", "readiness"),
         ]
     )
+    settings = request.app[SETTINGS]
+    replica = (
+        f"<p>Instance: <code>{html_escape(settings.instance or 'unset')}</code>; peers: "
+        f"<code>{html_escape(settings.peers or 'none')}</code></p>"
+    )
     html = (
         "<!doctype html><html><head><title>agent-registry-exporter</title></head><body>"
-        f"<h1>agent-registry-exporter {__version__}</h1><ul>{links}</ul>"
+        f"<h1>agent-registry-exporter {__version__}</h1>{replica}<ul>{links}</ul>"
         f"<p>Alertmanager webhook: <code>POST {WEBHOOK_PATH}</code></p></body></html>"
     )
     return web.Response(text=html, content_type="text/html")
@@ -222,8 +255,10 @@ async def _webhook_response(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return _invalid_payload(exc)
 
-    decisions = await request.app[REMEDIATOR].handle(payload)
-    outcomes = [d.outcome for d in decisions]
+    forwarded = HOP_HEADER in request.headers
+    decisions = await request.app[REMEDIATOR].handle(payload, forwarded=forwarded)
+    # A forwarded alert answers as the peer did: its failure is retried, its limit defers.
+    outcomes = [d.effective_outcome for d in decisions]
     if any(o.retry_helps for o in outcomes):
         status, verdict = 500, "retry: some cleanups failed or did not finish"
     elif any(o.deferred for o in outcomes):
@@ -231,8 +266,8 @@ async def _webhook_response(request: web.Request) -> web.Response:
     else:
         status, verdict = 200, "ok"
     summary: dict[str, int] = {}
-    for outcome in outcomes:
-        summary[outcome.value] = summary.get(outcome.value, 0) + 1
+    for decision in decisions:
+        summary[decision.outcome.value] = summary.get(decision.outcome.value, 0) + 1
     return web.json_response(
         {
             "status": verdict,
@@ -289,7 +324,8 @@ class ExporterServer:
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
-        _log.info("exporter listening on %s", self.url)
+        instance = self.app[SETTINGS].instance if SETTINGS in self.app else None
+        _log.info("exporter listening on %s as instance %s", self.url, instance or "(unset)")
 
     async def stop(self) -> None:
         if self._runner is not None:

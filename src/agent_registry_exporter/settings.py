@@ -6,11 +6,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .lifecycle import Thresholds
-from .remediation import RemediationPolicy
+from .remediation import RemediationPolicy, parse_peers, split_host_port
 
 _POLICY = RemediationPolicy()  # the receiver's defaults live there, once
 
@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         description="the `instance` label Prometheus gives this replica; alerts naming another"
         " instance are not acted on here. Unset: every alert is for this replica.",
     )
+    peers: str | None = Field(
+        default=None,
+        description="the other replicas: a DNS name (a headless Service; every A/AAAA record"
+        " with the port of `instance`) or a comma-separated list of host:port. Alerts for a"
+        " peer are forwarded to it. Needs `instance`.",
+    )
+    forward_timeout_seconds: float = Field(default=10.0, gt=0)
     dry_run: bool = _POLICY.dry_run
     cleanup_rate_per_minute: float = Field(default=_POLICY.cleanup_rate_per_minute, gt=0)
     cleanup_burst: int = Field(default=_POLICY.cleanup_burst, gt=0)
@@ -58,6 +65,29 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("peers")
+    @classmethod
+    def _peers_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_peers(value)
+        return value
+
+    @model_validator(mode="after")
+    def _peers_need_instance(self) -> Settings:
+        if self.peers is None:
+            return self
+        if not self.instance:
+            raise ValueError(
+                f"peers ({ENV_PREFIX}PEERS) needs instance ({ENV_PREFIX}INSTANCE): forwarding"
+                " must know which alerts are this replica's; in Kubernetes set it to"
+                " $(POD_IP):8464 from the downward API"
+            )
+        try:
+            split_host_port(self.instance, port_required=True)
+        except ValueError as exc:
+            raise ValueError(f"instance ({ENV_PREFIX}INSTANCE) must be host:port: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:

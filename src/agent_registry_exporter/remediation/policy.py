@@ -13,11 +13,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
 from ..lifecycle import CleanupResult
 from ..sources import RegistrySource
+from .decision import Decision, Outcome
+from .decision import decision_for as _decision
 from .payload import Alert, WebhookPayload
+from .routing import InstanceRouter
 
 __all__ = ["Decision", "Outcome", "RemediationPolicy", "Remediator", "TokenBucket"]
 
@@ -28,63 +30,9 @@ REMEDIATION_CLEANUP = "cleanup"
 _YIELD_EVERY = 100
 
 
-class Outcome(StrEnum):
-    """What the receiver did with one alert."""
-
-    CLEANED = "cleaned"
-    DRY_RUN = "dry_run"
-    NOT_VIOLATING = "not_violating"
-    NO_SESSION = "no_session"
-    DUPLICATE = "duplicate"
-    RESOLVED = "ignored_resolved"
-    NOT_REMEDIABLE = "ignored_not_remediable"
-    NO_USER = "ignored_no_user_id"
-    OTHER_INSTANCE = "other_instance"
-    RATE_LIMITED = "rate_limited"
-    BREAKER_OPEN = "breaker_open"
-    ERROR = "error"
-    TIMEOUT = "timeout"
-
-    @property
-    def retry_helps(self) -> bool:
-        """A failure that a quick retry may fix (answered 5xx)."""
-        return self in (Outcome.ERROR, Outcome.TIMEOUT)
-
-    @property
-    def deferred(self) -> bool:
-        """Held back on purpose; the next group_interval re-send may act (answered 429)."""
-        return self in (Outcome.RATE_LIMITED, Outcome.BREAKER_OPEN)
-
-
 # Only these mark an alert as handled: an alert found healthy is checked again next time,
 # since the user may have crossed the limit again while the alert kept firing.
 _HANDLED = frozenset({Outcome.CLEANED, Outcome.DRY_RUN})
-
-
-@dataclass
-class Decision:
-    """The outcome for one alert, with what identifies it."""
-
-    alertname: str
-    user_id: str | None
-    instance: str | None
-    fingerprint: str
-    outcome: Outcome
-    detail: str = ""
-    agents_cleaned: int = 0
-    duration_seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "alertname": self.alertname,
-            "user_id": self.user_id,
-            "instance": self.instance,
-            "fingerprint": self.fingerprint,
-            "outcome": self.outcome.value,
-            "detail": self.detail,
-            "agents_cleaned": self.agents_cleaned,
-            "duration_ms": round(self.duration_seconds * 1000, 1),
-        }
 
 
 @dataclass(frozen=True)
@@ -151,9 +99,11 @@ class Remediator:
         *,
         on_decision: Callable[[Decision], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        router: InstanceRouter | None = None,
     ) -> None:
         self.source = source
         self.policy = policy or RemediationPolicy()
+        self.router = router or InstanceRouter(self.policy.instance)
         self._on_decision = on_decision
         self._bucket = TokenBucket(
             self.policy.cleanup_rate_per_minute / 60.0, self.policy.cleanup_burst, clock
@@ -164,15 +114,26 @@ class Remediator:
         # unreferenced task may be garbage-collected mid-cleanup), then logged.
         self._background: set[asyncio.Task[CleanupResult]] = set()
 
-    async def handle(self, payload: WebhookPayload) -> list[Decision]:
-        """Decide (and, unless dry-run, act) on every alert of the payload."""
+    async def handle(self, payload: WebhookPayload, *, forwarded: bool = False) -> list[Decision]:
+        """Decide (and, unless dry-run, act) on every alert of the payload.
+
+        `forwarded`: a peer sent the payload (hop header); nothing of it is forwarded again.
+        """
         started = time.perf_counter()
         batch = self._screen(payload.alerts)
+        # Claimed before routing, so an alert forwarded and delivered here again meanwhile
+        # is a duplicate; the owner remembers what it handled (an HA pair's two deliveries
+        # reach it through two replicas and end in one cleanup).
         claimed = [c.key for c in batch.candidates]
         try:
-            violating = await self._verify(batch)
-            violating = await self._apply_breaker(batch, violating)
-            await self._act(batch, violating)
+            forwarding = await self._route(payload, batch, forwarded)
+            try:
+                violating = await self._verify(batch)
+                violating = await self._apply_breaker(batch, violating)
+                await self._act(batch, violating)
+            finally:
+                if forwarding is not None:
+                    await forwarding
         finally:
             for key in claimed:
                 self._in_flight.discard(key)
@@ -189,7 +150,7 @@ class Remediator:
         return decisions
 
     def _screen(self, alerts: Iterable[Alert]) -> _Batch:
-        """Steps that need no registry: status, label, user, instance, duplicates."""
+        """Steps that need no registry: status, label, user, duplicates."""
         batch = _Batch(decisions=[])
         for index, alert in enumerate(alerts):
             user_id = alert.labels.get("user_id") or None
@@ -203,8 +164,6 @@ class Remediator:
                 outcome = Outcome.NO_USER
             elif key in self._handled or key in self._in_flight:
                 outcome = Outcome.DUPLICATE
-            elif self.policy.instance and alert.labels.get("instance") != self.policy.instance:
-                outcome = Outcome.OTHER_INSTANCE
             if outcome is not None:
                 batch.decisions.append(_decision(alert, outcome))
                 continue
@@ -213,6 +172,25 @@ class Remediator:
             batch.decisions.append(None)
             batch.candidates.append(_Candidate(index, alert, user_id, key))
         return batch
+
+    async def _route(
+        self, payload: WebhookPayload, batch: _Batch, forwarded: bool
+    ) -> asyncio.Future[None] | None:
+        """Keep this replica's candidates; start forwarding the peers' (awaited by handle)."""
+        alerts = [c.alert for c in batch.candidates]
+        routes = await self.router.route(alerts, forwarded=forwarded)
+        for n, decision in routes.decided.items():
+            batch.decisions[batch.candidates[n].index] = decision
+        remote = routes.remote
+        candidates, batch.candidates = batch.candidates, [batch.candidates[n] for n in routes.local]
+        if not remote:
+            return None
+
+        async def forward() -> None:
+            for n, decision in (await self.router.forward(payload, alerts, remote)).items():
+                batch.decisions[candidates[n].index] = decision
+
+        return asyncio.ensure_future(forward())
 
     async def _verify(self, batch: _Batch) -> list[_Candidate]:
         """Keep the alerts whose user the registry itself sees over a threshold."""
@@ -333,20 +311,12 @@ class Remediator:
             self._handled.popitem(last=False)
 
     def _record(self, decision: Decision) -> None:
-        _log.info("remediation decision", extra={"fields": decision.as_dict()})
+        fields = decision.as_dict()
+        if self.policy.instance:
+            fields["replica"] = self.policy.instance  # which replica decided, in every line
+        _log.info("remediation decision", extra={"fields": fields})
         if self._on_decision is not None:
             self._on_decision(decision)
-
-
-def _decision(alert: Alert, outcome: Outcome, detail: str = "") -> Decision:
-    return Decision(
-        alertname=alert.labels.get("alertname", ""),
-        user_id=alert.labels.get("user_id") or None,
-        instance=alert.labels.get("instance"),
-        fingerprint=alert.fingerprint,
-        outcome=outcome,
-        detail=detail,
-    )
 
 
 def _from_result(alert: Alert, result: CleanupResult | tuple[Outcome, str]) -> Decision:
