@@ -46,7 +46,7 @@ def payload(*users: str, alertname: str = "AgentRegistryTooManyAgentsPerUser", *
                             "alertname": alertname,
                             "remediation": "cleanup",
                             "user_id": user,
-                            "instance": "127.0.0.1:8464",
+                            "instance": kw.get("instance", "127.0.0.1:8464"),
                         },
                         "startsAt": kw.get("starts", STARTS),
                         "fingerprint": f"fp-{alertname}-{user}",

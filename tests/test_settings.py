@@ -126,3 +126,40 @@ class TestRemediationPolicy:
         monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_CLEANUP_BURST", "3")
         policy = Settings(dry_run=True, instance="10.0.0.1:8464").remediation_policy()
         assert (policy.cleanup_burst, policy.dry_run, policy.instance) == (3, True, "10.0.0.1:8464")
+
+
+class TestReplicaSettings:
+    def test_peers_without_instance_stops_start_up(self, capsys, monkeypatch) -> None:
+        """Forwarding must know who we are: the message names both settings and the fix."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_PEERS", "agents-headless")
+        assert main(["serve", "--check-config"]) == 2
+        err = capsys.readouterr().err
+        assert "peers (AGENT_REGISTRY_EXPORTER_PEERS) needs instance" in err
+        assert "AGENT_REGISTRY_EXPORTER_INSTANCE" in err
+        assert "$(POD_IP):8464" in err
+
+    def test_instance_without_port_is_refused_with_peers(self) -> None:
+        """Peers found by DNS take our instance's port: it must have one."""
+        with pytest.raises(ValidationError, match="instance .* must be host:port"):
+            Settings(peers="agents-headless", instance="10.0.0.1")
+
+    @pytest.mark.parametrize("value", ["", "a,,b", "host:http", "a:b:c"])
+    def test_malformed_peers_name_the_setting(self, monkeypatch, value) -> None:
+        """A bad list stops start-up naming `peers` and its variable."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_PEERS", value)
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_INSTANCE", "10.0.0.1:8464")
+        with pytest.raises(ValidationError) as info:
+            Settings()
+        assert "invalid setting peers (AGENT_REGISTRY_EXPORTER_PEERS)" in (
+            describe_validation_error(info.value)
+        )
+
+    def test_kubernetes_values_are_accepted(self, monkeypatch) -> None:
+        """The manifests' values: the pod IP with the port, the headless Service's name."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_INSTANCE", "10.244.1.7:8464")
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_PEERS", "agent-registry-exporter-peers")
+        settings = Settings()
+        assert (settings.instance, settings.peers) == (
+            "10.244.1.7:8464",
+            "agent-registry-exporter-peers",
+        )

@@ -65,7 +65,10 @@ def split_host_port(text: str, *, port_required: bool = False) -> tuple[str, int
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     elif ":" in text:
-        ipaddress.IPv6Address(text)  # a bare IPv6 address, or ValueError
+        try:
+            ipaddress.IPv6Address(text)  # a bare IPv6 address
+        except ValueError:
+            raise ValueError(f"{text!r} is not host:port") from None
     if not host:
         raise ValueError(f"{text!r} has no host")
     if not port_text:

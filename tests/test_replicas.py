@@ -1,0 +1,280 @@
+"""Three real replicas on loopback: each alert acted on by its owner, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+
+from agent_registry_exporter import AgentRegistry, InProcessSource, Settings
+from agent_registry_exporter.demo.stack import free_port
+from agent_registry_exporter.remediation import HOP_HEADER, Decision
+from agent_registry_exporter.server import ExporterServer, create_app
+
+from .conftest import RecordingAgent, add_agents
+from .test_remediation import payload
+
+TOKEN = "fleet-t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Replica:
+    name: str
+    address: str
+    settings: Settings
+    registry: AgentRegistry = field(default_factory=AgentRegistry)
+    decisions: list[Decision] = field(default_factory=list)
+    server: ExporterServer | None = None
+
+    async def start(self) -> None:
+        app = create_app(
+            InProcessSource(self.registry), self.settings, on_decision=self.decisions.append
+        )
+        host, port = self.address.rsplit(":", 1)
+        self.server = ExporterServer(app, host, int(port))
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    def outcomes(self, user: str) -> list[str]:
+        return [d.outcome.value for d in self.decisions if d.user_id == user]
+
+
+@dataclass
+class Fleet:
+    replicas: dict[str, Replica]
+    http: ClientSession
+
+    async def post(
+        self, to: str, body: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        url = f"http://{self.replicas[to].address}/webhook/alertmanager"
+        async with self.http.post(url, data=body, headers={**AUTH, **(headers or {})}) as resp:
+            return resp.status, await resp.json()
+
+    async def metrics(self, name: str) -> str:
+        async with self.http.get(f"http://{self.replicas[name].address}/metrics") as resp:
+            return await resp.text()
+
+    def __getitem__(self, name: str) -> Replica:
+        return self.replicas[name]
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Fleet]:
+    """Replicas a, b, c on 127.0.0.1, each with its own registry, peers listed."""
+    addresses = {name: f"127.0.0.1:{free_port()}" for name in "abc"}
+    peers = ",".join(addresses.values())
+    replicas = {
+        name: Replica(
+            name,
+            address,
+            Settings(
+                webhook_token=TOKEN, instance=address, peers=peers, forward_timeout_seconds=5
+            ),
+        )
+        for name, address in addresses.items()
+    }
+    for replica in replicas.values():
+        await replica.start()
+    async with ClientSession() as http:
+        yield Fleet(replicas, http)
+    for replica in replicas.values():
+        await replica.stop()
+
+
+def alerts_for(*users: str, instance: str, starts: str = "2026-11-27T20:07:48.84Z") -> str:
+    return payload(*users, instance=instance, starts=starts).model_dump_json(by_alias=True)
+
+
+def closes(agents: list[RecordingAgent]) -> set[int]:
+    return {a.closes for a in agents}
+
+
+class TestForwarding:
+    async def test_alert_for_a_peer_is_cleaned_on_that_peer_only(self, fleet) -> None:
+        """b's leaky session is cleaned by b; a holds a leaky user of the same id, untouched."""
+        on_b = await add_agents(fleet["b"].registry, "leaky", 60)
+        on_a = await add_agents(fleet["a"].registry, "leaky", 60)
+
+        status, body = await fleet.post("a", alerts_for("leaky", instance=fleet["b"].address))
+
+        assert status == 200
+        (answer,) = body["alerts"]
+        assert (answer["outcome"], answer["peer_outcome"]) == ("forwarded", "cleaned")
+        assert fleet["a"].address in answer["detail"]
+        assert fleet["b"].address in answer["detail"]
+        assert closes(on_b) == {1}
+        assert fleet["b"].registry.get_session("leaky") is None
+        assert closes(on_a) == {0}
+        assert fleet["a"].registry.get_session("leaky").agent_count == 60
+        assert fleet["b"].outcomes("leaky") == ["cleaned"]
+        assert fleet["c"].decisions == []
+
+    async def test_each_replica_counts_its_own_part(self, fleet) -> None:
+        """a counts `forwarded`, b counts `cleaned` and the agents; nothing is counted twice."""
+        await add_agents(fleet["b"].registry, "leaky", 60)
+        await fleet.post("a", alerts_for("leaky", instance=fleet["b"].address))
+        on_a, on_b = await fleet.metrics("a"), await fleet.metrics("b")
+        assert 'agent_registry_cleanups_total{result="forwarded",trigger="webhook"} 1.0' in on_a
+        assert 'agent_registry_cleanups_total{result="cleaned",trigger="webhook"} 0.0' in on_a
+        assert "agent_registry_cleaned_agents_total 0.0" in on_a
+        assert 'agent_registry_cleanups_total{result="cleaned",trigger="webhook"} 1.0' in on_b
+        assert "agent_registry_cleaned_agents_total 60.0" in on_b
+
+    async def test_ha_pair_delivering_to_two_replicas_cleans_once(self, fleet) -> None:
+        """Both Alertmanagers' deliveries, to a and to c at once, end in one cleanup on b."""
+        agents = await add_agents(fleet["b"].registry, "leaky", 60)
+        body = alerts_for("leaky", instance=fleet["b"].address)
+
+        answers = await asyncio.gather(fleet.post("a", body), fleet.post("c", body))
+
+        assert [status for status, _ in answers] == [200, 200]
+        peer_outcomes = sorted(a["alerts"][0]["peer_outcome"] for _, a in answers)
+        assert peer_outcomes == ["cleaned", "duplicate"]
+        assert closes(agents) == {1}
+        assert sorted(fleet["b"].outcomes("leaky")) == ["cleaned", "duplicate"]
+
+    async def test_batch_is_split_per_peer_and_mixed_with_local_work(self, fleet) -> None:
+        """One payload: a's own user cleaned here, b's and c's forwarded, each once."""
+        made = {
+            name: await add_agents(fleet[name].registry, f"user-{name}", 60) for name in "abc"
+        }
+        body = payload("user-a", instance=fleet["a"].address)
+        for name in "bc":
+            extra = payload(f"user-{name}", instance=fleet[name].address)
+            body = body.model_copy(update={"alerts": [*body.alerts, *extra.alerts]})
+
+        status, answer = await fleet.post("a", body.model_dump_json(by_alias=True))
+
+        assert status == 200
+        assert [(a["outcome"], a.get("peer_outcome")) for a in answer["alerts"]] == [
+            ("cleaned", None),
+            ("forwarded", "cleaned"),
+            ("forwarded", "cleaned"),
+        ]
+        assert all(closes(agents) == {1} for agents in made.values())
+        assert [fleet[n].outcomes(f"user-{n}") for n in "bc"] == [["cleaned"], ["cleaned"]]
+
+
+class TestNeverAnOpenRelay:
+    async def test_forged_instance_is_never_contacted(self, fleet) -> None:
+        """instance=127.0.0.9:<port> (a listener the test owns): no connection, 200, counted."""
+        connections = 0
+
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            writer.close()
+
+        listener = await asyncio.start_server(accepted, "127.0.0.9", 0)
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            await add_agents(fleet["a"].registry, "leaky", 60)
+            forged = alerts_for("leaky", instance=f"127.0.0.9:{port}")
+            status, body = await fleet.post("a", forged)
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+        assert status == 200
+        (answer,) = body["alerts"]
+        assert answer["outcome"] == "unknown_instance"
+        assert f"127.0.0.9:{port}" in answer["detail"]
+        assert fleet["a"].address in answer["detail"]
+        assert connections == 0
+        assert fleet["a"].registry.get_session("leaky").agent_count == 60
+        text = await fleet.metrics("a")
+        assert 'agent_registry_cleanups_total{result="unknown_instance",trigger="webhook"} 1.0' in (
+            text
+        )
+
+    async def test_forwarded_request_is_never_forwarded_again(self, fleet) -> None:
+        """With the hop header, an alert naming another replica is answered, not forwarded."""
+        agents = await add_agents(fleet["b"].registry, "leaky", 60)
+        body = alerts_for("leaky", instance=fleet["b"].address)
+
+        status, answer = await fleet.post("a", body, {HOP_HEADER: "1"})
+
+        assert status == 200
+        assert answer["alerts"][0]["outcome"] == "other_instance"
+        assert "not forwarded again" in answer["alerts"][0]["detail"]
+        assert fleet["b"].decisions == []
+        assert closes(agents) == {0}
+
+    async def test_forwarded_request_for_us_is_acted_on(self, fleet) -> None:
+        """The hop header changes nothing for the owner's own alerts."""
+        agents = await add_agents(fleet["b"].registry, "leaky", 60)
+        body = alerts_for("leaky", instance=fleet["b"].address)
+        status, answer = await fleet.post("b", body, {HOP_HEADER: "1"})
+        assert (status, answer["alerts"][0]["outcome"]) == (200, "cleaned")
+        assert closes(agents) == {1}
+
+
+class TestPeerFailure:
+    async def test_stopped_peer_makes_the_answer_5xx_and_the_retry_cleans_once(
+        self, fleet
+    ) -> None:
+        """b down: a answers 500 naming b; b back: the same alert is cleaned there, once."""
+        agents = await add_agents(fleet["b"].registry, "leaky", 60)
+        body = alerts_for("leaky", instance=fleet["b"].address)
+        await fleet["b"].stop()
+
+        status, answer = await fleet.post("a", body)
+
+        assert status == 500
+        assert answer["alerts"][0]["outcome"] == "error"
+        assert fleet["b"].address in answer["alerts"][0]["detail"]
+        assert closes(agents) == {0}
+
+        await fleet["b"].start()
+        status, answer = await fleet.post("a", body)
+        assert (status, answer["alerts"][0]["peer_outcome"]) == (200, "cleaned")
+        status, answer = await fleet.post("c", body)
+        assert (status, answer["alerts"][0]["peer_outcome"]) == (200, "duplicate")
+        assert closes(agents) == {1}
+
+    async def test_peer_rate_limit_makes_ours_429(self, fleet) -> None:
+        """b's rate limit holds a user back: a answers 429 for it, nothing is lost."""
+        await fleet["b"].stop()
+        fleet["b"].settings = fleet["b"].settings.model_copy(update={"cleanup_burst": 1})
+        await fleet["b"].start()
+        first = await add_agents(fleet["b"].registry, "first", 60)
+        second = await add_agents(fleet["b"].registry, "second", 60)
+
+        status, answer = await fleet.post(
+            "a", alerts_for("first", "second", instance=fleet["b"].address)
+        )
+
+        assert status == 429
+        assert [a["peer_outcome"] for a in answer["alerts"]] == ["cleaned", "rate_limited"]
+        assert (closes(first), closes(second)) == ({1}, {0})
+
+
+class TestIdentity:
+    async def test_landing_page_shows_our_instance_and_peers(self, fleet) -> None:
+        """Which replica this is, and whom it forwards to."""
+        async with fleet.http.get(f"http://{fleet['a'].address}/") as resp:
+            page = await resp.text()
+        assert f"Instance: <code>{fleet['a'].address}</code>" in page
+        assert fleet["c"].address in page
+
+    async def test_every_decision_log_line_names_our_replica(self, fleet, caplog) -> None:
+        """The structured line carries the alert's instance and the deciding replica."""
+        await add_agents(fleet["b"].registry, "leaky", 60)
+        with caplog.at_level(logging.INFO, logger="agent_registry_exporter"):
+            await fleet.post("a", alerts_for("leaky", instance=fleet["b"].address))
+        lines = [r.fields for r in caplog.records if r.getMessage() == "remediation decision"]
+        by_replica = {line["replica"]: line for line in lines}
+        assert by_replica[fleet["a"].address]["outcome"] == "forwarded"
+        assert by_replica[fleet["b"].address]["outcome"] == "cleaned"
+        assert {line["instance"] for line in lines} == {fleet["b"].address}
