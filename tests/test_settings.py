@@ -140,7 +140,7 @@ class TestReplicaSettings:
 
     def test_instance_without_port_is_refused_with_peers(self) -> None:
         """Peers found by DNS take our instance's port: it must have one."""
-        with pytest.raises(ValidationError, match="instance .* must be host:port"):
+        with pytest.raises(ValidationError, match=r"instance .* must be host:port"):
             Settings(peers="agents-headless", instance="10.0.0.1")
 
     @pytest.mark.parametrize("value", ["", "a,,b", "host:http", "a:b:c"])
