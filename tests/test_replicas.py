@@ -78,9 +78,7 @@ async def fleet() -> AsyncIterator[Fleet]:
         name: Replica(
             name,
             address,
-            Settings(
-                webhook_token=TOKEN, instance=address, peers=peers, forward_timeout_seconds=5
-            ),
+            Settings(webhook_token=TOKEN, instance=address, peers=peers, forward_timeout_seconds=5),
         )
         for name, address in addresses.items()
     }
@@ -146,9 +144,7 @@ class TestForwarding:
 
     async def test_batch_is_split_per_peer_and_mixed_with_local_work(self, fleet) -> None:
         """One payload: a's own user cleaned here, b's and c's forwarded, each once."""
-        made = {
-            name: await add_agents(fleet[name].registry, f"user-{name}", 60) for name in "abc"
-        }
+        made = {name: await add_agents(fleet[name].registry, f"user-{name}", 60) for name in "abc"}
         body = payload("user-a", instance=fleet["a"].address)
         for name in "bc":
             extra = payload(f"user-{name}", instance=fleet[name].address)
@@ -221,9 +217,7 @@ class TestNeverAnOpenRelay:
 
 
 class TestPeerFailure:
-    async def test_stopped_peer_makes_the_answer_5xx_and_the_retry_cleans_once(
-        self, fleet
-    ) -> None:
+    async def test_stopped_peer_makes_the_answer_5xx_and_the_retry_cleans_once(self, fleet) -> None:
         """b down: a answers 500 naming b; b back: the same alert is cleaned there, once."""
         agents = await add_agents(fleet["b"].registry, "leaky", 60)
         body = alerts_for("leaky", instance=fleet["b"].address)
