@@ -14,14 +14,27 @@ import pytest
 import yaml
 
 from agent_registry_exporter.artifacts.dashboard import UID, render_dashboard, render_dashboard_json
-from agent_registry_exporter.artifacts.grafana import decode, encode, model
+from agent_registry_exporter.artifacts.dashboard.sdk import decode, encode, model
 from agent_registry_exporter.cli import main
 
 ROOT = Path(__file__).parent.parent
 DASHBOARD_FILE = ROOT / "grafana" / "agent-registry.json"
 PROVISIONING = ROOT / "grafana" / "provisioning"
-SELECTOR = re.compile(r"\b(agent_registry_\w+|up|ALERTS)\b(\{[^}]*\})?")
+SELECTOR = re.compile(r"\b(agent_registry_\w+|process_\w+|up|ALERTS)\b(\{[^}]*\})?")
 PER_USER = ("agent_registry_user_agents", "agent_registry_user_session_created_timestamp_seconds")
+# The families a sidecar labels per worker (one registry's truth each).
+PER_WORKER = (
+    *PER_USER,
+    "agent_registry_user_session_age_seconds",
+    "agent_registry_users",
+    "agent_registry_agents",
+    "agent_registry_threshold",
+    "agent_registry_user_series_omitted",
+    "agent_registry_source_up",
+    "agent_registry_source_scrape_duration_seconds",
+    "agent_registry_cleaned_agents_alive",
+    "agent_registry_resident_memory_bytes",
+)
 CORE_PANELS = {
     "Users",
     "Agents",
@@ -48,12 +61,13 @@ def exprs(dashboard: dict[str, Any]) -> list[str]:
     return [t["expr"] for p in data_panels(dashboard) for t in p["targets"]]
 
 
-def substitute(expr: str, instance: str = ".*") -> str:
-    """Grafana's variables as the dashboard would send them."""
+def substitute(expr: str, instance: str = ".*", worker: str = ".*") -> str:
+    """Grafana's variables as the dashboard would send them (All is `.*`)."""
     return (
         expr.replace("$__rate_interval", "1m")
         .replace("$job", "agent-registry-exporter")
         .replace("$instance", instance)
+        .replace("$worker", worker)
         .replace("$user_id", ".*")
     )
 
@@ -141,11 +155,13 @@ class TestWithoutTheSdk:
 
 
 class TestLint:
-    def test_every_panel_has_title_description_unit_and_position(self, dashboard) -> None:
-        """Title, description, unit, gridPos and the datasource variable on each panel."""
+    def test_every_panel_has_title_question_unit_and_position(self, dashboard) -> None:
+        """Title, the question it answers, unit, gridPos and the datasource variable on each."""
+        titles = [p["title"] for p in data_panels(dashboard)]
+        assert len(titles) == len(set(titles))
         for panel in data_panels(dashboard):
             assert panel["title"], panel
-            assert panel["description"], panel["title"]
+            assert "?" in panel["description"], panel["title"]
             assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
             assert set(panel["gridPos"]) == {"x", "y", "w", "h"}, panel["title"]
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
@@ -180,6 +196,16 @@ class TestLint:
                 assert 'instance=~"$instance"' in matchers, (name, expr)
                 if name in PER_USER:
                     assert 'user_id=~"$user_id"' in matchers, (name, expr)
+                if name in PER_WORKER:
+                    assert 'worker=~"$worker"' in matchers, (name, expr)
+
+    def test_worker_is_only_ever_matched_by_regex(self, dashboard) -> None:
+        """`worker=~"$worker"` keeps embedded series (no label); `=`, `!=`, `!~` would not."""
+        matchers = [
+            m for e in exprs(dashboard) for m in re.findall(r"worker\s*[=!]~?\s*\"[^\"]*\"", e)
+        ]
+        assert matchers
+        assert set(matchers) == {'worker=~"$worker"'}
 
     def test_every_counter_is_a_rate_over_the_rate_interval(self, dashboard) -> None:
         """A raw counter is meaningless on a graph; a fixed range breaks on slow scrapes."""
@@ -193,12 +219,16 @@ class TestLint:
         assert counters >= 3
 
     def test_template_variables(self, dashboard) -> None:
-        """datasource, job, instance (multi, with All) and an optional user_id filter."""
+        """datasource, job, instance and worker (multi, All is `.*`), an optional user_id."""
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-        assert list(variables) == ["datasource", "job", "instance", "user_id"]
+        assert list(variables) == ["datasource", "job", "instance", "worker", "user_id"]
         assert variables["datasource"]["query"] == "prometheus"
-        assert variables["instance"]["multi"] is True
-        assert variables["instance"]["includeAll"] is True
+        for name in ("instance", "worker"):
+            assert variables[name]["multi"] is True
+            assert variables[name]["includeAll"] is True
+            assert variables[name]["allValue"] == ".*"
+            assert variables[name]["current"]["value"] == "$__all"
+        assert "agent_registry_source_up{" in variables["worker"]["definition"]
         assert variables["user_id"]["current"]["value"] == ".*"
 
     def test_every_expression_parses(self, dashboard, tmp_path: Path) -> None:

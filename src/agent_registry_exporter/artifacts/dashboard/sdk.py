@@ -46,6 +46,7 @@ __all__ = [
     "common_builders",
     "decode",
     "encode",
+    "graph_panel",
     "histogram",
     "legend",
     "model",
@@ -54,7 +55,9 @@ __all__ = [
     "prometheus",
     "query",
     "stat",
+    "stat_panel",
     "table",
+    "table_panel",
     "timeseries",
 ]
 
@@ -119,16 +122,16 @@ def legend() -> common_builders.VizLegendOptions:
     )
 
 
-def number_panels(model: model.Dashboard) -> model.Dashboard:
+def number_panels(board: model.Dashboard) -> model.Dashboard:
     """Give rows and panels the ids 1, 2, ... in order (the SDK leaves them unset)."""
-    for n, item in enumerate(model.panels or [], start=1):
+    for n, item in enumerate(board.panels or [], start=1):
         item.id_val = n
-    return model
+    return board
 
 
-def encode(model: model.Dashboard) -> str:
+def encode(board: model.Dashboard) -> str:
     """The dashboard as JSON text, in the SDK's field order, with a final newline."""
-    return JSONEncoder(indent=2).encode(model) + "\n"
+    return JSONEncoder(indent=2).encode(board) + "\n"
 
 
 def decode(text: str) -> model.Dashboard:
@@ -136,3 +139,42 @@ def decode(text: str) -> model.Dashboard:
     register_default_plugins()
     data: dict[str, Any] = json.loads(text)
     return model.Dashboard.from_json(data)
+
+
+def stat_panel(
+    title: str,
+    description: str,
+    expr: str,
+    legend_format: str = "__auto",
+    *,
+    w: int = 6,
+    h: int = 4,
+) -> stat.Panel:
+    """One number per series: an instant query reduced to its last value."""
+    return panel(
+        stat.Panel(),
+        title,
+        description,
+        "none",
+        [query(expr, legend_format, instant=True)],
+        w=w,
+        h=h,
+    ).reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
+
+
+def graph_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    w: int,
+    h: int,
+) -> timeseries.Panel:
+    """A graph over time with a visible legend."""
+    return panel(timeseries.Panel(), title, description, unit, targets, w=w, h=h).legend(legend())
+
+
+def table_panel(title: str, description: str, unit: str, expr: str) -> table.Panel:
+    """One instant query as a half-width table, one row per series."""
+    return panel(table.Panel(), title, description, unit, [query(expr, instant=True)], w=12, h=9)

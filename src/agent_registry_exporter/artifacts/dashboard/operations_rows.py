@@ -1,0 +1,221 @@
+"""Rows about the machinery around the registries: workers, remediation, memory, the exporter."""
+
+from __future__ import annotations
+
+from .promql import REGISTRY_MEMORY, SEL, WORKER_SEL, rate
+from .sdk import Dashboard, Row, graph_panel, model, query, stat_panel
+
+__all__ = ["exporter", "memory", "remediation", "workers"]
+
+
+def workers(board: Dashboard) -> Dashboard:
+    return (
+        board.with_row(Row("Workers (sidecar mode)"))
+        .with_panel(
+            graph_panel(
+                "Workers answering",
+                "Did each backend worker answer the sidecar's last gathers? 1 answered, 0 down "
+                "or too slow (its series vanish meanwhile). Empty in embedded mode.",
+                "none",
+                [query(f"agent_registry_source_up{{{WORKER_SEL}}}", "{{worker}} on {{instance}}")],
+                w=8,
+                h=7,
+            ).min(0)
+        )
+        .with_panel(
+            graph_panel(
+                "Worker gather time",
+                "How long did the sidecar wait for each worker's snapshot? Close to the deadline, "
+                "the worker's event loop is stalled. Empty in embedded mode.",
+                "s",
+                [
+                    query(
+                        f"agent_registry_source_scrape_duration_seconds{{{WORKER_SEL}}}",
+                        "{{worker}} on {{instance}}",
+                    )
+                ],
+                w=8,
+                h=7,
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Agents per worker",
+                "How are each pod's agents spread over its workers? One line per replica in "
+                "embedded mode.",
+                "none",
+                [
+                    query(
+                        f"sum by (instance, worker) (agent_registry_agents{{{WORKER_SEL}}})",
+                        "{{worker}} on {{instance}}",
+                    )
+                ],
+                w=8,
+                h=7,
+            )
+        )
+    )
+
+
+def remediation(board: Dashboard) -> Dashboard:
+    return (
+        board.with_row(Row("Remediation"))
+        .with_panel(
+            graph_panel(
+                "Cleanups per second by trigger and result",
+                "What did the webhook decide? cleaned, not violating, duplicate, rate limited, "
+                "forwarded, error, ...",
+                "ops",
+                [
+                    query(
+                        rate("agent_registry_cleanups_total", "trigger, result"),
+                        "{{trigger}} {{result}}",
+                    )
+                ],
+                w=6,
+                h=8,
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Agents closed per second",
+                "How many agents do cleanups close on each replica?",
+                "ops",
+                [query(rate("agent_registry_cleaned_agents_total", "instance"), "{{instance}}")],
+                w=6,
+                h=8,
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Webhook responses by code",
+                "How did the webhook answer? 200 handled, 429 deferred (rate limit, breaker), "
+                "4xx refused, 5xx retried.",
+                "reqps",
+                [query(rate("agent_registry_webhook_requests_total", "code"), "{{code}}")],
+                w=6,
+                h=8,
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Alerts forwarded to the owning replica",
+                "Which replica received alerts for sessions on another pod (forwarded), or "
+                "naming an instance that is no current peer (unknown_instance: forged, or a pod "
+                "that is gone)?",
+                "ops",
+                [
+                    query(
+                        rate(
+                            "agent_registry_cleanups_total",
+                            "instance, result",
+                            f'{SEL}, result=~"forwarded|unknown_instance"',
+                        ),
+                        "{{result}} by {{instance}}",
+                    )
+                ],
+                w=6,
+                h=8,
+            )
+        )
+    )
+
+
+def memory(board: Dashboard) -> Dashboard:
+    per_registry = "{{instance}} {{worker}}"
+    return (
+        board.with_row(Row("Memory"))
+        .with_panel(
+            graph_panel(
+                "Cleaned agents still alive",
+                "Are the agents that cleanups closed really freed? Above 0, something still "
+                "references them leak_grace_seconds after their cleanup.",
+                "none",
+                [query(f"agent_registry_cleaned_agents_alive{{{WORKER_SEL}}}", per_registry)],
+                w=8,
+                h=8,
+            ).min(0)
+        )
+        .with_panel(
+            graph_panel(
+                "Resident memory against agents",
+                "Does the memory of each process holding a registry follow its agents? Resident "
+                "memory on the left axis, live agents on the right.",
+                "bytes",
+                [
+                    query(REGISTRY_MEMORY, f"memory {per_registry}"),
+                    query(f"agent_registry_agents{{{WORKER_SEL}}}", f"agents {per_registry}"),
+                ],
+                w=8,
+                h=8,
+            ).override_by_query(
+                "B",
+                [
+                    model.DynamicConfigValue(id_val="unit", value="none"),
+                    model.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                ],
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Bytes per agent",
+                "What does one live agent cost in resident memory, over time? Rising while the "
+                "agents stay flat: memory held outside the registry.",
+                "bytes",
+                [
+                    query(
+                        f"({REGISTRY_MEMORY}) / (agent_registry_agents{{{WORKER_SEL}}} > 0)",
+                        per_registry,
+                    )
+                ],
+                w=8,
+                h=8,
+            )
+        )
+    )
+
+
+def exporter(board: Dashboard) -> Dashboard:
+    return (
+        board.with_row(Row("Exporter"))
+        .with_panel(
+            graph_panel(
+                "Scrape render duration",
+                "How long did each replica take to render /metrics?",
+                "s",
+                [
+                    query(
+                        f"agent_registry_exporter_scrape_duration_seconds{{{SEL}}}", "{{instance}}"
+                    )
+                ],
+                w=8,
+                h=7,
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Users left out by the series cap",
+                "How many users are not exported per user because of max_user_series? Totals "
+                "stay exact.",
+                "none",
+                [
+                    query(
+                        f"agent_registry_user_series_omitted{{{WORKER_SEL}}}",
+                        "{{instance}} {{worker}}",
+                    )
+                ],
+                w=8,
+                h=7,
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Exporters up",
+                "Which scrape targets answer? 0 means nothing is monitored there.",
+                f"up{{{SEL}}}",
+                "{{instance}}",
+                w=8,
+                h=7,
+            )
+        )
+    )
