@@ -21,12 +21,15 @@ from .conftest import eventually
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 # What one embedded exporter with users fills: every target of these panels returns series.
-# Alerts may be resolved already; the sidecar's, the fleet's and the memory panels need what
-# those modes export.
+# Alerts may be resolved already; the sidecar's and the fleet's panels need what those modes
+# export.
 EMBEDDED_PANELS = (CORE_PANELS - {"Firing alerts"}) | {
     "Exporters up",
     "Users with the most agents, all workers of a pod",
     "Agents per worker",
+    "Cleaned agents still alive",
+    "Resident memory against agents",
+    "Bytes per agent",
 }
 
 
