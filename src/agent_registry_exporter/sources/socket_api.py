@@ -1,0 +1,248 @@
+"""The backend side of sidecar mode: each worker serves its registry on a Unix socket.
+
+    GET  /v1/                           who serves this socket (worker, pid, start time)
+    GET  /v1/snapshot                   thresholds, identity and the sessions as columns
+    GET  /v1/users/{user_id}            the lifecycle manager's monitor_memory_usage result
+    POST /v1/users/{user_id}/cleanup    check and detach in one step; a JSON body
+                                        {"if_violating": false} makes it unconditional
+
+User ids are percent-encoded path segments. Every error is a JSON body naming the problem;
+a path under another version answers 404 with the versions this worker speaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..registry import AgentRegistry
+from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
+
+__all__ = [
+    "DEFAULT_SOCKET_DIR",
+    "SOCKET_DIR_ENV",
+    "RegistrySocket",
+    "create_registry_app",
+    "listening",
+    "serve_registry",
+    "socket_path",
+]
+
+_log = logging.getLogger(__name__)
+
+SOCKET_DIR_ENV = "AGENT_REGISTRY_EXPORTER_SOCKET_DIR"
+DEFAULT_SOCKET_DIR = Path("/run/agent-registry")
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# sockaddr_un.sun_path on Linux, terminating NUL included.
+_MAX_SOCKET_PATH = 107
+_MAX_CLEANUP_BODY = 4096
+_VERSIONED = re.compile(r"^/(v\d+)(/|$)")
+
+_REGISTRY = web.AppKey("registry", AgentRegistry)
+_IDENTITY = web.AppKey("identity", WorkerIdentity)
+# One snapshot encoding at a time: a burst of requests queues instead of stalling the loop.
+_ENCODING = web.AppKey("encoding", asyncio.Lock)
+
+
+class _CleanupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    if_violating: bool = True
+
+
+class _BadUserId(ValueError):
+    pass
+
+
+def socket_path(socket_dir: Path | str, worker: str) -> Path:
+    """Where `worker` serves its registry in `socket_dir`."""
+    return Path(socket_dir) / f"worker-{worker}.sock"
+
+
+def create_registry_app(registry: AgentRegistry, identity: WorkerIdentity) -> web.Application:
+    """The registry API of one worker (served on its socket by `serve_registry`)."""
+    app = web.Application(client_max_size=_MAX_CLEANUP_BODY, middlewares=[_json_errors])
+    app[_REGISTRY] = registry
+    app[_IDENTITY] = identity
+    app[_ENCODING] = asyncio.Lock()
+    app.router.add_get(f"/{API_VERSION}/", _identity)
+    app.router.add_get(f"/{API_VERSION}/snapshot", _snapshot)
+    app.router.add_get(f"/{API_VERSION}/users/{{user_id}}", _user)
+    app.router.add_post(f"/{API_VERSION}/users/{{user_id}}/cleanup", _cleanup)
+    return app
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except _BadUserId as exc:
+        return _error(400, str(exc))
+    except web.HTTPNotFound:
+        version = _VERSIONED.match(request.path)
+        if version is None or version[1] != API_VERSION:
+            asked = version[1] if version else "none"
+            return _error(
+                404,
+                f"unknown API version {asked!r}: this worker speaks {API_VERSION}",
+                versions=[API_VERSION],
+            )
+        return _error(404, f"no such endpoint: {request.method} {request.path}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+    except Exception:
+        _log.exception("registry API failed serving %s %s", request.method, request.path)
+        return _error(500, "internal error; see the worker's log")
+
+
+def _user_id(request: web.Request) -> str:
+    # From the raw path: aiohttp leaves undecodable escapes as they are, which would make
+    # "%FF" and "%25FF" the same user.
+    raw = request.rel_url.raw_path.split("/")[3]
+    try:
+        user_id = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadUserId(f"user id {raw!r} is not percent-encoded UTF-8") from None
+    if not user_id:
+        raise _BadUserId("user id is empty")
+    return user_id
+
+
+async def _identity(request: web.Request) -> web.Response:
+    return web.json_response({"api": API_VERSION, **request.app[_IDENTITY].as_dict()})
+
+
+async def _snapshot(request: web.Request) -> web.Response:
+    app = request.app
+    async with app[_ENCODING]:
+        # Taken once the lock is ours, so a queued request does not send stale data.
+        body = await encode_snapshot(app[_REGISTRY].snapshot(), app[_IDENTITY])
+    return web.Response(body=body, content_type=SNAPSHOT_CONTENT_TYPE)
+
+
+async def _user(request: web.Request) -> web.Response:
+    user_id = _user_id(request)
+    result = await request.app[_REGISTRY].lifecycle_manager.monitor_memory_usage(user_id)
+    return web.json_response(result)
+
+
+async def _cleanup(request: web.Request) -> web.Response:
+    user_id = _user_id(request)
+    body = await request.read()
+    try:
+        asked = _CleanupRequest.model_validate_json(body) if body.strip() else _CleanupRequest()
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        return _error(400, 'cleanup body must be {"if_violating": bool}', problems=problems)
+    manager = request.app[_REGISTRY].lifecycle_manager
+    # Shielded: once the session is detached its agents must be closed, even if the sidecar
+    # hangs up or the worker shuts down meanwhile.
+    result = await asyncio.shield(manager.trigger_cleanup(user_id, if_violating=asked.if_violating))
+    return web.json_response(dataclasses.asdict(result))
+
+
+class RegistrySocket:
+    """A worker's registry served on `path`; `await stop()` closes it and removes the file."""
+
+    def __init__(self, runner: web.AppRunner, path: Path, identity: WorkerIdentity) -> None:
+        self._runner: web.AppRunner | None = runner
+        self.path = path
+        self.worker = identity.worker
+        self._inode = path.stat().st_ino
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+        # Only our own socket: a successor with the same name may have replaced it.
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()
+
+    def __repr__(self) -> str:
+        return f"RegistrySocket(worker={self.worker!r}, path={str(self.path)!r})"
+
+
+async def serve_registry(
+    registry: AgentRegistry,
+    socket_dir: Path | str | None = None,
+    *,
+    worker: str | None = None,
+) -> RegistrySocket:
+    """Serve `registry` on `<socket_dir>/worker-<worker>.sock` for the sidecar (mode 0660).
+
+    `worker` defaults to the process id; `socket_dir` to `$AGENT_REGISTRY_EXPORTER_SOCKET_DIR`,
+    else `/run/agent-registry` (created if missing). Runs on the caller's event loop.
+    """
+    name = str(os.getpid()) if worker is None else worker
+    if not _WORKER_NAME.fullmatch(name):
+        raise ValueError(
+            f"worker name {name!r} must be 1-64 letters, digits, '.', '_' or '-' "
+            "(it becomes a file name and a label value)"
+        )
+    directory = Path(socket_dir or os.environ.get(SOCKET_DIR_ENV) or DEFAULT_SOCKET_DIR)
+    path = socket_path(directory, name)
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise ValueError(f"socket path {str(path)!r} is longer than {_MAX_SOCKET_PATH} bytes")
+    _prepare(path)
+    identity = WorkerIdentity(worker=name, pid=os.getpid(), started_at=time.time())
+    runner = web.AppRunner(
+        create_registry_app(registry, identity), access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    try:
+        await web.UnixSite(runner, str(path)).start()
+        os.chmod(path, 0o660)  # the sidecar connects through the shared group
+    except BaseException:
+        await runner.cleanup()
+        raise
+    _log.info("registry of worker %s served on %s", name, path)
+    return RegistrySocket(runner, path, identity)
+
+
+def listening(path: Path) -> bool:
+    """True when a process accepts connections on the Unix socket `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+    return True
+
+
+def _prepare(path: Path) -> None:
+    """Create the directory; remove a dead predecessor's socket, never a live one or a file."""
+    path.parent.mkdir(mode=0o770, parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    if listening(path):
+        raise FileExistsError(f"{path} is served by a live worker: choose another worker name")
+    path.unlink()

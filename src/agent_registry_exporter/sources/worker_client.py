@@ -1,0 +1,162 @@
+"""The sidecar's side of one worker's registry socket: a `RegistrySource` over HTTP/1.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from ..lifecycle import CleanupResult
+from ..registry import RegistrySnapshot
+from .snapshot_codec import (
+    API_VERSION,
+    SNAPSHOT_CONTENT_TYPE,
+    SnapshotFormatError,
+    WorkerIdentity,
+    decode_snapshot,
+)
+
+__all__ = ["WorkerError", "WorkerSource"]
+
+_CLEANUP_FIELDS = frozenset(f.name for f in dataclasses.fields(CleanupResult))
+
+
+class WorkerError(ConnectionError):
+    """A worker's socket did not give a usable answer; `cause` is one line saying why."""
+
+    def __init__(self, worker: str, cause: str, *, refused: bool = False) -> None:
+        super().__init__(f"worker {worker}: {cause}")
+        self.worker = worker
+        self.cause = cause
+        # The socket file is there but nobody listens: the worker died without removing it.
+        self.refused = refused
+
+
+class WorkerSource:
+    """One worker's registry, reached through its socket; each call bounded by `timeout`."""
+
+    def __init__(self, worker: str, path: Path, *, timeout: float = 5.0) -> None:
+        self.worker = worker
+        self.path = path
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(self.path)),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def identity(self) -> WorkerIdentity:
+        """Who answers on the socket (a cheap call: readiness uses it)."""
+        body = await self._json("GET", f"/{API_VERSION}/")
+        try:
+            return WorkerIdentity(str(body["worker"]), int(body["pid"]), float(body["started_at"]))
+        except (KeyError, TypeError, ValueError):
+            raise self._error("answers something else: no worker identity") from None
+
+    async def snapshot(self) -> RegistrySnapshot:
+        data = await self._fetch("GET", f"/{API_VERSION}/snapshot", SNAPSHOT_CONTENT_TYPE)
+        try:
+            _, snapshot = decode_snapshot(data)
+        except SnapshotFormatError as exc:
+            raise self._error(f"answered an invalid snapshot: {exc}") from None
+        # Labelled with the socket's name, the one alerts route back by.
+        return dataclasses.replace(snapshot, worker=self.worker)
+
+    async def monitor_user(self, user_id: str) -> dict[str, Any]:
+        """`monitor_memory_usage` on the worker; never raises (a failure is `status: 'error'`)."""
+        try:
+            return await self._json("GET", _user_path(user_id))
+        except WorkerError as exc:
+            return {"status": "error", "user_id": user_id, "metrics": {}, "issues": [],
+                    "error": str(exc)}  # fmt: skip
+
+    async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
+        body = await self._json(
+            "POST", f"{_user_path(user_id)}/cleanup", json={"if_violating": if_violating}
+        )
+        try:
+            return CleanupResult(**{k: v for k, v in body.items() if k in _CLEANUP_FIELDS})
+        except TypeError as exc:
+            raise self._error(f"answered an invalid cleanup result: {exc}") from None
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        data = await self._fetch(method, path, "application/json", **kwargs)
+        try:
+            body = json.loads(data)
+        except ValueError as exc:
+            raise self._error(f"answered invalid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise self._error("answers something else: JSON that is not an object")
+        return body
+
+    async def _fetch(self, method: str, path: str, content_type: str, **kwargs: Any) -> bytes:
+        url = URL(f"http://worker-{self.worker}{path}", encoded=True)
+        try:
+            async with self._client().request(method, url, **kwargs) as resp:
+                data = await resp.read()
+                status, received = resp.status, resp.content_type
+        except Exception as exc:
+            raise _translate(self, exc) from None
+        if status == 200 and received == content_type:
+            return data
+        detail: Any = None
+        if received == "application/json":
+            with contextlib.suppress(ValueError):
+                detail = json.loads(data)
+        if isinstance(detail, dict) and "versions" in detail:
+            raise self._error(
+                f"speaks API versions {', '.join(map(str, detail['versions']))}; this sidecar"
+                f" speaks {API_VERSION}"
+            )
+        if isinstance(detail, dict) and "error" in detail:
+            raise self._error(f"answered HTTP {status}: {detail['error']}")
+        raise self._error(
+            f"answers something else: HTTP {status} {received or 'without a content type'}"
+        )
+
+    def _error(self, cause: str, *, refused: bool = False) -> WorkerError:
+        return WorkerError(self.worker, cause, refused=refused)
+
+
+def _user_path(user_id: str) -> str:
+    return f"/{API_VERSION}/users/{quote(user_id, safe='')}"
+
+
+def _translate(source: WorkerSource, exc: Exception) -> Exception:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError):
+            return source._error("connection refused: no process listens", refused=True)
+        if isinstance(os_error, FileNotFoundError):
+            return source._error("socket is gone")
+        if isinstance(os_error, PermissionError):
+            return source._error(
+                "permission denied on the socket: run the sidecar in the workers' group "
+                "(the socket is mode 0660)"
+            )
+        return source._error(f"cannot connect: {os_error.strerror or os_error}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return source._error("closed the connection before answering (worker died?)")
+    if isinstance(exc, aiohttp.ClientOSError):
+        return source._error(f"connection failed: {exc.strerror or exc}")
+    if isinstance(exc, asyncio.TimeoutError):
+        return source._error(f"no answer within {source.timeout:g}s")
+    if isinstance(exc, aiohttp.ClientError):
+        return source._error(f"answers something else: {type(exc).__name__}: {exc}")
+    return exc

@@ -1,0 +1,316 @@
+"""The registry socket API (backend side of sidecar mode), over a real Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent_registry_exporter import AgentRegistry, RegistrySocket, Thresholds, serve_registry
+from agent_registry_exporter.sources import WorkerError, WorkerSource, socket_path
+
+from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once
+
+HOSTILE_IDS = ["a/b", "50%", "x y?z#w", 'quo"te\\', "new\nline", "nul\x00byte", "..", "héllo 🦜"]
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short directory: a Unix socket path must fit in 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="ars-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+async def served(registry: AgentRegistry, socket_dir: Path) -> AsyncIterator[RegistrySocket]:
+    handle = await serve_registry(registry, socket_dir, worker="w1")
+    yield handle
+    await handle.stop()
+
+
+@pytest.fixture
+async def worker(served: RegistrySocket) -> AsyncIterator[WorkerSource]:
+    client = WorkerSource("w1", served.path, timeout=10)
+    yield client
+    await client.close()
+
+
+async def raw(path: Path, method: str, url: str, **kwargs: object) -> tuple[int, dict]:
+    """One request on the socket, the status and JSON body."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session,
+        session.request(method, f"http://worker{url}", **kwargs) as resp,  # type: ignore[arg-type]
+    ):
+        assert resp.content_type == "application/json"
+        return resp.status, await resp.json()
+
+
+class TestServeRegistry:
+    async def test_socket_is_named_for_the_worker_with_mode_0660(self, served, socket_dir) -> None:
+        """`<dir>/worker-<name>.sock`, readable and writable by owner and group only."""
+        assert served.path == socket_dir / "worker-w1.sock"
+        mode = served.path.stat().st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o660
+
+    async def test_defaults_are_the_pid_and_the_directory_from_the_environment(
+        self, registry, socket_dir, monkeypatch
+    ) -> None:
+        """No worker name: the pid; no directory: AGENT_REGISTRY_EXPORTER_SOCKET_DIR."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_SOCKET_DIR", str(socket_dir / "sub"))
+        handle = await serve_registry(registry)
+        try:
+            assert handle.path == socket_dir / "sub" / f"worker-{os.getpid()}.sock"
+            assert handle.path.exists()
+        finally:
+            await handle.stop()
+
+    async def test_stop_removes_the_socket(self, registry, socket_dir) -> None:
+        """After stop() the file is gone and nothing answers."""
+        handle = await serve_registry(registry, socket_dir, worker="gone")
+        await handle.stop()
+        assert not handle.path.exists()
+        await handle.stop()  # twice is harmless
+
+    async def test_stale_socket_of_a_dead_worker_is_replaced(self, registry, socket_dir) -> None:
+        """A socket file nobody listens on (a crashed predecessor) is taken over."""
+        first = await serve_registry(registry, socket_dir, worker="w")
+        await first._runner.cleanup()  # type: ignore[union-attr]  # dies without removing it
+        assert first.path.exists()
+        second = await serve_registry(registry, socket_dir, worker="w")
+        try:
+            client = WorkerSource("w", second.path)
+            assert (await client.identity()).worker == "w"
+            await client.close()
+        finally:
+            await second.stop()
+
+    async def test_live_socket_or_plain_file_is_never_taken_over(
+        self, served, registry, socket_dir
+    ) -> None:
+        """A second worker with the same name, or a regular file there, is an error."""
+        with pytest.raises(FileExistsError, match="live worker"):
+            await serve_registry(registry, socket_dir, worker="w1")
+        (socket_dir / "worker-file.sock").write_text("not a socket")
+        with pytest.raises(FileExistsError, match="not a socket"):
+            await serve_registry(registry, socket_dir, worker="file")
+
+    @pytest.mark.parametrize("name", ["", "../up", "a/b", "x" * 65, "-leading", "spa ce"])
+    async def test_unsafe_worker_names_are_refused(self, registry, socket_dir, name) -> None:
+        """The name becomes a file name and a label value: only a safe alphabet."""
+        with pytest.raises(ValueError, match="worker name"):
+            await serve_registry(registry, socket_dir, worker=name)
+
+    async def test_socket_path_too_long_is_refused(self, registry, socket_dir) -> None:
+        """sun_path holds 107 bytes: a longer path is a clear error, not a truncated socket."""
+        with pytest.raises(ValueError, match="longer than 107 bytes"):
+            await serve_registry(registry, socket_dir / ("d" * 120), worker="w")
+
+
+class TestSnapshot:
+    async def test_sessions_thresholds_and_identity_round_trip(
+        self, registry, worker, clock
+    ) -> None:
+        """Every session's id, count and start arrive exactly, with the worker's name."""
+        for n, user in enumerate(HOSTILE_IDS):
+            await add_agents(registry, user, n + 1, age_hours=n)
+        snapshot = await worker.snapshot()
+        assert snapshot.worker == "w1"
+        assert snapshot.thresholds == registry.thresholds
+        assert snapshot.taken_at == clock.now
+        got = [(s.user_id, s.agent_count, s.created_timestamp) for s in snapshot.sessions]
+        want = [(s.user_id, s.agent_count, s.created_timestamp) for s in registry.sessions()]
+        assert got == want
+
+    async def test_identity_names_the_process(self, worker) -> None:
+        """GET /v1/ says which worker and process serve the socket."""
+        identity = await worker.identity()
+        assert (identity.worker, identity.pid) == ("w1", os.getpid())
+
+    async def test_empty_registry_is_an_empty_snapshot(self, worker) -> None:
+        """No sessions: zero rows, still the thresholds."""
+        snapshot = await worker.snapshot()
+        assert list(snapshot.sessions) == []
+        assert snapshot.thresholds == Thresholds()
+
+
+class TestUser:
+    @pytest.mark.parametrize("user", HOSTILE_IDS)
+    async def test_any_user_id_reaches_its_own_session(self, registry, worker, user) -> None:
+        """Slashes, percent signs, quotes, NUL: the id is one path segment, decoded exactly."""
+        await add_agents(registry, user, 3)
+        await add_agents(registry, user + "x", 1)
+        result = await worker.monitor_user(user)
+        assert result["status"] == "healthy"
+        assert (result["user_id"], result["metrics"]["agent_count"]) == (user, 3)
+
+    async def test_violating_user_reports_its_issues(self, registry, worker) -> None:
+        """The monitor_memory_usage result, issue strings included."""
+        await add_agents(registry, "big", 51, age_hours=26)
+        result = await worker.monitor_user("big")
+        assert result["status"] == "warning"
+        assert result["issues"] == ["Too many agents: 51", "Session too old: 26.0h"]
+
+    async def test_unknown_user_has_no_session(self, worker) -> None:
+        """An id nobody registered: no_session, and nothing is created."""
+        assert (await worker.monitor_user("ghost"))["status"] == "no_session"
+
+    @pytest.mark.parametrize("segment", ["%FF", "%C3%28", "%ED%A0%80"])
+    async def test_id_that_is_not_utf8_is_a_400(self, served, segment) -> None:
+        """Percent-escapes that do not decode as UTF-8 are refused, naming the id."""
+        status, body = await raw(served.path, "GET", f"/v1/users/{segment}")
+        assert status == 400
+        assert "not percent-encoded UTF-8" in body["error"]
+
+    async def test_worker_that_is_down_is_an_error_status_not_an_exception(
+        self, served, worker
+    ) -> None:
+        """monitor_user never raises: a dead worker is status 'error' naming the cause."""
+        await served.stop()
+        result = await worker.monitor_user("u1")
+        assert result["status"] == "error"
+        assert "w1" in result["error"]
+
+
+class TestCleanup:
+    async def test_healthy_session_is_left_untouched_by_default(
+        self, registry, worker, fill
+    ) -> None:
+        """Conditional by default: a session within every limit is not detached."""
+        agents = await fill("calm", 50)
+        result = await worker.cleanup_user("calm")
+        assert result.found
+        assert result.not_violating
+        assert registry.get_session("calm").agent_count == 50
+        assert {a.closes for a in agents} == {0}
+
+    async def test_violating_session_is_cleaned(self, registry, worker, fill) -> None:
+        """Over a limit: detached and every agent closed, the issues seen reported."""
+        agents = await fill("greedy", 51)
+        result = await worker.cleanup_user("greedy")
+        assert (result.found, result.not_violating, result.agents_cleaned) == (True, False, 51)
+        assert result.issues == ["Too many agents: 51"]
+        assert registry.get_session("greedy") is None
+        assert {a.closes for a in agents} == {1}
+
+    async def test_unconditional_cleanup_only_when_asked(self, registry, served, fill) -> None:
+        """{"if_violating": false} cleans a healthy session too."""
+        agents = await fill("calm", 2)
+        status, body = await raw(
+            served.path, "POST", "/v1/users/calm/cleanup", json={"if_violating": False}
+        )
+        assert status == 200
+        assert (body["found"], body["agents_cleaned"]) == (True, 2)
+        assert registry.get_session("calm") is None
+        assert {a.closes for a in agents} == {1}
+
+    async def test_unknown_user_is_not_found(self, worker) -> None:
+        """Nothing to clean: found is false."""
+        result = await worker.cleanup_user("ghost")
+        assert not result.found
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b"{",
+            b"[]",
+            b'{"if_violating": "no"}',
+            b'{"if_violating": 0}',
+            b'{"if_violating": false, "everyone": true}',
+        ],
+    )
+    async def test_bad_body_is_a_400_and_changes_nothing(
+        self, registry, served, fill, body
+    ) -> None:
+        """Garbage, wrong types, unknown keys: 400 naming the expected body; session kept."""
+        agents = await fill("calm", 2)
+        status, answer = await raw(
+            served.path,
+            "POST",
+            "/v1/users/calm/cleanup",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 400
+        assert "if_violating" in answer["error"]
+        assert registry.get_session("calm").agent_count == 2
+        assert {a.closes for a in agents} == {0}
+
+    async def test_huge_body_is_refused(self, registry, served, fill) -> None:
+        """A body far beyond the tiny cleanup request is a 413, nothing cleaned."""
+        await fill("greedy", 60)
+        status, answer = await raw(
+            served.path, "POST", "/v1/users/greedy/cleanup", data=b"{" * 100_000
+        )
+        assert status == 413
+        assert "too large" in answer["error"].lower()
+        assert registry.get_session("greedy").agent_count == 60
+
+    async def test_conditional_cleanup_racing_registrations_loses_no_agent(
+        self, registry, worker
+    ) -> None:
+        """Cleanups over the socket while the same user registers agents: none lost or
+        closed twice, and a cleanup only ever detaches a session that was over the limit."""
+        made: list[RecordingAgent] = []
+
+        async def register(n: int) -> None:
+            agent = RecordingAgent(f"hot/{n}")
+            made.append(agent)
+            await registry.register_user_agent("hot", f"agent-{n}", agent)
+            await asyncio.sleep(0)
+
+        async def churn() -> None:
+            for n in range(300):
+                await register(n)
+
+        async def clean() -> list:
+            return [await worker.cleanup_user("hot") for _ in range(15)]
+
+        _, results = await asyncio.gather(churn(), clean())
+        assert_kept_or_closed_once(registry, made)
+        cleaned = [r.agents_cleaned for r in results if r.agents_cleaned]
+        assert cleaned, "no cleanup ever found the session over the limit"
+        assert all(n > registry.thresholds.agents_per_user for n in cleaned)
+
+
+class TestVersions:
+    @pytest.mark.parametrize("path", ["/v2/snapshot", "/v0/users/u1", "/snapshot", "/"])
+    async def test_unknown_version_is_a_404_listing_the_versions_spoken(self, served, path) -> None:
+        """Any path outside /v1/ answers which versions this worker speaks."""
+        status, body = await raw(served.path, "GET", path)
+        assert status == 404
+        assert body["versions"] == ["v1"]
+        assert "unknown API version" in body["error"]
+
+    async def test_unknown_endpoint_in_v1_is_a_json_404(self, served) -> None:
+        """Inside v1, an unknown path is a plain 404 with a JSON error."""
+        status, body = await raw(served.path, "GET", "/v1/everything")
+        assert status == 404
+        assert body["error"] == "no such endpoint: GET /v1/everything"
+
+    async def test_wrong_method_is_a_json_405(self, served) -> None:
+        """GET on the cleanup endpoint: 405, nothing cleaned."""
+        status, body = await raw(served.path, "GET", "/v1/users/u1/cleanup")
+        assert status == 405
+        assert "error" in body
+
+    async def test_sidecar_names_a_version_it_does_not_speak(self, served, monkeypatch) -> None:
+        """A worker speaking only another version: the error says which ones, in one line."""
+        from agent_registry_exporter.sources import worker_client
+
+        monkeypatch.setattr(worker_client, "API_VERSION", "v9")
+        client = WorkerSource("w1", served.path)
+        with pytest.raises(WorkerError, match=r"^worker w1: speaks API versions v1; this "):
+            await client.snapshot()
+        await client.close()
+
+
+def test_socket_path_names_the_worker() -> None:
+    """One place decides the file name the sidecar discovers."""
+    assert socket_path("/run/agent-registry", "7") == Path("/run/agent-registry/worker-7.sock")
