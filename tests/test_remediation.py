@@ -47,6 +47,7 @@ def payload(*users: str, alertname: str = "AgentRegistryTooManyAgentsPerUser", *
                             "remediation": "cleanup",
                             "user_id": user,
                             "instance": kw.get("instance", "127.0.0.1:8464"),
+                            **kw.get("labels", {}),
                         },
                         "startsAt": kw.get("starts", STARTS),
                         "fingerprint": f"fp-{alertname}-{user}",

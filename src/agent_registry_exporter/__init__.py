@@ -18,7 +18,7 @@ from .registry import (
 )
 from .server import ExporterServer, create_app, start_exporter
 from .settings import Settings
-from .sources import InProcessSource, RegistrySource
+from .sources import InProcessSource, RegistrySocket, RegistrySource, SidecarSource, serve_registry
 
 __all__ = [
     "AgentLifecycleManager",
@@ -29,12 +29,15 @@ __all__ = [
     "ExporterServer",
     "InProcessSource",
     "RegistrySnapshot",
+    "RegistrySocket",
     "RegistrySource",
     "SessionRow",
     "Settings",
+    "SidecarSource",
     "Thresholds",
     "UserAgentSession",
     "__version__",
     "create_app",
+    "serve_registry",
     "start_exporter",
 ]

@@ -1,4 +1,4 @@
-"""The `agent-registry-exporter` command: serve, rules, demo."""
+"""The `agent-registry-exporter` command: serve, sidecar, rules, demo."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from .artifacts import (
 )
 from .lifecycle import Thresholds
 from .registry import AgentRegistry
-from .server import start_exporter
+from .server import ExporterServer, create_app, start_exporter
 from .settings import Settings, ThresholdSettings, describe_validation_error
+from .sources import SidecarSource
 
 __all__ = ["main"]
 
@@ -84,16 +85,17 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the exporter server")
-    serve.add_argument("--listen-host", help="address to bind (0.0.0.0)")
-    serve.add_argument("--listen-port", type=int, help="port to bind (8464; 0 picks a free one)")
-    serve.add_argument("--max-user-series", type=int, help="cap on per-user series (10000)")
-    serve.add_argument("--webhook-token-file", help="file holding the webhook bearer token")
-    serve.add_argument("--dry-run", action="store_true", default=None, help="decide, never act")
+    _server_options(serve)
     serve.add_argument("--demo", action="store_true", help="fill the registry with a demo workload")
-    serve.add_argument(
-        "--check-config", action="store_true", help="validate settings and exit (0 when valid)"
-    )
     _threshold_options(serve)
+
+    sidecar = commands.add_parser(
+        "sidecar", help="serve the registries of every backend worker found in --socket-dir"
+    )
+    _server_options(sidecar)
+    sidecar.add_argument(
+        "--socket-dir", help="where the workers serve their registry sockets (/run/agent-registry)"
+    )
 
     rules = commands.add_parser("rules", help="print the Prometheus alert rules as YAML")
     _threshold_options(rules)
@@ -117,7 +119,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole loop on a simulated backend")
     demo.add_argument("--duration", type=float, default=120.0, help="give up after this (s)")
+    demo.add_argument(
+        "--sidecar", action="store_true", help="two simulated workers behind the sidecar"
+    )
     return parser
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen-host", help="address to bind (0.0.0.0)")
+    parser.add_argument("--listen-port", type=int, help="port to bind (8464; 0 picks a free one)")
+    parser.add_argument("--max-user-series", type=int, help="cap on per-user series (10000)")
+    parser.add_argument("--webhook-token-file", help="file holding the webhook bearer token")
+    parser.add_argument("--dry-run", action="store_true", default=None, help="decide, never act")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate settings and exit (0 when valid)"
+    )
 
 
 def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
@@ -132,7 +148,14 @@ def _load(args: argparse.Namespace) -> tuple[Settings, Thresholds]:
     settings = Settings(
         **_overrides(
             args,
-            ("listen_host", "listen_port", "max_user_series", "webhook_token_file", "dry_run"),
+            (
+                "listen_host",
+                "listen_port",
+                "max_user_series",
+                "webhook_token_file",
+                "dry_run",
+                "socket_dir",
+            ),
         )
     )
     return settings, thresholds
@@ -145,7 +168,20 @@ async def _serve(settings: Settings, thresholds: Thresholds, demo: bool) -> None
 
         kinds = await populate(registry)
         _log.info("demo workload loaded: %s", {k: len(v) for k, v in kinds.items()})
-    server = await start_exporter(registry, settings)
+    await _run_until_signalled(await start_exporter(registry, settings))
+
+
+async def _sidecar(settings: Settings) -> None:
+    source = SidecarSource(settings.socket_dir)
+    server = ExporterServer(
+        create_app(source, settings), settings.listen_host, settings.listen_port
+    )
+    await server.start()
+    _log.info("gathering the workers serving a socket in %s", settings.socket_dir)
+    await _run_until_signalled(server)
+
+
+async def _run_until_signalled(server: ExporterServer) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -196,16 +232,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_alertmanager_yaml())
         return 0
     configure_logging(settings)
-    if args.command == "serve":
+    if args.command in ("serve", "sidecar"):
         if args.check_config:
             print("configuration is valid")
             return 0
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(settings, thresholds, args.demo))
+            asyncio.run(
+                _sidecar(settings)
+                if args.command == "sidecar"
+                else _serve(settings, thresholds, args.demo)
+            )
         return 0
     from .demo import run_demo
 
-    code: int = asyncio.run(run_demo(settings, thresholds, duration=args.duration))
+    code: int = asyncio.run(
+        run_demo(settings, thresholds, duration=args.duration, sidecar=args.sidecar)
+    )
     return code
 
 

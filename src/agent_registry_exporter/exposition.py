@@ -20,7 +20,7 @@ from prometheus_client.openmetrics.exposition import (
     generate_latest as _untyped_generate_openmetrics,
 )
 
-from .registry import RegistrySnapshot, SessionLike
+from .registry import RegistrySnapshot
 
 __all__ = [
     "OPENMETRICS_CONTENT_TYPE",
@@ -152,19 +152,16 @@ def render(
     max_user_series: int = 10_000,
     export_session_age: bool = True,
 ) -> Rendered:
-    """Render a snapshot plus the exporter's own metrics. CPU-bound: call it off the loop."""
-    started = time.perf_counter()
-    sessions = snapshot.sessions
-    # Each count is read once, so the totals below are the sum of what is printed.
-    counts = [s.agent_count for s in sessions]
-    total_agents = sum(counts)
-    chosen: Sequence[int] = range(len(sessions))
-    if len(sessions) > max_user_series:
-        chosen = select_sessions(snapshot, counts, max_user_series)
-    omitted = len(sessions) - len(chosen)
+    """Render a snapshot plus the exporter's own metrics. CPU-bound: call it off the loop.
 
-    chunks = _render_families(snapshot, sessions, counts, chosen, export_session_age)
-    chunks.append(_registry_totals(snapshot, total_agents, omitted, openmetrics).encode())
+    A sidecar's snapshot renders each worker's registry beside the others, labelled
+    `worker`, never merged; the cap on per-user series applies to each registry.
+    """
+    started = time.perf_counter()
+    snapshots = snapshot.workers if snapshot.workers is not None else (snapshot,)
+    parts = [_Part.of(part, max_user_series) for part in snapshots]
+    chunks = _render_families(parts, export_session_age)
+    chunks.append(_registry_totals(parts, openmetrics).encode())
     if openmetrics:
         own = _generate_openmetrics(metrics.registry).removesuffix(_EOF.encode())
         chunks += [own, _EOF.encode()]
@@ -179,6 +176,33 @@ def render(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One registry's figures, each count read once, and the label setting it apart."""
+
+    snapshot: RegistrySnapshot
+    counts: Sequence[int]
+    chosen: Sequence[int]
+    total_agents: int
+    omitted: int
+    worker: str  # 'worker="w1",' in sidecar mode, else empty
+
+    @classmethod
+    def of(cls, snapshot: RegistrySnapshot, max_user_series: int) -> _Part:
+        sessions = snapshot.sessions
+        # Each count is read once, so the totals are the sum of what is printed.
+        counts = [s.agent_count for s in sessions]
+        chosen: Sequence[int] = range(len(sessions))
+        if len(sessions) > max_user_series:
+            chosen = select_sessions(snapshot, counts, max_user_series)
+        worker = "" if snapshot.worker is None else f'worker="{_escape(snapshot.worker)}",'
+        return cls(snapshot, counts, chosen, sum(counts), len(sessions) - len(chosen), worker)
+
+    def sample(self, family: str, value: object, labels: str = "") -> str:
+        joined = (self.worker + labels).rstrip(",")
+        return f"{family}{{{joined}}} {value}\n" if joined else f"{family} {value}\n"
+
+
 def _header(name: str, help_text: str) -> str:
     return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
 
@@ -191,102 +215,112 @@ def _gzip(chunks: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-def _render_families(
-    snapshot: RegistrySnapshot,
-    sessions: Sequence[SessionLike],
-    counts: Sequence[int],
-    chosen: Sequence[int],
-    export_session_age: bool,
-) -> list[bytes]:
-    """The registry's families as encoded chunks of at most `_CHUNK` users each.
+def _render_families(parts: Sequence[_Part], export_session_age: bool) -> list[bytes]:
+    """The registries' per-user families as encoded chunks of at most `_CHUNK` users each.
 
-    Small chunks keep every single C call (join, encode, compress) short: a long one
-    holds the GIL and would stall the embedding backend's event loop.
+    Each family is written once with every registry's series under it (the formats want a
+    family's samples together). Small chunks keep every single C call (join, encode,
+    compress) short: a long one holds the GIL and would stall the embedding backend's loop.
     """
-    now = snapshot.taken_at
-    labels = [_escape(sessions[i].user_id) for i in chosen]
-    created = [sessions[i].created_timestamp for i in chosen]
-    chosen_counts = [counts[i] for i in chosen]
-    chunks: list[bytes] = []
-    families: list[tuple[str, str, Sequence[float], str]] = [
-        ("agent_registry_user_agents", "Agents in the user's session.", chosen_counts, "d")
+    families: list[tuple[str, str, str]] = [
+        ("agent_registry_user_agents", "Agents in the user's session.", "d")
     ]
     if export_session_age:
         families.append(
-            (
-                "agent_registry_user_session_age_seconds",
-                "Age of the user's session.",
-                [now - ts for ts in created],
-                ".3f",
-            )
+            ("agent_registry_user_session_age_seconds", "Age of the user's session.", ".3f")
         )
     families.append(
         (
             "agent_registry_user_session_created_timestamp_seconds",
             "Start of the user's session in Unix seconds.",
-            created,
             ".3f",
         )
     )
+    columns = []
+    for part in parts:
+        sessions, chosen, now = part.snapshot.sessions, part.chosen, part.snapshot.taken_at
+        created = [sessions[i].created_timestamp for i in chosen]
+        values: dict[str, Sequence[float]] = {
+            "agent_registry_user_agents": [part.counts[i] for i in chosen],
+            "agent_registry_user_session_created_timestamp_seconds": created,
+        }
+        if export_session_age:
+            values["agent_registry_user_session_age_seconds"] = [now - ts for ts in created]
+        columns.append((part.worker, [_escape(sessions[i].user_id) for i in chosen], values))
+    chunks: list[bytes] = []
     # Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
-    for family, help_text, values, spec in families:
+    for family, help_text, spec in families:
         chunks.append(_header(family, help_text).encode())
-        for lo in range(0, len(labels), _CHUNK):
-            pairs = zip(labels[lo : lo + _CHUNK], values[lo : lo + _CHUNK], strict=True)
-            chunks.append(
-                "".join(
-                    [f'{family}{{user_id="{label}"}} {v:{spec}}\n' for label, v in pairs]
-                ).encode()
-            )
+        for worker, labels, by_family in columns:
+            column = by_family[family]
+            for lo in range(0, len(labels), _CHUNK):
+                pairs = zip(labels[lo : lo + _CHUNK], column[lo : lo + _CHUNK], strict=True)
+                chunks.append(
+                    "".join(
+                        [
+                            f'{family}{{{worker}user_id="{label}"}} {v:{spec}}\n'
+                            for label, v in pairs
+                        ]
+                    ).encode()
+                )
     return chunks
 
 
-def _registry_totals(
-    snapshot: RegistrySnapshot, total_agents: int, omitted: int, openmetrics: bool
-) -> str:
-    """The registry-wide families, and the optional figures the snapshot carries."""
-    sessions = snapshot.sessions
-    limits = snapshot.thresholds
-    parts = [
-        _header("agent_registry_users", "Sessions in the registry."),
-        f"agent_registry_users {len(sessions)}\n",
-        _header("agent_registry_agents", "Agents in the registry."),
-        f"agent_registry_agents {total_agents}\n",
-        _header("agent_registry_threshold", "Limits the lifecycle manager enforces."),
-        f'agent_registry_threshold{{threshold="agents_per_user"}} '
-        f"{limits.agents_per_user}\n"
-        f'agent_registry_threshold{{threshold="session_age_seconds"}} '
-        f"{float(limits.session_age_seconds)!r}\n"
-        f'agent_registry_threshold{{threshold="total_agents"}} {limits.total_agents}\n',
+def _registry_totals(parts: Sequence[_Part], openmetrics: bool) -> str:
+    """The registry-wide families (one series per registry), and the optional figures the
+    snapshots carry (a family only when some registry sent it)."""
+    out = [_header("agent_registry_users", "Sessions in the registry.")]
+    out += [p.sample("agent_registry_users", len(p.snapshot.sessions)) for p in parts]
+    out.append(_header("agent_registry_agents", "Agents in the registry."))
+    out += [p.sample("agent_registry_agents", p.total_agents) for p in parts]
+    out.append(_header("agent_registry_threshold", "Limits the lifecycle manager enforces."))
+    for p in parts:
+        limits = p.snapshot.thresholds
+        out += [
+            p.sample(
+                "agent_registry_threshold", limits.agents_per_user, 'threshold="agents_per_user"'
+            ),
+            p.sample(
+                "agent_registry_threshold",
+                repr(float(limits.session_age_seconds)),
+                'threshold="session_age_seconds"',
+            ),
+            p.sample("agent_registry_threshold", limits.total_agents, 'threshold="total_agents"'),
+        ]
+    out.append(
         _header(
             "agent_registry_user_series_omitted",
             "Users left out of the per-user series by the max_user_series cap.",
-        ),
-        f"agent_registry_user_series_omitted {omitted}\n",
-    ]
-    if snapshot.cleaned_agents_alive is not None:
-        parts += [
+        )
+    )
+    out += [p.sample("agent_registry_user_series_omitted", p.omitted) for p in parts]
+
+    # OpenMetrics names a counter's family without `_total`; text 0.0.4 with it.
+    untracked = "agent_registry_cleaned_agents_untracked" + ("" if openmetrics else "_total")
+    for attr, header in (
+        (
+            "cleaned_agents_alive",
             _header(
                 "agent_registry_cleaned_agents_alive",
                 "Cleaned agents still referenced more than leak_grace_seconds after cleanup.",
             ),
-            f"agent_registry_cleaned_agents_alive {snapshot.cleaned_agents_alive}\n",
-        ]
-    if snapshot.cleaned_agents_untracked is not None:
-        # OpenMetrics names a counter's family without `_total`; text 0.0.4 with it.
-        family = "agent_registry_cleaned_agents_untracked" + ("" if openmetrics else "_total")
-        parts += [
-            f"# HELP {family} Cleaned agents not watched for a leak (no weak reference"
-            " support, or over the tracking bound).\n",
-            f"# TYPE {family} counter\n",
-            f"agent_registry_cleaned_agents_untracked_total {snapshot.cleaned_agents_untracked}\n",
-        ]
-    if snapshot.resident_memory_bytes is not None:
-        parts += [
+        ),
+        (
+            "cleaned_agents_untracked",
+            f"# HELP {untracked} Cleaned agents not watched for a leak (no weak reference"
+            f" support, or over the tracking bound).\n# TYPE {untracked} counter\n",
+        ),
+        (
+            "resident_memory_bytes",
             _header(
                 "agent_registry_resident_memory_bytes",
                 "Resident memory of the process holding the registry.",
             ),
-            f"agent_registry_resident_memory_bytes {snapshot.resident_memory_bytes}\n",
-        ]
-    return "".join(parts)
+        ),
+    ):
+        family = "agent_registry_" + attr + ("_total" if attr == "cleaned_agents_untracked" else "")
+        having = [(p, getattr(p.snapshot, attr)) for p in parts]
+        samples = [p.sample(family, value) for p, value in having if value is not None]
+        if samples:
+            out += [header, *samples]
+    return "".join(out)

@@ -123,6 +123,11 @@ class RegistrySnapshot:
     cleaned_agents_alive: int | None = None
     cleaned_agents_untracked: int | None = None
     resident_memory_bytes: int | None = None
+    # Sidecar mode: the worker this registry lives in; its name labels every family.
+    worker: str | None = None
+    # Sidecar mode: one snapshot per worker that answered (rendered side by side, never
+    # merged); `sessions` then holds all of theirs, for counting.
+    workers: tuple[RegistrySnapshot, ...] | None = None
 
 
 class AgentRegistry:

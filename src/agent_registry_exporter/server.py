@@ -26,7 +26,7 @@ from .remediation import (
     WebhookPayload,
 )
 from .settings import ENV_PREFIX, Settings
-from .sources import InProcessSource, RegistrySource
+from .sources import InProcessSource, RegistrySource, WorkerSources
 
 __all__ = ["ExporterServer", "create_app", "start_exporter"]
 
@@ -120,6 +120,10 @@ def create_app(
     app.on_cleanup.append(lambda _: router.close())
     app[_AUTH] = auth
     app[_RENDER_SLOTS] = asyncio.Semaphore(_MAX_CONCURRENT_RENDERS)
+    if isinstance(source, WorkerSources):
+        # Sidecar mode: each worker's health is scraped beside its registry.
+        metrics.registry.register(source)
+        app.on_cleanup.append(lambda _: source.close())
     app.router.add_get("/", _landing)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post(WEBHOOK_PATH, _webhook)
@@ -209,8 +213,14 @@ async def _healthy(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
+    source = request.app[SOURCE]
     try:
-        await request.app[SOURCE].snapshot()
+        if isinstance(source, WorkerSources):
+            # A cheap call per worker: a probe must not cost the backends a snapshot each.
+            if (problem := await source.ready()) is not None:
+                return _error(503, f"no worker answers: {problem}")
+        else:
+            await source.snapshot()
     except Exception as exc:
         return _error(503, f"registry unavailable: {type(exc).__name__}: {exc}")
     return web.Response(text="ready\n")

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .lifecycle import Thresholds
 from .remediation import RemediationPolicy, parse_peers, split_host_port
+from .sources import DEFAULT_SOCKET_DIR
 
 _POLICY = RemediationPolicy()  # the receiver's defaults live there, once
 
@@ -36,6 +37,10 @@ class Settings(BaseSettings):
         default=60.0,
         ge=0,
         description="a cleaned agent still alive this long after its cleanup counts as not freed",
+    )
+    socket_dir: Path = Field(
+        default=DEFAULT_SOCKET_DIR,
+        description="sidecar mode: the directory where each worker serves its registry socket",
     )
 
     webhook_token: SecretStr | None = None

@@ -27,6 +27,21 @@ def test_demo_cleans_every_leaking_session_and_exits_zero() -> None:
     assert "steady users untouched: 8 of 8" in out
 
 
+def test_sidecar_demo_cleans_each_worker_session_on_its_own_worker() -> None:
+    """Two simulated workers behind the sidecar: each leaking session is cleaned on the
+    worker that holds it, a user leaking on both is cleaned twice, steady users untouched."""
+    done = subprocess.run(
+        [*DEMO, "--sidecar", "--duration", "60"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "sidecar on http://127.0.0.1:" in out
+    assert "every leaking session was cleaned" in out
+    for session in ("leaky-00@w1", "leaky-01@w1", "leaky-00@w2", "stale-00@w1", "stale-00@w2"):
+        assert f"{session:<10} AgentRegistry" in out, session
+    assert "steady users untouched: 8 of 8" in out
+
+
 def test_demo_without_binaries_runs_the_exporter_alone(tmp_path: Path) -> None:
     """Without Prometheus it says how to install it and still serves."""
     env = {**os.environ, "PATH": str(tmp_path)}

@@ -22,8 +22,9 @@ _HEADER = """\
 # Alerts labelled remediation="cleanup" go to the exporter's webhook (its own port, never the
 # backend's public one); everything else goes to your usual receiver. Copy the child route and
 # the agent-registry-cleanup receiver into your own configuration. Why these values:
-# - group_by alertname+instance+user_id: one notification names one user on one replica, so
-#   each is small and answered well inside Alertmanager's deadline.
+# - group_by alertname+instance+worker+user_id: one notification names one user's session in
+#   one registry (one replica; in sidecar mode one worker), so each is small and answered
+#   well inside Alertmanager's deadline. Embedded mode has no worker label: same grouping.
 # - group_wait 30s: lets Prometheus' first evaluations settle before the first call.
 # - group_interval 2m: a deferred answer (429: rate limit or circuit breaker) or a failed one
 #   is re-sent at this interval; a cleaned session resolves its alert within two scrapes.
@@ -58,7 +59,7 @@ def render_alertmanager_config(route: AlertmanagerRoute | None = None) -> dict[s
                 {
                     "receiver": RECEIVER,
                     "matchers": ['remediation="cleanup"'],
-                    "group_by": ["alertname", "instance", "user_id"],
+                    "group_by": ["alertname", "instance", "worker", "user_id"],
                     "group_wait": r.group_wait,
                     "group_interval": r.group_interval,
                     "repeat_interval": r.repeat_interval,

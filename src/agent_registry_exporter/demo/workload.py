@@ -22,7 +22,7 @@ from ..registry import AgentRegistry
 from ..remediation import Decision, Outcome
 from ..server import ExporterServer, create_app
 from ..settings import Settings
-from ..sources import InProcessSource
+from ..sources import InProcessSource, RegistrySource, SidecarSource, serve_registry
 from .stack import INSTALL_HINT, LocalStack, free_port, missing_binaries
 
 __all__ = ["DemoAgent", "SimulatedBackend", "WorkloadShape", "populate", "run_demo"]
@@ -162,6 +162,22 @@ class SimulatedBackend:
         await self.registry.register_user_agent(user.name, name, DemoAgent(f"{user.name}/{name}"))
 
 
+@dataclass
+class _Worker:
+    """One simulated backend worker: its registry and its users (name None: embedded)."""
+
+    name: str | None
+    registry: AgentRegistry
+    backend: SimulatedBackend
+
+    def who(self, user: str) -> str:
+        return user if self.name is None else f"{user}@{self.name}"
+
+
+# Sidecar mode: leaky-00 and the steady users live on both workers, each session its own.
+_SIDECAR_SHAPES = {"w1": (4, 2, 1), "w2": (4, 1, 1)}
+
+
 async def run_demo(
     settings: Settings,
     thresholds: Thresholds,
@@ -170,28 +186,38 @@ async def run_demo(
     steady: int = 8,
     leaky: int = 3,
     stale: int = 2,
+    sidecar: bool = False,
 ) -> int:
-    """The full loop on a simulated backend; 0 once every leaking session was cleaned."""
+    """The full loop on a simulated backend; 0 once every leaking session was cleaned.
+
+    With `sidecar`, two simulated workers serve their registries on sockets and the
+    sidecar's source gathers them, exactly as `agent-registry-exporter sidecar` does.
+    """
     logging.getLogger("agent_registry_exporter").setLevel(logging.WARNING)
-    registry = AgentRegistry(thresholds=thresholds)
-    backend = SimulatedBackend(registry, steady=steady, leaky=leaky, stale=stale)
+    shapes = _SIDECAR_SHAPES if sidecar else {None: (steady, leaky, stale)}
+    workers = {}
+    for name, (n_steady, n_leaky, n_stale) in shapes.items():
+        registry = AgentRegistry(thresholds=thresholds)
+        backend = SimulatedBackend(registry, steady=n_steady, leaky=n_leaky, stale=n_stale)
+        workers[name] = _Worker(name, registry, backend)
     started = time.monotonic()
 
     def say(text: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)
 
     def on_decision(decision: Decision) -> None:
-        if decision.outcome != Outcome.CLEANED or decision.user_id is None:
+        worker = workers.get(decision.worker)
+        if decision.outcome != Outcome.CLEANED or decision.user_id is None or worker is None:
             if decision.outcome not in (Outcome.DUPLICATE, Outcome.NO_SESSION):
                 say(f"{decision.user_id or '-':<10} {decision.alertname}: {decision.outcome}")
             return
         now = time.monotonic() - started
-        user = backend.mark_cleaned(decision.user_id, now, decision.agents_cleaned)
+        user = worker.backend.mark_cleaned(decision.user_id, now, decision.agents_cleaned)
         delay = ""
         if user is not None and user.violated_at is not None:
             delay = f" ({now - user.violated_at:.1f}s after the violation)"
         say(
-            f"{decision.user_id:<10} {decision.alertname} -> cleaned "
+            f"{worker.who(decision.user_id):<10} {decision.alertname} -> cleaned "
             f"{decision.agents_cleaned} agents{delay}"
         )
 
@@ -206,19 +232,38 @@ async def run_demo(
             "instance": f"127.0.0.1:{port}",
         }
     )
-    app = create_app(InProcessSource(registry), server_settings, on_decision=on_decision)
-    server = ExporterServer(app, "127.0.0.1", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    await backend.open_sessions(0.0)
-    await server.start()
-    say(f"exporter on {server.url}/metrics  ({steady} steady, {leaky} leaky, {stale} stale users)")
+    for worker in workers.values():
+        await worker.backend.open_sessions(0.0)
     stack: LocalStack | None = None
     missing = missing_binaries()
-    with tempfile.TemporaryDirectory(prefix="agent-registry-demo-") as workdir:
+    # Short and under /tmp: a socket path must fit in 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="ard-", dir="/tmp") as workdir:
+        sockets = [
+            await serve_registry(w.registry, Path(workdir) / "sockets", worker=w.name)
+            for w in workers.values()
+            if w.name is not None
+        ]
+        source: RegistrySource = (
+            SidecarSource(Path(workdir) / "sockets")
+            if sidecar
+            else InProcessSource(workers[None].registry)
+        )
+        app = create_app(source, server_settings, on_decision=on_decision)
+        server = ExporterServer(app, "127.0.0.1", port)
+        await server.start()
+        kinds = f"{steady} steady, {leaky} leaky, {stale} stale users"
+        if sidecar:
+            kinds = ", ".join(
+                f"worker {name}: {s} steady, {lk} leaky, {st} stale"
+                for name, (s, lk, st) in _SIDECAR_SHAPES.items()
+            )
+        mode = "sidecar" if sidecar else "exporter"
+        say(f"{mode} on {server.url}/metrics  ({kinds})")
         try:
             if missing:
                 say(f"{' and '.join(missing)} not found: running the exporter alone.")
@@ -233,23 +278,25 @@ async def run_demo(
                 await asyncio.to_thread(stack.start)
                 say(f"Prometheus {stack.prometheus_url}  Alertmanager {stack.alertmanager_url}")
             await _simulate(
-                backend, registry, stop, started, duration, say, loop_closed=bool(missing)
+                list(workers.values()), stop, started, duration, say, loop_closed=bool(missing)
             )
         finally:
             if stack is not None:
                 await asyncio.to_thread(stack.stop)
             await server.stop()
+            for handle in sockets:
+                await handle.stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-    _summary(backend, registry)
+    _summary(list(workers.values()))
     if stop.is_set():
         return 130
-    return 0 if missing or backend.all_cleaned else 1
+    all_cleaned = all(w.backend.all_cleaned for w in workers.values())
+    return 0 if missing or all_cleaned else 1
 
 
 async def _simulate(
-    backend: SimulatedBackend,
-    registry: AgentRegistry,
+    workers: list[_Worker],
     stop: asyncio.Event,
     started: float,
     duration: float,
@@ -260,13 +307,16 @@ async def _simulate(
     reported: set[str] = set()
     while not stop.is_set():
         now = time.monotonic() - started
-        await backend.step(now)
-        for user in backend.users.values():
-            if user.violated_at is not None and user.name not in reported:
-                reported.add(user.name)
-                result = await registry.lifecycle_manager.monitor_memory_usage(user.name)
-                say(f"{user.name:<10} violates: {', '.join(result['issues'])}")
-        if not loop_closed and backend.all_cleaned:
+        for worker in workers:
+            await worker.backend.step(now)
+            for user in worker.backend.users.values():
+                who = worker.who(user.name)
+                if user.violated_at is not None and who not in reported:
+                    reported.add(who)
+                    manager = worker.registry.lifecycle_manager
+                    result = await manager.monitor_memory_usage(user.name)
+                    say(f"{who:<10} violates: {', '.join(result['issues'])}")
+        if not loop_closed and all(w.backend.all_cleaned for w in workers):
             say("every leaking session was cleaned")
             return
         if now > duration:
@@ -277,22 +327,27 @@ async def _simulate(
     say("interrupted: stopping everything")
 
 
-def _summary(backend: SimulatedBackend, registry: AgentRegistry) -> None:
+def _summary(workers: list[_Worker]) -> None:
     print()
-    print(f"{'user':<12}{'kind':<8}{'violated':>10}{'cleaned':>10}{'delay':>8}{'closed':>8}")
-    for user in backend.users.values():
-        if user.kind == "steady" and user.cleaned_at is None:
-            continue
-        violated = f"{user.violated_at:.1f}s" if user.violated_at is not None else "-"
-        cleaned = f"{user.cleaned_at:.1f}s" if user.cleaned_at is not None else "no"
-        delay = (
-            f"{user.cleaned_at - user.violated_at:.1f}s"
-            if user.cleaned_at is not None and user.violated_at is not None
-            else "-"
-        )
-        print(
-            f"{user.name:<12}{user.kind:<8}{violated:>10}{cleaned:>10}{delay:>8}{user.agents_closed:>8}"
-        )
-    steady = [u for u in backend.users.values() if u.kind == "steady"]
-    untouched = sum(1 for u in steady if u.cleaned_at is None)
-    print(f"steady users untouched: {untouched} of {len(steady)}; sessions now: {len(registry)}")
+    print(f"{'user':<14}{'kind':<8}{'violated':>10}{'cleaned':>10}{'delay':>8}{'closed':>8}")
+    steady = untouched = sessions = 0
+    for worker in workers:
+        sessions += len(worker.registry)
+        for user in worker.backend.users.values():
+            if user.kind == "steady":
+                steady += 1
+                untouched += user.cleaned_at is None
+                if user.cleaned_at is None:
+                    continue
+            violated = f"{user.violated_at:.1f}s" if user.violated_at is not None else "-"
+            cleaned = f"{user.cleaned_at:.1f}s" if user.cleaned_at is not None else "no"
+            delay = (
+                f"{user.cleaned_at - user.violated_at:.1f}s"
+                if user.cleaned_at is not None and user.violated_at is not None
+                else "-"
+            )
+            print(
+                f"{worker.who(user.name):<14}{user.kind:<8}{violated:>10}{cleaned:>10}"
+                f"{delay:>8}{user.agents_closed:>8}"
+            )
+    print(f"steady users untouched: {untouched} of {steady}; sessions now: {sessions}")

@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     NOT_REMEDIABLE = "ignored_not_remediable"
     NO_USER = "ignored_no_user_id"
     OTHER_INSTANCE = "other_instance"
+    UNKNOWN_WORKER = "unknown_worker"
     FORWARDED = "forwarded"
     UNKNOWN_INSTANCE = "unknown_instance"
     RATE_LIMITED = "rate_limited"
@@ -58,6 +59,7 @@ class Decision:
     duration_seconds: float = 0.0
     peer: str | None = None
     peer_outcome: Outcome | None = None
+    worker: str | None = None
 
     @property
     def effective_outcome(self) -> Outcome:
@@ -75,6 +77,8 @@ class Decision:
             "agents_cleaned": self.agents_cleaned,
             "duration_ms": round(self.duration_seconds * 1000, 1),
         }
+        if self.worker is not None:
+            fields["worker"] = self.worker
         if self.peer is not None:
             fields["peer"] = self.peer
         if self.peer_outcome is not None:
@@ -88,6 +92,7 @@ def decision_for(alert: Alert, outcome: Outcome, detail: str = "") -> Decision:
         alertname=alert.labels.get("alertname", ""),
         user_id=alert.labels.get("user_id") or None,
         instance=alert.labels.get("instance"),
+        worker=alert.labels.get("worker"),
         fingerprint=alert.fingerprint,
         outcome=outcome,
         detail=detail,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..lifecycle import CleanupResult
-from ..sources import RegistrySource
+from ..sources import RegistrySource, WorkerSources
 from .decision import Decision, Outcome
 from .decision import decision_for as _decision
 from .payload import Alert, WebhookPayload
@@ -75,12 +75,21 @@ class TokenBucket:
 _AlertKey = tuple[str, datetime]
 
 
+# A session to clean: the worker whose registry holds it (None in embedded mode), the user.
+_Target = tuple[str | None, str]
+
+
 @dataclass
 class _Candidate:
     index: int
     alert: Alert
     user_id: str
     key: _AlertKey
+    source: RegistrySource | None = None  # the registry holding the session, once routed
+
+    @property
+    def target(self) -> _Target:
+        return (self.alert.labels.get("worker"), self.user_id)
 
 
 @dataclass
@@ -127,6 +136,7 @@ class Remediator:
         claimed = [c.key for c in batch.candidates]
         try:
             forwarding = await self._route(payload, batch, forwarded)
+            self._route_to_workers(batch)
             try:
                 violating = await self._verify(batch)
                 violating = await self._apply_breaker(batch, violating)
@@ -192,13 +202,39 @@ class Remediator:
 
         return asyncio.ensure_future(forward())
 
+    def _route_to_workers(self, batch: _Batch) -> None:
+        """Give each local candidate the registry its `worker` label names, or decide why not."""
+        kept = []
+        for cand in batch.candidates:
+            source = self._worker_source(cand.alert.labels.get("worker"))
+            if isinstance(source, str):
+                batch.decisions[cand.index] = _decision(cand.alert, Outcome.UNKNOWN_WORKER, source)
+            else:
+                cand.source = source
+                kept.append(cand)
+        batch.candidates = kept
+
+    def _worker_source(self, worker: str | None) -> RegistrySource | str:
+        if not isinstance(self.source, WorkerSources):
+            if worker is None:
+                return self.source
+            return f"this exporter serves one registry; the alert names worker {worker!r}"
+        if worker is None:
+            return "sidecar mode: the alert carries no worker label"
+        source = self.source.worker(worker)
+        if source is None:
+            # Its sessions ended with it: nothing to clean, nothing to retry.
+            return f"worker {worker!r} serves no socket (it has exited)"
+        return source
+
     async def _verify(self, batch: _Batch) -> list[_Candidate]:
         """Keep the alerts whose user the registry itself sees over a threshold."""
         violating = []
         for n, cand in enumerate(batch.candidates, 1):
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # an in-process check never suspends; let scrapes in
-            result = await self.source.monitor_user(cand.user_id)
+            assert cand.source is not None
+            result = await cand.source.monitor_user(cand.user_id)
             status = result.get("status")
             if status == "warning":
                 violating.append(cand)
@@ -213,7 +249,7 @@ class Remediator:
         return violating
 
     async def _apply_breaker(self, batch: _Batch, violating: list[_Candidate]) -> list[_Candidate]:
-        users = {c.user_id for c in violating}
+        users = {c.target for c in violating}
         if len(users) < self.policy.breaker_min_users:
             return violating
         total_users = len((await self.source.snapshot()).sessions)
@@ -229,74 +265,79 @@ class Remediator:
         return []
 
     async def _act(self, batch: _Batch, violating: list[_Candidate]) -> None:
-        by_user: dict[str, list[_Candidate]] = {}
+        by_user: dict[_Target, list[_Candidate]] = {}
         for cand in violating:
-            by_user.setdefault(cand.user_id, []).append(cand)
-        allowed: list[str] = []
-        for user_id, cands in by_user.items():
+            by_user.setdefault(cand.target, []).append(cand)
+        allowed: list[_Target] = []
+        for target, cands in by_user.items():
             if self._bucket.try_take():
-                allowed.append(user_id)
+                allowed.append(target)
                 continue
             detail = f"cleanup rate limit ({self.policy.cleanup_rate_per_minute:g}/min) reached"
             for cand in cands:
                 batch.decisions[cand.index] = _decision(cand.alert, Outcome.RATE_LIMITED, detail)
         if self.policy.dry_run:
-            for user_id in allowed:
-                for cand in by_user[user_id]:
+            for target in allowed:
+                for cand in by_user[target]:
                     batch.decisions[cand.index] = _decision(
                         cand.alert, Outcome.DRY_RUN, "would clean up (dry-run)"
                     )
             return
-        results = await self._clean_users(allowed)
-        for user_id in allowed:
-            for cand in by_user[user_id]:
-                batch.decisions[cand.index] = _from_result(cand.alert, results[user_id])
+        results = await self._clean_users(
+            {t: by_user[t][0].source for t in allowed if by_user[t][0].source is not None}
+        )
+        for target in allowed:
+            for cand in by_user[target]:
+                batch.decisions[cand.index] = _from_result(cand.alert, results[target])
 
     async def _clean_users(
-        self, users: list[str]
-    ) -> dict[str, CleanupResult | tuple[Outcome, str]]:
-        """Clean users with bounded concurrency; a tuple says why one did not finish."""
-        if not users:
+        self, targets: dict[_Target, RegistrySource]
+    ) -> dict[_Target, CleanupResult | tuple[Outcome, str]]:
+        """Clean sessions with bounded concurrency; a tuple says why one did not finish."""
+        if not targets:
             return {}
         semaphore = asyncio.Semaphore(self.policy.cleanup_concurrency)
-        started: set[str] = set()
+        started: set[_Target] = set()
 
-        async def clean(user_id: str) -> CleanupResult:
+        async def clean(target: _Target) -> CleanupResult:
             async with semaphore:
-                started.add(user_id)
+                started.add(target)
                 # Re-checked under the registry lock with the detach: the user may have
                 # become healthy while this cleanup waited for a slot.
-                return await self.source.cleanup_user(user_id, if_violating=True)
+                return await targets[target].cleanup_user(target[1], if_violating=True)
 
-        tasks = {user_id: asyncio.create_task(clean(user_id)) for user_id in users}
+        tasks = {target: asyncio.create_task(clean(target)) for target in targets}
         budget = self.policy.cleanup_timeout_seconds
         await asyncio.wait(tasks.values(), timeout=budget)
-        results: dict[str, CleanupResult | tuple[Outcome, str]] = {}
-        for user_id, task in tasks.items():
+        results: dict[_Target, CleanupResult | tuple[Outcome, str]] = {}
+        for target, task in tasks.items():
             if task.done():
                 exc = task.exception()
-                results[user_id] = (
+                results[target] = (
                     task.result() if exc is None else (Outcome.ERROR, f"cleanup raised {exc!r}")
                 )
-            elif user_id in started:
+            elif target in started:
                 # Never cancel a started cleanup: its session is already detached.
                 self._background.add(task)
-                task.add_done_callback(functools.partial(self._background_done, user_id))
-                results[user_id] = (Outcome.TIMEOUT, f"cleanup still running after {budget:g}s")
+                task.add_done_callback(functools.partial(self._background_done, target))
+                results[target] = (Outcome.TIMEOUT, f"cleanup still running after {budget:g}s")
             else:
                 task.cancel()
-                results[user_id] = (
+                results[target] = (
                     Outcome.TIMEOUT,
                     f"not started within {budget:g}s; nothing was touched",
                 )
         return results
 
-    def _background_done(self, user_id: str, task: asyncio.Task[CleanupResult]) -> None:
+    def _background_done(self, target: _Target, task: asyncio.Task[CleanupResult]) -> None:
         self._background.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
+        worker, user_id = target
         fields: dict[str, object] = {"user_id": user_id}
+        if worker is not None:
+            fields["worker"] = worker
         if exc is not None:
             fields["error"] = repr(exc)
         else:

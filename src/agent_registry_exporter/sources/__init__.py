@@ -1,6 +1,39 @@
-"""Where the exporter gets its data: the `RegistrySource` seam and its implementations."""
+"""Where the exporter gets its data: the `RegistrySource` seam and its implementations.
+
+Embedded mode reads the registry in-process; in sidecar mode each backend worker serves
+its registry on a Unix socket (`serve_registry`) and the sidecar gathers them all.
+"""
 
 from .in_process import InProcessSource
-from .protocol import RegistrySource
+from .protocol import RegistrySource, WorkerSources
+from .sidecar import SidecarSource, discover_workers
+from .snapshot_codec import API_VERSION, WorkerIdentity, decode_snapshot, encode_snapshot
+from .socket_api import (
+    DEFAULT_SOCKET_DIR,
+    SOCKET_DIR_ENV,
+    RegistrySocket,
+    create_registry_app,
+    serve_registry,
+    socket_path,
+)
+from .worker_client import WorkerError, WorkerSource
 
-__all__ = ["InProcessSource", "RegistrySource"]
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_SOCKET_DIR",
+    "SOCKET_DIR_ENV",
+    "InProcessSource",
+    "RegistrySocket",
+    "RegistrySource",
+    "SidecarSource",
+    "WorkerError",
+    "WorkerIdentity",
+    "WorkerSource",
+    "WorkerSources",
+    "create_registry_app",
+    "decode_snapshot",
+    "discover_workers",
+    "encode_snapshot",
+    "serve_registry",
+    "socket_path",
+]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+from prometheus_client.core import Metric
 
 from ..lifecycle import CleanupResult
 from ..registry import RegistrySnapshot
 
-__all__ = ["RegistrySource"]
+__all__ = ["RegistrySource", "WorkerSources"]
 
 
 class RegistrySource(Protocol):
@@ -27,4 +30,25 @@ class RegistrySource(Protocol):
         By default only a session over a threshold is detached, checked atomically with the
         detach; a healthy one comes back with `not_violating=True`, untouched.
         """
+        ...
+
+
+@runtime_checkable
+class WorkerSources(Protocol):
+    """A source made of several workers' registries (sidecar mode); never merged."""
+
+    def worker(self, name: str) -> RegistrySource | None:
+        """The registry of the worker with that name, or None if no such worker is there."""
+        ...
+
+    async def ready(self) -> str | None:
+        """None while at least one worker answers, else why not."""
+        ...
+
+    def collect(self) -> Iterator[Metric]:
+        """The workers' health as metric families (a prometheus_client collector)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connections to the workers."""
         ...

@@ -1,0 +1,218 @@
+"""The sidecar's source: every worker socket in a directory, gathered at each scrape.
+
+Workers are never merged: the snapshot holds one part per worker that answered, each
+rendered with its `worker` label. A worker that fails or is slow only marks itself down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ..lifecycle import CleanupResult, Thresholds
+from ..registry import RegistrySnapshot
+from .socket_api import listening, socket_path
+from .worker_client import WorkerError, WorkerSource
+
+__all__ = ["SidecarSource", "discover_workers"]
+
+_log = logging.getLogger(__name__)
+
+_PREFIX, _SUFFIX = socket_path("", "*").name.split("*")
+
+
+@dataclass
+class _Health:
+    up: bool = False
+    duration: float = 0.0
+    refused_in_a_row: int = 0
+    problem: str | None = None
+
+
+def discover_workers(socket_dir: Path) -> dict[str, Path]:
+    """The worker sockets in `socket_dir` by worker name; OSError when it cannot be read."""
+    found = {}
+    for path in socket_dir.iterdir():
+        name = path.name
+        if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                found[name[len(_PREFIX) : -len(_SUFFIX)]] = path
+    return dict(sorted(found.items()))
+
+
+class SidecarSource:
+    """The registries of all workers serving a socket in `socket_dir` (sidecar mode).
+
+    Each worker is asked under `timeout`; a socket refusing connections `remove_after`
+    times in a row belongs to a dead worker and is removed.
+    """
+
+    def __init__(self, socket_dir: Path, *, timeout: float = 5.0, remove_after: int = 3) -> None:
+        self.socket_dir = Path(socket_dir)
+        self.timeout = timeout
+        self.remove_after = remove_after
+        self._workers: dict[str, WorkerSource] = {}
+        self._health: dict[str, _Health] = {}
+        self._removed = 0
+        self._dir_problem: str | None = None
+
+    # --- RegistrySource -------------------------------------------------------------------
+
+    async def snapshot(self) -> RegistrySnapshot:
+        """One part per worker that answered; never raises for a worker's failure."""
+        workers = self._discover()
+        results = await asyncio.gather(*(self._snapshot_of(w) for w in workers.values()))
+        parts = tuple(part for part in results if part is not None)
+        return RegistrySnapshot(
+            taken_at=time.time(),
+            thresholds=parts[0].thresholds if parts else Thresholds(),
+            sessions=[s for part in parts for s in part.sessions],
+            workers=parts,
+        )
+
+    async def monitor_user(self, user_id: str) -> dict[str, Any]:
+        return {
+            "status": "error",
+            "user_id": user_id,
+            "metrics": {},
+            "issues": [],
+            "error": "sidecar mode: the alert must name a worker",
+        }
+
+    async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
+        raise WorkerError("?", "sidecar mode: the alert must name a worker")
+
+    # --- WorkerSources ----------------------------------------------------------------------
+
+    def worker(self, name: str) -> WorkerSource | None:
+        return self._discover().get(name)
+
+    async def ready(self) -> str | None:
+        workers = self._discover()
+        if not workers:
+            return self._dir_problem or f"no worker socket in {self.socket_dir}"
+
+        async def answers(worker: WorkerSource) -> bool:
+            try:
+                await worker.identity()
+            except WorkerError:
+                return False
+            return True
+
+        if any(await asyncio.gather(*(answers(w) for w in workers.values()))):
+            return None
+        return f"none of {len(workers)} workers in {self.socket_dir} answers"
+
+    # --- metrics ----------------------------------------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        """The sidecar's view of its workers, fresh at every scrape (prometheus_client)."""
+        up = GaugeMetricFamily(
+            "agent_registry_source_up",
+            "1 when the worker answered this scrape's snapshot request, else 0.",
+            labels=["worker"],
+        )
+        duration = GaugeMetricFamily(
+            "agent_registry_source_scrape_duration_seconds",
+            "Time the worker took to answer this scrape's snapshot request.",
+            labels=["worker"],
+        )
+        for name, health in sorted(self._health.items()):
+            up.add_metric([name], 1.0 if health.up else 0.0)
+            duration.add_metric([name], health.duration)
+        removed = CounterMetricFamily(
+            "agent_registry_source_sockets_removed",
+            "Sockets of dead workers (connection refused repeatedly) removed by the sidecar.",
+            value=self._removed,
+        )
+        yield from (up, duration, removed)
+
+    async def close(self) -> None:
+        for worker in self._workers.values():
+            await worker.close()
+        self._workers.clear()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _discover(self) -> dict[str, WorkerSource]:
+        try:
+            found = discover_workers(self.socket_dir)
+        except OSError as exc:
+            self._note_dir_problem(
+                f"socket directory {self.socket_dir} cannot be read: {exc.strerror or exc}"
+            )
+            found = {}
+        else:
+            self._note_dir_problem(None)
+        for name in set(self._workers) - set(found):
+            worker = self._workers.pop(name)
+            self._health.pop(name, None)
+            asyncio.get_running_loop().create_task(worker.close())
+        for name, path in found.items():
+            known = self._workers.get(name)
+            if known is None or known.path != path:
+                self._workers[name] = WorkerSource(name, path, timeout=self.timeout)
+        return dict(self._workers)
+
+    def _note_dir_problem(self, problem: str | None) -> None:
+        if problem != self._dir_problem:
+            if problem is not None:
+                _log.warning(problem)
+            elif self._dir_problem is not None:
+                _log.info("socket directory %s readable again", self.socket_dir)
+            self._dir_problem = problem
+
+    async def _snapshot_of(self, worker: WorkerSource) -> RegistrySnapshot | None:
+        health = self._health.setdefault(worker.worker, _Health())
+        started = time.perf_counter()
+        try:
+            snapshot = await worker.snapshot()
+        except WorkerError as exc:
+            health.up, health.duration = False, time.perf_counter() - started
+            health.refused_in_a_row = health.refused_in_a_row + 1 if exc.refused else 0
+            self._note(worker, health, exc.cause)
+            if health.refused_in_a_row >= self.remove_after:
+                await self._remove(worker)
+            return None
+        health.up, health.duration = True, time.perf_counter() - started
+        health.refused_in_a_row = 0
+        self._note(worker, health, None)
+        return snapshot
+
+    def _note(self, worker: WorkerSource, health: _Health, problem: str | None) -> None:
+        # One line when a worker's state changes, never one per scrape.
+        if problem == health.problem:
+            return
+        if problem is not None:
+            _log.warning("worker %s (%s): %s", worker.worker, worker.path, problem)
+        elif health.problem is not None:
+            _log.info("worker %s answers again", worker.worker)
+        health.problem = problem
+
+    async def _remove(self, worker: WorkerSource) -> None:
+        # Checked again right before: a new worker may have taken the name meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            if listening(worker.path):
+                return
+            worker.path.unlink()
+            self._removed += 1
+            _log.warning(
+                "removed the socket of dead worker %s after %d refused connections: %s",
+                worker.worker,
+                self.remove_after,
+                worker.path,
+            )
+        self._workers.pop(worker.worker, None)
+        self._health.pop(worker.worker, None)
+        await worker.close()

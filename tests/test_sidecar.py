@@ -1,0 +1,293 @@
+"""The sidecar's source: discovery, gathering every worker, and partial failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_registry_exporter import (
+    AgentRegistry,
+    Settings,
+    SidecarSource,
+    create_app,
+    serve_registry,
+)
+from agent_registry_exporter.sources import discover_workers
+
+from .conftest import add_agents
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="ars-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+async def workers(socket_dir: Path) -> AsyncIterator[dict[str, AgentRegistry]]:
+    """Three workers on this loop, each with its own registry."""
+    registries = {name: AgentRegistry() for name in ("a", "b", "c")}
+    handles = [await serve_registry(r, socket_dir, worker=n) for n, r in registries.items()]
+    yield registries
+    for handle in handles:
+        await handle.stop()
+
+
+@pytest.fixture
+async def source(socket_dir: Path) -> AsyncIterator[SidecarSource]:
+    sidecar = SidecarSource(socket_dir, timeout=2.0)
+    yield sidecar
+    await sidecar.close()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a text scrape by (name, sorted labels)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse_text(text)
+        for s in family.samples
+    }
+
+
+async def scrape(client) -> str:  # type: ignore[no-untyped-def]
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return await resp.text()
+
+
+class FakeWorker:
+    """A socket in the directory that misbehaves on purpose (fault injection)."""
+
+    def __init__(self, path: Path, handler) -> None:  # type: ignore[no-untyped-def]
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        self.path = path
+
+    async def __aenter__(self) -> FakeWorker:
+        await self.runner.setup()
+        await web.UnixSite(self.runner, str(self.path)).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+class TestDiscovery:
+    async def test_finds_worker_sockets_and_nothing_else(self, socket_dir, workers) -> None:
+        """Only sockets named worker-<name>.sock; files, other names and directories ignored."""
+        (socket_dir / "worker-file.sock").write_text("x")
+        (socket_dir / "notes.txt").write_text("x")
+        (socket_dir / "worker-dir.sock").mkdir()
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(str(socket_dir / "other.sock"))
+            assert list(discover_workers(socket_dir)) == ["a", "b", "c"]
+
+    async def test_missing_directory_is_one_clear_line_and_not_ready(
+        self, socket_dir, caplog
+    ) -> None:
+        """No directory: scrapes still answer; one warning naming it; /-/ready says why."""
+        sidecar = SidecarSource(socket_dir / "nope")
+        for _ in range(3):
+            snapshot = await sidecar.snapshot()
+            assert snapshot.workers == ()
+        problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert problems == [
+            f"socket directory {socket_dir / 'nope'} cannot be read: No such file or directory"
+        ]
+        assert "cannot be read" in (await sidecar.ready() or "")
+        await sidecar.close()
+
+    async def test_new_worker_is_seen_at_the_next_scrape(self, socket_dir, source) -> None:
+        """Workers come and go between scrapes: discovery runs every time."""
+        assert (await source.snapshot()).workers == ()
+        registry = AgentRegistry()
+        await add_agents(registry, "late", 2)
+        handle = await serve_registry(registry, socket_dir, worker="late")
+        try:
+            (part,) = (await source.snapshot()).workers or ()
+            assert part.worker == "late"
+            assert [s.user_id for s in part.sessions] == ["late"]
+        finally:
+            await handle.stop()
+        assert (await source.snapshot()).workers == ()
+
+
+class TestGathering:
+    async def test_every_registry_family_carries_the_worker_label(
+        self, aiohttp_client, workers, source
+    ) -> None:
+        """Per-user series and totals are one worker's truth each, never merged."""
+        await add_agents(workers["a"], "shared", 3)
+        await add_agents(workers["b"], "shared", 60)
+        await add_agents(workers["c"], "solo", 1)
+        client = await aiohttp_client(create_app(source, Settings(webhook_token="t")))
+        got = samples(await scrape(client))
+        assert got[("agent_registry_user_agents", (("user_id", "shared"), ("worker", "a")))] == 3
+        assert got[("agent_registry_user_agents", (("user_id", "shared"), ("worker", "b")))] == 60
+        assert not [k for k in got if k[0] == "agent_registry_user_agents" and len(k[1]) != 2]
+        for worker, agents in (("a", 3), ("b", 60), ("c", 1)):
+            assert got[("agent_registry_agents", (("worker", worker),))] == agents
+            assert got[("agent_registry_users", (("worker", worker),))] == 1
+            assert got[("agent_registry_source_up", (("worker", worker),))] == 1
+            limit = (("threshold", "agents_per_user"), ("worker", worker))
+            assert got[("agent_registry_threshold", limit)] == 50
+        assert ("agent_registry_agents", ()) not in got
+
+    async def test_family_headers_appear_once_for_all_workers(
+        self, aiohttp_client, workers, source
+    ) -> None:
+        """OpenMetrics wants a family's samples together: one HELP per family."""
+        for registry in workers.values():
+            await add_agents(registry, "u", 1)
+        client = await aiohttp_client(create_app(source, Settings(webhook_token="t")))
+        text = await scrape(client)
+        for family in ("agent_registry_user_agents", "agent_registry_agents"):
+            assert text.count(f"# HELP {family} ") == 1
+
+    async def test_ready_while_one_worker_answers(self, aiohttp_client, workers, source) -> None:
+        """/-/ready is 200 with workers up; 503 naming the directory without any."""
+        client = await aiohttp_client(create_app(source, Settings(webhook_token="t")))
+        assert (await client.get("/-/ready")).status == 200
+        empty = SidecarSource(Path(tempfile.gettempdir()) / "ars-no-such-dir")
+        other = await aiohttp_client(create_app(empty, Settings(webhook_token="t")))
+        resp = await other.get("/-/ready")
+        assert resp.status == 503
+        assert "ars-no-such-dir" in (await resp.json())["error"]
+
+
+class TestPartialFailure:
+    async def test_one_of_three_workers_killed_mid_scrape(self, socket_dir, caplog) -> None:
+        """Kill a worker process while its snapshot is in flight: the scrape answers with
+        the other two, that worker is up 0, and its dead socket is removed and counted."""
+        flag = socket_dir / "asked"
+        procs = await asyncio.to_thread(_start_workers, socket_dir, flag)
+        try:
+            sidecar = SidecarSource(socket_dir, timeout=30, remove_after=3)
+            app = create_app(sidecar, Settings(webhook_token="t"))
+            server = await _serve(app)
+            try:
+                scrape_task = asyncio.create_task(_get(server, "/metrics"))
+                deadline = time.monotonic() + 30
+                while not flag.exists():
+                    assert time.monotonic() < deadline, "the snapshot request never arrived"
+                    await asyncio.sleep(0.05)
+                procs["p2"].kill()
+                procs["p2"].wait(10)
+                status, text = await scrape_task
+                assert status == 200
+                got = samples(text)
+                assert got[("agent_registry_source_up", (("worker", "p2"),))] == 0
+                assert got[("agent_registry_source_up", (("worker", "p1"),))] == 1
+                assert got[("agent_registry_users", (("worker", "p3"),))] == 3
+                assert ("agent_registry_users", (("worker", "p2"),)) not in got
+                assert (socket_dir / "worker-p2.sock").exists()  # a killed process leaves it
+
+                for _ in range(3):  # refused three times in a row: the socket is removed
+                    status, text = await _get(server, "/metrics")
+                    assert status == 200
+                assert not (socket_dir / "worker-p2.sock").exists()
+                status, text = await _get(server, "/metrics")
+                got = samples(text)
+                assert got[("agent_registry_source_sockets_removed_total", ())] == 1
+                assert ("agent_registry_source_up", (("worker", "p2"),)) not in got
+                p2_lines = [r.getMessage() for r in caplog.records if "worker p2" in r.getMessage()]
+                # One line per change (cut off or refused, then removed), never one per scrape.
+                assert 2 <= len(p2_lines) <= 3, p2_lines
+                assert p2_lines[-1].startswith("removed the socket of dead worker p2 after 3")
+                assert any(
+                    cause in p2_lines[0] for cause in ("connection refused", "closed the conn")
+                ), p2_lines
+                assert "Traceback" not in caplog.text
+            finally:
+                await server.cleanup()
+        finally:
+            for proc in procs.values():
+                proc.kill()
+                proc.wait(10)
+                assert proc.stdout is not None
+                proc.stdout.close()
+
+    async def test_slow_worker_is_down_without_delaying_the_others(
+        self, socket_dir, workers, aiohttp_client
+    ) -> None:
+        """A worker that never answers is cut at the deadline; the rest are scraped."""
+        await add_agents(workers["a"], "u", 4)
+
+        async def never(request: web.Request) -> web.Response:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        async with FakeWorker(socket_dir / "worker-slow.sock", never):
+            sidecar = SidecarSource(socket_dir, timeout=0.5)
+            client = await aiohttp_client(create_app(sidecar, Settings(webhook_token="t")))
+            got = samples(await scrape(client))
+        assert got[("agent_registry_source_up", (("worker", "slow"),))] == 0
+        assert got[("agent_registry_source_scrape_duration_seconds", (("worker", "slow"),))] >= 0.5
+        assert got[("agent_registry_agents", (("worker", "a"),))] == 4
+
+    async def test_socket_answering_something_else_is_named_once(
+        self, socket_dir, workers, source, caplog
+    ) -> None:
+        """An HTML server on a worker socket: down, one line naming the worker and cause."""
+
+        async def html(request: web.Request) -> web.Response:
+            return web.Response(text="<html>hi</html>", content_type="text/html")
+
+        async with FakeWorker(socket_dir / "worker-web.sock", html):
+            for _ in range(3):
+                snapshot = await source.snapshot()
+                assert [p.worker for p in snapshot.workers or ()] == ["a", "b", "c"]
+        lines = [r.getMessage() for r in caplog.records if "worker web" in r.getMessage()]
+        assert lines == [
+            f"worker web ({socket_dir / 'worker-web.sock'}): answers something else: "
+            "HTTP 200 text/html"
+        ]
+
+
+def _start_workers(socket_dir: Path, flag: Path) -> dict[str, subprocess.Popen[str]]:
+    """Three worker processes; p2's snapshot hangs (touching `flag`) until it is killed."""
+    procs = {}
+    for name in ("p1", "p2", "p3"):
+        extra = ["--hang-flag", str(flag)] if name == "p2" else []
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "tests.sidecar_worker", str(socket_dir), name, *extra],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    for proc in procs.values():
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "serving\n"
+    return procs
+
+
+async def _serve(app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+async def _get(runner: web.AppRunner, path: str) -> tuple[int, str]:
+    import aiohttp
+
+    host, port = runner.addresses[0][:2]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{host}:{port}{path}") as resp,
+    ):
+        return resp.status, await resp.text()
