@@ -163,7 +163,7 @@ class TestAlertmanagerExample:
         (route,) = [
             r for r in config["route"]["routes"] if 'remediation="cleanup"' in r["matchers"]
         ]
-        assert set(route["group_by"]) == {"alertname", "instance", "user_id"}
+        assert set(route["group_by"]) == {"alertname", "instance", "worker", "user_id"}
         (receiver,) = [r for r in config["receivers"] if r["name"] == route["receiver"]]
         (hook,) = receiver["webhook_configs"]
         assert hook["url"].endswith(":8464/webhook/alertmanager")

@@ -96,6 +96,20 @@ class TestCli:
         assert main(["serve", "--check-config", "--listen-port", "0"]) == 0
         assert "valid" in capsys.readouterr().out
 
+    def test_sidecar_takes_every_serve_setting_and_the_socket_dir(self, capsys) -> None:
+        """sidecar --check-config accepts the serve options plus --socket-dir."""
+        argv = ["--check-config", "--listen-port", "0", "--dry-run", "--max-user-series", "5"]
+        assert main(["sidecar", *argv, "--socket-dir", "/run/elsewhere"]) == 0
+        assert "valid" in capsys.readouterr().out
+
+    def test_socket_dir_is_read_from_the_variable_serve_registry_reads(self, monkeypatch) -> None:
+        """One variable names the directory for the sidecar and for the workers."""
+        from agent_registry_exporter.sources import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
+
+        assert Settings().socket_dir == DEFAULT_SOCKET_DIR == Path("/run/agent-registry")
+        monkeypatch.setenv(SOCKET_DIR_ENV, "/srv/sockets")
+        assert Settings().socket_dir == Path("/srv/sockets")
+
     def test_bad_threshold_stops_start_up(self, capsys, monkeypatch) -> None:
         """A zero limit exits 2 naming the setting."""
         monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_AGENTS_PER_USER", "0")

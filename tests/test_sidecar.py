@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter import (
@@ -23,9 +29,11 @@ from agent_registry_exporter import (
     create_app,
     serve_registry,
 )
+from agent_registry_exporter.demo import free_port
 from agent_registry_exporter.sources import discover_workers
 
 from .conftest import add_agents
+from .test_exposition import PROMETHEUS_ACCEPT
 
 ROOT = Path(__file__).parent.parent
 
@@ -146,6 +154,9 @@ class TestGathering:
             limit = (("threshold", "agents_per_user"), ("worker", worker))
             assert got[("agent_registry_threshold", limit)] == 50
         assert ("agent_registry_agents", ()) not in got
+        for worker in ("a", "b", "c"):  # each worker process's own figures, labelled
+            assert got[("agent_registry_resident_memory_bytes", (("worker", worker),))] > 0
+            assert got[("agent_registry_cleaned_agents_alive", (("worker", worker),))] == 0
 
     async def test_family_headers_appear_once_for_all_workers(
         self, aiohttp_client, workers, source
@@ -157,6 +168,9 @@ class TestGathering:
         text = await scrape(client)
         for family in ("agent_registry_user_agents", "agent_registry_agents"):
             assert text.count(f"# HELP {family} ") == 1
+        resp = await client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+        families = {f.name: f for f in parse_openmetrics(await resp.text())}  # strict parser
+        assert len(families["agent_registry_user_agents"].samples) == 3
 
     async def test_ready_while_one_worker_answers(self, aiohttp_client, workers, source) -> None:
         """/-/ready is 200 with workers up; 503 naming the directory without any."""
@@ -291,3 +305,45 @@ async def _get(runner: web.AppRunner, path: str) -> tuple[int, str]:
         session.get(f"http://{host}:{port}{path}") as resp,
     ):
         return resp.status, await resp.text()
+
+
+class TestSidecarCommand:
+    def test_missing_directory_serves_and_says_so_once(self, socket_dir) -> None:
+        """`agent-registry-exporter sidecar` on a missing directory: healthy, not ready,
+        /metrics answers; one warning line however often it is scraped, no traceback."""
+        port = free_port()
+        missing = socket_dir / "not-yet"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar", "--socket-dir",
+             str(missing), "--listen-host", "127.0.0.1", "--listen-port", str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "AGENT_REGISTRY_EXPORTER_LOG_FORMAT": "text"},
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while _status(f"{url}/-/healthy") != 200:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "sidecar never became healthy"
+                time.sleep(0.1)
+            assert _status(f"{url}/-/ready") == 503
+            assert [_status(f"{url}/metrics") for _ in range(3)] == [200, 200, 200]
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert f"serving http://127.0.0.1:{port}/metrics" in out
+        warnings = [line for line in err.splitlines() if "cannot be read" in line]
+        assert len(warnings) == 1, err
+        assert f"socket directory {missing} cannot be read: No such file or directory" in err
+        assert "Traceback" not in err
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0

@@ -50,6 +50,25 @@ class TestRoundTrip:
         _, snapshot = decode_snapshot(encode([], limits))
         assert snapshot.thresholds == limits
 
+    @pytest.mark.parametrize("figures", [(0, 3, 123_456_789), (None, None, None), (2, None, 7)])
+    def test_registry_wide_figures_travel_or_stay_absent(self, figures) -> None:
+        """Cleaned-alive, untracked and resident memory come through; absent stays None."""
+        alive, untracked, resident = figures
+        snapshot = RegistrySnapshot(
+            taken_at=1.0,
+            thresholds=Thresholds(),
+            sessions=[],
+            cleaned_agents_alive=alive,
+            cleaned_agents_untracked=untracked,
+            resident_memory_bytes=resident,
+        )
+        _, got = decode_snapshot(asyncio.run(encode_snapshot(snapshot, IDENTITY)))
+        assert (
+            got.cleaned_agents_alive,
+            got.cleaned_agents_untracked,
+            got.resident_memory_bytes,
+        ) == figures
+
     def test_more_users_than_one_encoding_step(self) -> None:
         """45,000 users span several steps of the backend's encoder and come back in order."""
         rows = [SessionRow(f"user-{n}", n % 60, 1.7e9 + n) for n in range(45_000)]

@@ -283,9 +283,12 @@ class Remediator:
                         cand.alert, Outcome.DRY_RUN, "would clean up (dry-run)"
                     )
             return
-        results = await self._clean_users(
-            {t: by_user[t][0].source for t in allowed if by_user[t][0].source is not None}
-        )
+        targets: dict[_Target, RegistrySource] = {}
+        for target in allowed:
+            source = by_user[target][0].source
+            assert source is not None  # every candidate was routed before verification
+            targets[target] = source
+        results = await self._clean_users(targets)
         for target in allowed:
             for cand in by_user[target]:
                 batch.decisions[cand.index] = _from_result(cand.alert, results[target])

@@ -44,6 +44,8 @@ _PREFIX = struct.Struct("<4sI")
 _LITTLE = sys.byteorder == "little"
 # Users read per step on the backend's loop before yielding: a few milliseconds each.
 _STEP = 20_000
+# Registry-wide figures a snapshot may carry; None (absent) when the worker has none.
+_OPTIONAL = ("cleaned_agents_alive", "cleaned_agents_untracked", "resident_memory_bytes")
 # Lone surrogates pass through unchanged: an id that is not valid text still cannot break
 # the snapshot (the registry refuses such ids where they enter, see DESIGN.md).
 _ERRORS = "surrogatepass"
@@ -99,6 +101,7 @@ async def encode_snapshot(snapshot: RegistrySnapshot, identity: WorkerIdentity) 
         "taken_at": snapshot.taken_at,
         "thresholds": snapshot.thresholds.model_dump(),
         "users": len(ids),
+        **{name: getattr(snapshot, name) for name in _OPTIONAL},
     }
     header_bytes = json.dumps(header).encode()
     return b"".join(
@@ -131,6 +134,9 @@ def decode_snapshot(data: bytes) -> tuple[WorkerIdentity, RegistrySnapshot]:
         )
         thresholds = Thresholds.model_validate(header["thresholds"])
         taken_at = float(header["taken_at"])
+        alive, untracked, resident = (
+            None if header.get(name) is None else int(header[name]) for name in _OPTIONAL
+        )
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
         raise SnapshotFormatError(f"bad header: {type(exc).__name__}: {exc}") from None
     if n < 0 or len(data) - offset < 20 * n:
@@ -149,5 +155,11 @@ def decode_snapshot(data: bytes) -> tuple[WorkerIdentity, RegistrySnapshot]:
     created = _unpacked("d", data[ids_end + 8 * n :])
     sessions = list(map(SessionRow, user_ids, counts, created))
     return identity, RegistrySnapshot(
-        taken_at=taken_at, thresholds=thresholds, sessions=sessions, worker=identity.worker
+        taken_at=taken_at,
+        thresholds=thresholds,
+        sessions=sessions,
+        worker=identity.worker,
+        cleaned_agents_alive=alive,
+        cleaned_agents_untracked=untracked,
+        resident_memory_bytes=resident,
     )

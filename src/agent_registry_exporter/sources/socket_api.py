@@ -28,6 +28,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..memory import resident_memory_bytes
 from ..registry import AgentRegistry
 from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
 
@@ -136,7 +137,10 @@ async def _snapshot(request: web.Request) -> web.Response:
     app = request.app
     async with app[_ENCODING]:
         # Taken once the lock is ours, so a queued request does not send stale data.
-        body = await encode_snapshot(app[_REGISTRY].snapshot(), app[_IDENTITY])
+        snapshot = dataclasses.replace(
+            app[_REGISTRY].snapshot(), resident_memory_bytes=resident_memory_bytes()
+        )
+        body = await encode_snapshot(snapshot, app[_IDENTITY])
     return web.Response(body=body, content_type=SNAPSHOT_CONTENT_TYPE)
 
 
