@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,6 +89,13 @@ def assert_kept_or_closed_once(registry: AgentRegistry, made: list[RecordingAgen
     live = {id(a) for s in registry.sessions() for a in s.agents.values()}
     for agent in made:
         assert agent.closes == (0 if id(agent) in live else 1), agent.name
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short directory: a Unix socket path must fit in 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="ars-") as d:
+        yield Path(d)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +36,6 @@ from .conftest import add_agents
 from .test_exposition import PROMETHEUS_ACCEPT
 
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="ars-") as d:
-        yield Path(d)
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,13 +17,6 @@ from agent_registry_exporter.sources import WorkerError, WorkerSource, socket_pa
 from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once
 
 HOSTILE_IDS = ["a/b", "50%", "x y?z#w", 'quo"te\\', "new\nline", "nul\x00byte", "..", "héllo 🦜"]
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short directory: a Unix socket path must fit in 107 bytes."""
-    with tempfile.TemporaryDirectory(prefix="ars-") as d:
-        yield Path(d)
 
 
 @pytest.fixture

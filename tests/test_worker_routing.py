@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,6 @@ from agent_registry_exporter.remediation import Outcome, Remediator
 
 from .conftest import add_agents
 from .test_remediation import outcomes, payload
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="ars-") as d:
-        yield Path(d)
 
 
 @pytest.fixture
