@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from agent_registry_exporter import AgentRegistry, Thresholds
+from agent_registry_exporter import AgentRegistry, SidecarSource, Thresholds, serve_registry
 
 DATA = Path(__file__).parent / "data"
 # 2026-11-27T12:00:00Z: every test's "now" unless it moves the clock.
@@ -96,6 +97,26 @@ def socket_dir() -> Iterator[Path]:
     """A short directory: a Unix socket path must fit in 107 bytes."""
     with tempfile.TemporaryDirectory(prefix="ars-") as d:
         yield Path(d)
+
+
+@contextlib.asynccontextmanager
+async def serving_workers(socket_dir: Path, *names: str) -> AsyncIterator[dict[str, AgentRegistry]]:
+    """Workers on this loop, each serving its own registry on a socket in `socket_dir`."""
+    registries = {name: AgentRegistry() for name in names}
+    handles = [await serve_registry(r, socket_dir, worker=n) for n, r in registries.items()]
+    try:
+        yield registries
+    finally:
+        for handle in handles:
+            await handle.stop()
+
+
+@pytest.fixture
+async def source(socket_dir: Path) -> AsyncIterator[SidecarSource]:
+    """The sidecar's source over `socket_dir`."""
+    sidecar = SidecarSource(socket_dir, timeout=5.0)
+    yield sidecar
+    await sidecar.close()
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from agent_registry_exporter import (
 from agent_registry_exporter.demo import free_port
 from agent_registry_exporter.sources import discover_workers
 
-from .conftest import add_agents
+from .conftest import add_agents, serving_workers
 from .test_exposition import PROMETHEUS_ACCEPT
 
 ROOT = Path(__file__).parent.parent
@@ -41,18 +41,8 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture
 async def workers(socket_dir: Path) -> AsyncIterator[dict[str, AgentRegistry]]:
     """Three workers on this loop, each with its own registry."""
-    registries = {name: AgentRegistry() for name in ("a", "b", "c")}
-    handles = [await serve_registry(r, socket_dir, worker=n) for n, r in registries.items()]
-    yield registries
-    for handle in handles:
-        await handle.stop()
-
-
-@pytest.fixture
-async def source(socket_dir: Path) -> AsyncIterator[SidecarSource]:
-    sidecar = SidecarSource(socket_dir, timeout=2.0)
-    yield sidecar
-    await sidecar.close()
+    async with serving_workers(socket_dir, "a", "b", "c") as registries:
+        yield registries
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

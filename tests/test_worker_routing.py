@@ -10,27 +10,22 @@ import pytest
 from agent_registry_exporter import AgentRegistry, InProcessSource, SidecarSource, serve_registry
 from agent_registry_exporter.remediation import Outcome, Remediator
 
-from .conftest import add_agents
+from .conftest import add_agents, serving_workers
 from .test_remediation import outcomes, payload
 
 
 @pytest.fixture
 async def workers(socket_dir: Path) -> AsyncIterator[dict[str, AgentRegistry]]:
     """Two workers, each holding a session of "greedy" over the agent limit."""
-    registries = {"w1": AgentRegistry(), "w2": AgentRegistry()}
-    handles = [await serve_registry(r, socket_dir, worker=n) for n, r in registries.items()]
-    for registry in registries.values():
-        await add_agents(registry, "greedy", 60)
-    yield registries
-    for handle in handles:
-        await handle.stop()
+    async with serving_workers(socket_dir, "w1", "w2") as registries:
+        for registry in registries.values():
+            await add_agents(registry, "greedy", 60)
+        yield registries
 
 
 @pytest.fixture
-async def remediator(socket_dir: Path) -> AsyncIterator[Remediator]:
-    source = SidecarSource(socket_dir, timeout=5)
-    yield Remediator(source)
-    await source.close()
+def remediator(source: SidecarSource) -> Remediator:
+    return Remediator(source)
 
 
 class TestSidecarRouting:
