@@ -131,12 +131,13 @@ class LocalStack:
     """Prometheus scraping the exporter with the project's rules, Alertmanager calling back.
 
     `targets` are the exporter addresses (host:port) Prometheus scrapes in job
-    `agent-registry-exporter`; the first one receives the webhook.
+    `agent-registry-exporter`; the webhook goes to `webhook_address`, by default the first.
     """
 
     workdir: Path
     targets: list[str]
     token: str
+    webhook_address: str | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     interval: str = "1s"
     rule_options: RuleOptions = field(
@@ -182,7 +183,7 @@ class LocalStack:
 
     def _start_alertmanager(self, token_file: Path) -> ManagedProcess:
         route = AlertmanagerRoute(
-            webhook_url=f"http://{self.targets[0]}/webhook/alertmanager",
+            webhook_url=f"http://{self.webhook_address or self.targets[0]}/webhook/alertmanager",
             credentials_file=str(token_file),
             group_wait="1s",
             group_interval="2s",
