@@ -61,7 +61,7 @@ class RoundRobinProxy:
         self._open = asyncio.Event()
         self._open.set()
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def address(self) -> str:
@@ -72,12 +72,14 @@ class RoundRobinProxy:
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self.resume()
         if self._server is not None:
             self._server.close()
+            # Closing both ends lets every relay finish by itself (a cancelled connection
+            # handler makes asyncio's stream callback log an error).
+            for writer in list(self._writers):
+                writer.close()
             await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def pause(self) -> None:
         self._open.clear()
@@ -91,9 +93,7 @@ class RoundRobinProxy:
             await self._open.wait()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._pass()
             host, port = self.backends[self._next % len(self.backends)]
@@ -105,10 +105,14 @@ class RoundRobinProxy:
                 self.refused[backend] += 1
                 return
             self.connections[backend] += 1
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            self._writers.add(up_writer)
+            try:
+                await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            finally:
+                self._writers.discard(up_writer)
         finally:
             writer.close()
-            self._tasks.discard(task)
+            self._writers.discard(writer)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
