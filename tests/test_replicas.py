@@ -272,3 +272,14 @@ class TestIdentity:
         assert by_replica[fleet["a"].address]["outcome"] == "forwarded"
         assert by_replica[fleet["b"].address]["outcome"] == "cleaned"
         assert {line["instance"] for line in lines} == {fleet["b"].address}
+
+    @pytest.mark.parametrize("status", ["firing", "resolved"])
+    async def test_detail_names_both_instances_whatever_the_outcome(self, fleet, status) -> None:
+        """A duplicate or an ignored alert for b, seen by a, names b and a."""
+        body = payload("leaky", instance=fleet["b"].address)
+        alert = body.alerts[0].model_copy(update={"status": status})
+        text = body.model_copy(update={"alerts": [alert, alert]}).model_dump_json(by_alias=True)
+        _, answer = await fleet.post("a", text)
+        for decision in answer["alerts"]:
+            assert fleet["a"].address in decision["detail"], decision
+            assert fleet["b"].address in decision["detail"], decision
