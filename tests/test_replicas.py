@@ -1,52 +1,26 @@
-"""Three real replicas on loopback: each alert acted on by its owner, exactly once."""
+"""Three real replicas on loopback (127.0.0.2-4, one port, like pods): each alert acted on
+by its owner, exactly once."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession
 
-from agent_registry_exporter import AgentRegistry, InProcessSource, Settings
-from agent_registry_exporter.demo.stack import free_port
-from agent_registry_exporter.remediation import HOP_HEADER, Decision
-from agent_registry_exporter.server import ExporterServer, create_app
+from agent_registry_exporter.demo.fleet import LocalFleet, Replica
+from agent_registry_exporter.remediation import HOP_HEADER
 
 from .conftest import RecordingAgent, add_agents
 from .test_remediation import payload
 
 TOKEN = "fleet-t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@dataclass
-class Replica:
-    name: str
-    address: str
-    settings: Settings
-    registry: AgentRegistry = field(default_factory=AgentRegistry)
-    decisions: list[Decision] = field(default_factory=list)
-    server: ExporterServer | None = None
-
-    async def start(self) -> None:
-        app = create_app(
-            InProcessSource(self.registry), self.settings, on_decision=self.decisions.append
-        )
-        host, port = self.address.rsplit(":", 1)
-        self.server = ExporterServer(app, host, int(port))
-        await self.server.start()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
-            self.server = None
-
-    def outcomes(self, user: str) -> list[str]:
-        return [d.outcome.value for d in self.decisions if d.user_id == user]
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
 @dataclass
@@ -71,23 +45,14 @@ class Fleet:
 
 @pytest.fixture
 async def fleet() -> AsyncIterator[Fleet]:
-    """Replicas a, b, c on 127.0.0.1, each with its own registry, peers listed."""
-    addresses = {name: f"127.0.0.1:{free_port()}" for name in "abc"}
-    peers = ",".join(addresses.values())
-    replicas = {
-        name: Replica(
-            name,
-            address,
-            Settings(webhook_token=TOKEN, instance=address, peers=peers, forward_timeout_seconds=5),
-        )
-        for name, address in addresses.items()
-    }
-    for replica in replicas.values():
-        await replica.start()
-    async with ClientSession() as http:
-        yield Fleet(replicas, http)
-    for replica in replicas.values():
-        await replica.stop()
+    """Replicas a, b, c on 127.0.0.2-4 (one port, like pods), own registries, peers listed."""
+    local = LocalFleet(HOSTS, TOKEN, settings={"forward_timeout_seconds": 5})
+    await local.start()
+    try:
+        async with ClientSession() as http:
+            yield Fleet(dict(zip("abc", local.replicas, strict=True)), http)
+    finally:
+        await local.stop()
 
 
 def alerts_for(*users: str, instance: str, starts: str = "2026-11-27T20:07:48.84Z") -> str:
