@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from agent_registry_exporter import AgentRegistry
@@ -200,3 +201,53 @@ class TestChurn:
         await asyncio.gather(producer("u1"), producer("u2"), producer("u3"), cleaner())
 
         assert_kept_or_closed_once(registry, made)
+
+
+class BlockingCloseAgent:
+    """Attack: a synchronous close() that blocks until `unblock` is set, from any thread."""
+
+    def __init__(self, unblock: threading.Event) -> None:
+        self.unblock = unblock
+        self.closed_on: str | None = None
+        self.waited_out = False
+
+    def close(self) -> None:
+        self.closed_on = threading.current_thread().name
+        # Bounded, so a close run on the loop fails the test instead of hanging it.
+        self.waited_out = not self.unblock.wait(timeout=5)
+
+
+class TestBlockingClose:
+    async def test_blocking_sync_close_runs_off_the_event_loop(self, clock) -> None:
+        """Three closes blocking until the loop itself releases them: the loop must stay free."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=30)
+        unblock = threading.Event()
+        agents = [BlockingCloseAgent(unblock) for _ in range(3)]
+        for n, agent in enumerate(agents):
+            await registry.register_user_agent("u1", f"sync-{n}", agent)
+        cleanup = asyncio.create_task(registry.lifecycle_manager.trigger_cleanup("u1"))
+        # Only a free loop gets here while the closes block.
+        while not all(a.closed_on for a in agents):
+            await asyncio.sleep(0.01)
+        unblock.set()
+        result = await cleanup
+
+        assert result.agents_cleaned == 3
+        assert not any(a.waited_out for a in agents)
+        assert threading.main_thread().name not in {a.closed_on for a in agents}
+
+    async def test_blocking_sync_close_is_cut_off_by_the_per_agent_timeout(self, clock) -> None:
+        """A close that never returns is reported as timed out; the others are closed."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=0.2)
+        never = threading.Event()
+        stuck = BlockingCloseAgent(never)
+        good = RecordingAgent("good")
+        await registry.register_user_agent("u1", "stuck", stuck)
+        await registry.register_user_agent("u1", "good", good)
+        try:
+            result = await registry.lifecycle_manager.trigger_cleanup("u1")
+        finally:
+            never.set()
+        assert "timed out after 0.2s" in result.errors["stuck"]
+        assert good.closes == 1
+        assert result.agents_cleaned == 1

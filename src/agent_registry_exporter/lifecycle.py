@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,9 @@ _log = logging.getLogger(__name__)
 
 # Tried in this order; the first one an agent has is the one awaited.
 _CLOSE_METHODS = ("aclose", "close", "cleanup")
+# Synchronous closes run on threads, at most this many at once per manager. A thread whose
+# close outlives the per-agent timeout gives its slot back and is left to finish alone.
+_CLOSE_THREADS = 16
 
 
 class Thresholds(BaseModel):
@@ -86,6 +91,7 @@ class AgentLifecycleManager:
         self.cleaned_agents = CleanedAgentTracker(
             clock=registry.clock if registry is not None else time.time
         )
+        self._close_threads = asyncio.Semaphore(_CLOSE_THREADS)
 
     async def monitor_memory_usage(self, user_id: str) -> dict[str, Any]:
         """Check one user's session; never raises (a failure is `status: 'error'`)."""
@@ -210,10 +216,16 @@ class AgentLifecycleManager:
                     break
             else:
                 return None
-            async with asyncio.timeout(self.agent_close_timeout):
-                outcome = method()
-                if inspect.isawaitable(outcome):
-                    await outcome
+            if inspect.iscoroutinefunction(method):
+                async with asyncio.timeout(self.agent_close_timeout):
+                    await method()
+            else:
+                # A synchronous close may block (time.sleep, a socket): never on the loop.
+                # Waiting for a free thread is not the agent's time, so it is not timed.
+                async with self._close_threads, asyncio.timeout(self.agent_close_timeout):
+                    outcome = await _in_daemon_thread(method)
+                    if inspect.isawaitable(outcome):
+                        await outcome
         except TimeoutError:
             return f"{name}() timed out after {self.agent_close_timeout:g}s"
         except asyncio.CancelledError:
@@ -224,6 +236,35 @@ class AgentLifecycleManager:
         except Exception as exc:
             return f"{name}() raised {_describe(exc)}"
         return None
+
+
+async def _in_daemon_thread(call: Callable[[], object]) -> object:
+    """`call()` on a daemon thread: one that never returns must not hold up process exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[object] = loop.create_future()
+
+    def settle(outcome: object, error: Exception | None) -> None:
+        if done.done():  # the waiter timed out or was cancelled
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(outcome)
+
+    def run() -> None:
+        outcome: object = None
+        error: Exception | None = None
+        try:
+            outcome = call()
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:  # SystemExit in an agent's close is not ours to raise
+            error = RuntimeError(_describe(exc))
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome, error)
+
+    threading.Thread(target=run, name="agent-close", daemon=True).start()
+    return await done
 
 
 def _describe(exc: BaseException) -> str:
