@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import re
 import shutil
 import subprocess
@@ -116,6 +117,23 @@ class TestRoundTrip:
         # The exporter's own figures move between renders; compare the registry's part.
         own = b"# HELP process_"
         assert gzip.decompress(zipped.body).split(own)[0] == plain.split(own)[0]
+
+
+class TestUnencodableIds:
+    @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+    def test_lone_surrogate_id_already_in_a_snapshot_does_not_break_the_scrape(
+        self, metrics, openmetrics
+    ) -> None:
+        """Attack: `mallory\\ud800` reached a snapshot; every other user is still exported."""
+        mallory = json.loads('"mallory\\ud800"')
+        rows = [SessionRow("alice", 3, T0), SessionRow(mallory, 5, T0), SessionRow("bob", 7, T0)]
+        body = render(snapshot_of(rows), metrics, openmetrics=openmetrics).body.decode()
+        parsed = samples(body, openmetrics=openmetrics)
+        assert user_value(parsed, "agent_registry_user_agents", "alice") == 3
+        assert user_value(parsed, "agent_registry_user_agents", "bob") == 7
+        # The unencodable code point is spelled out, so the series stays distinct.
+        assert user_value(parsed, "agent_registry_user_agents", "mallory\\ud800") == 5
+        assert parsed[("agent_registry_agents", ())] == 15
 
 
 class TestSeriesCap:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -156,6 +158,27 @@ class TestSessions:
         """Every session belongs to a named user."""
         with pytest.raises(ValueError, match="user_id"):
             await registry.register_user_agent("", "a", object())
+
+    @pytest.mark.parametrize(
+        "user_id",
+        [json.loads('"mallory\\ud800"'), "\udfff", b"bytes-id", None, 42],
+        ids=["lone-high-surrogate", "lone-low-surrogate", "bytes", "none", "int"],
+    )
+    async def test_user_id_that_is_not_utf8_text_is_refused_where_it_enters(
+        self, registry, user_id
+    ) -> None:
+        """Attack: an id no scrape can encode never gets into the registry."""
+        with pytest.raises(ValueError, match="user_id"):
+            await registry.register_user_agent(user_id, "a", object())
+        with pytest.raises(ValueError, match="user_id"):
+            await registry.get_user_session(user_id)
+        assert len(registry) == 0
+
+    async def test_control_characters_and_any_script_are_valid_ids(self, registry) -> None:
+        """Valid Unicode text is a valid id, whatever it holds."""
+        for user_id in ("tab\there", "nul\x00", "emoji-\U0001f600", "\u202eright-to-left"):
+            await registry.register_user_agent(user_id, "a", object())
+        assert len(registry) == 4
 
     async def test_unregister_returns_the_agent(self, registry) -> None:
         """Unregistering hands the agent back and leaves the session in place."""

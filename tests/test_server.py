@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import random
 
 import pytest
@@ -14,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from agent_registry_exporter import (
     AgentRegistry,
     InProcessSource,
+    RegistrySnapshot,
+    SessionRow,
     Settings,
     create_app,
     start_exporter,
@@ -111,6 +114,72 @@ class TestMetricsEndpoint:
             stop.set()
             await asyncio.gather(*workers)
         assert len(registry) > 0
+
+
+class SpikedSource(InProcessSource):
+    """Fault injection: the snapshot carries `extra` rows besides the registry's sessions."""
+
+    def __init__(self, registry: AgentRegistry, *extra: object) -> None:
+        super().__init__(registry)
+        self.extra = list(extra)
+
+    async def snapshot(self) -> RegistrySnapshot:
+        snap = await super().snapshot()
+        return RegistrySnapshot(snap.taken_at, snap.thresholds, [*snap.sessions, *self.extra])
+
+
+class ExplodingSession:
+    """A session whose agent count cannot be read: the render itself fails."""
+
+    user_id = "boom"
+    created_timestamp = 0.0
+
+    @property
+    def agent_count(self) -> int:
+        raise RuntimeError("injected render failure")
+
+
+class TestNeverBlind:
+    @pytest.mark.parametrize("accept", ["text/plain", PROMETHEUS_ACCEPT], ids=["text", "om"])
+    async def test_a_lone_surrogate_user_id_does_not_blind_the_scrape(
+        self, aiohttp_client, registry, fill, accept
+    ) -> None:
+        """Attack: one id holding `\\ud800` must not turn every scrape into a 500."""
+        await fill("alice", 4)
+        mallory = SessionRow(json.loads('"mallory\\ud800"'), 9, registry.clock())
+        app = create_app(SpikedSource(registry, mallory), Settings(webhook_token="t0ken"))
+        client = await aiohttp_client(app)
+        resp = await client.get("/metrics", headers={"Accept": accept})
+        assert resp.status == 200
+        text = await resp.text()
+        assert totals(text, openmetrics=accept != "text/plain") == (13, 13, 2)
+        assert (await client.get("/-/ready")).status == 200
+
+    async def test_a_failing_render_fails_readiness_and_is_counted(
+        self, aiohttp_client, registry, fill
+    ) -> None:
+        """A render that raises answers a JSON 500, fails /-/ready and is counted."""
+        await fill("alice", 4)
+        source = SpikedSource(registry, ExplodingSession())
+        client = await aiohttp_client(create_app(source, Settings(webhook_token="t0ken")))
+
+        resp = await client.get("/metrics")
+        assert resp.status == 500
+        assert "render failed" in (await resp.json())["error"]
+        ready = await client.get("/-/ready")
+        assert ready.status == 503
+        assert "injected render failure" in (await ready.json())["error"]
+
+        source.extra.clear()
+        text = await (await client.get("/metrics")).text()
+        (failures,) = [
+            s.value
+            for f in parse_text(text)
+            for s in f.samples
+            if s.name == "agent_registry_exporter_render_failures_total"
+        ]
+        assert failures == 1
+        assert (await client.get("/-/ready")).status == 200
 
 
 class TestOtherEndpoints:

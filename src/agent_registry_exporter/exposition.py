@@ -8,6 +8,7 @@ prometheus_client registry and are appended.
 
 from __future__ import annotations
 
+import codecs
 import heapq
 import time
 import zlib
@@ -48,6 +49,23 @@ _EOF = "# EOF\n"
 _GZIP_LEVEL = 1
 # Users per rendered chunk: about 0.5 MB of text, a few milliseconds of work.
 _CHUNK = 5_000
+_UNENCODABLE = "agent_registry_exporter.label_value"
+
+
+def _spell_out_unencodable(exc: UnicodeError) -> tuple[str, int]:
+    r"""Replace code points UTF-8 cannot carry (lone surrogates) inside a label value.
+
+    `\ud800` becomes the escaped text `\\ud800`, which reads back as `\ud800` spelled out:
+    valid in both formats, distinct from other ids, and free on the common path (only a
+    failed encode calls it). Only label values can hold such code points.
+    """
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = exc.object[exc.start : exc.end]
+    return "".join(f"\\\\u{ord(c):04x}" for c in bad), exc.end
+
+
+codecs.register_error(_UNENCODABLE, _spell_out_unencodable)
 
 
 class ExporterMetrics:
@@ -79,6 +97,11 @@ class ExporterMetrics:
         self.cleaned_agents = Counter(
             "agent_registry_cleaned_agents",
             "Agents closed by cleanups.",
+            registry=self.registry,
+        )
+        self.render_failures = Counter(
+            "agent_registry_exporter_render_failures",
+            "/metrics renders that failed (the scrape was answered 500).",
             registry=self.registry,
         )
         self.webhook_requests = Counter(
@@ -261,7 +284,7 @@ def _render_families(parts: Sequence[_Part], export_session_age: bool) -> list[b
                             f'{family}{{{worker}user_id="{label}"}} {v:{spec}}\n'
                             for label, v in pairs
                         ]
-                    ).encode()
+                    ).encode("utf-8", _UNENCODABLE)
                 )
     return chunks
 

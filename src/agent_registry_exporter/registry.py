@@ -19,6 +19,7 @@ __all__ = [
     "SessionLike",
     "SessionRow",
     "UserAgentSession",
+    "check_user_id",
 ]
 
 Clock = Callable[[], float]
@@ -229,9 +230,24 @@ class AgentRegistry:
         return await self.lifecycle_manager.monitor_all_users()
 
     def _session_for(self, user_id: str) -> UserAgentSession:
-        if not isinstance(user_id, str) or not user_id:
-            raise ValueError("user_id must be a non-empty string")
+        check_user_id(user_id)
         session = self._user_sessions.get(user_id)
         if session is None:
             session = self._user_sessions[user_id] = UserAgentSession(user_id, clock=self.clock)
         return session
+
+
+def check_user_id(user_id: object) -> None:
+    """A user id is non-empty text that encodes as UTF-8 (what every scrape must carry).
+
+    Control characters and any script are fine: the renderer escapes what the format needs.
+    A lone surrogate (what `json.loads('"\\ud800"')` yields) is not text and is refused.
+    """
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"user_id must be a non-empty string, not {user_id!r}")
+    try:
+        user_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"user_id {user_id!r} is not valid Unicode text: {exc.reason} at {exc.start}"
+        ) from None

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape as html_escape
 from typing import Any
 
@@ -65,12 +66,20 @@ class _WebhookAuth:
             return None
 
 
+@dataclass
+class _RenderHealth:
+    """Why the last /metrics render failed, until one succeeds; /-/ready reports it."""
+
+    last_error: str | None = None
+
+
 SOURCE = web.AppKey("source", RegistrySource)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", ExporterMetrics)
 REMEDIATOR = web.AppKey("remediator", Remediator)
 _AUTH = web.AppKey("webhook_auth", _WebhookAuth)
 _RENDER_SLOTS = web.AppKey("render_slots", asyncio.Semaphore)
+_RENDER_HEALTH = web.AppKey("render_health", _RenderHealth)
 
 
 def create_app(
@@ -120,6 +129,7 @@ def create_app(
     app.on_cleanup.append(lambda _: router.close())
     app[_AUTH] = auth
     app[_RENDER_SLOTS] = asyncio.Semaphore(_MAX_CONCURRENT_RENDERS)
+    app[_RENDER_HEALTH] = _RenderHealth()
     if isinstance(source, WorkerSources):
         # Sidecar mode: each worker's health is scraped beside its registry.
         metrics.registry.register(source)
@@ -190,18 +200,27 @@ async def _metrics(request: web.Request) -> web.Response:
     app = request.app
     accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
     gzipped = wants_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
+    health = app[_RENDER_HEALTH]
     async with app[_RENDER_SLOTS]:
         # Taken once a slot is free, so a queued scrape does not render stale data.
         snapshot = await app[SOURCE].snapshot()
-        rendered = await asyncio.to_thread(
-            render,
-            snapshot,
-            app[METRICS],
-            openmetrics=wants_openmetrics(accept),
-            gzipped=gzipped,
-            max_user_series=app[SETTINGS].max_user_series,
-            export_session_age=app[SETTINGS].export_session_age,
-        )
+        try:
+            rendered = await asyncio.to_thread(
+                render,
+                snapshot,
+                app[METRICS],
+                openmetrics=wants_openmetrics(accept),
+                gzipped=gzipped,
+                max_user_series=app[SETTINGS].max_user_series,
+                export_session_age=app[SETTINGS].export_session_age,
+            )
+        except Exception as exc:
+            # Never silent: counted, logged, and /-/ready fails until a render succeeds.
+            _log.exception("rendering /metrics failed")
+            app[METRICS].render_failures.inc()
+            health.last_error = f"{type(exc).__name__}: {exc}"
+            return _error(500, f"/metrics render failed: {health.last_error}")
+    health.last_error = None
     headers = {hdrs.CONTENT_TYPE: rendered.content_type, hdrs.VARY: "Accept, Accept-Encoding"}
     if rendered.gzipped:
         headers[hdrs.CONTENT_ENCODING] = "gzip"
@@ -223,6 +242,8 @@ async def _ready(request: web.Request) -> web.Response:
             await source.snapshot()
     except Exception as exc:
         return _error(503, f"registry unavailable: {type(exc).__name__}: {exc}")
+    if (failure := request.app[_RENDER_HEALTH].last_error) is not None:
+        return _error(503, f"the last /metrics render failed: {failure}")
     return web.Response(text="ready\n")
 
 
