@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -123,3 +124,11 @@ async def source(socket_dir: Path) -> AsyncIterator[SidecarSource]:
 def fill(registry: AgentRegistry) -> Callable[..., Awaitable[list[RecordingAgent]]]:
     """`add_agents` bound to the test's registry."""
     return functools.partial(add_agents, registry)
+
+
+async def wait_until(condition: Callable[[], bool], deadline: float = 30.0) -> None:
+    """Poll `condition` on the loop until it holds (generous deadline: the machine is shared)."""
+    give_up = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < give_up, "condition never held"
+        await asyncio.sleep(0.01)

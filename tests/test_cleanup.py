@@ -14,6 +14,7 @@ from .conftest import (
     RecordingAgent,
     SyncCloseAgent,
     assert_kept_or_closed_once,
+    wait_until,
 )
 
 
@@ -227,8 +228,7 @@ class TestBlockingClose:
             await registry.register_user_agent("u1", f"sync-{n}", agent)
         cleanup = asyncio.create_task(registry.lifecycle_manager.trigger_cleanup("u1"))
         # Only a free loop gets here while the closes block.
-        while not all(a.closed_on for a in agents):
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: all(a.closed_on for a in agents))
         unblock.set()
         result = await cleanup
 

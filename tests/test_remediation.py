@@ -27,6 +27,7 @@ from .conftest import (
     RecordingAgent,
     add_agents,
     assert_kept_or_closed_once,
+    wait_until,
 )
 
 STARTS = "2026-11-27T20:07:48.84Z"
@@ -435,13 +436,5 @@ class _SlotsHeld:
     async def deliver_while_slots_are_held(self, victim: str) -> asyncio.Task[list[Decision]]:
         """One payload naming the slow users then `victim`; returns once every slot is busy."""
         handling = asyncio.create_task(self.remediator.handle(payload(*_SLOW_USERS, victim)))
-        await _wait_until(lambda: self.closing == len(_SLOW_USERS))
+        await wait_until(lambda: self.closing == len(_SLOW_USERS))
         return handling
-
-
-async def _wait_until(condition, deadline: float = 30.0) -> None:
-    """Poll `condition` on the loop until it holds (generous deadline: the machine is shared)."""
-    give_up = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < give_up, "condition never held"
-        await asyncio.sleep(0.01)
