@@ -340,6 +340,53 @@ class TestTokenRotation:
         assert len(warnings) == 1
         assert registry.get_session("healthy").agent_count == 5
 
+    async def test_token_file_rewritten_with_unchanged_mtime_and_size_is_picked_up(
+        self, aiohttp_client, registry, users, tmp_path
+    ) -> None:
+        """Attack on rotation: same length, mtime put back; the new token must still count."""
+        token_file = tmp_path / "token"
+        token_file.write_text("alpha-1\n")
+        before = token_file.stat()
+        app = create_app(InProcessSource(registry), Settings(webhook_token_file=token_file))
+        client = await aiohttp_client(app)
+        body = (WEBHOOK / "healthy-again.json").read_bytes()
+
+        async def status_with(token: str) -> int:
+            headers = {"Authorization": f"Bearer {token}"}
+            return (await client.post("/webhook/alertmanager", data=body, headers=headers)).status
+
+        assert await status_with("alpha-1") == 200
+        token_file.write_text("alpha-2\n")
+        os.utime(token_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert token_file.stat().st_mtime_ns == before.st_mtime_ns
+        assert token_file.stat().st_size == before.st_size
+        assert await status_with("alpha-1") == 401
+        assert await status_with("alpha-2") == 200
+
+
+class TestHostileHeaders:
+    async def test_non_utf8_authorization_header_is_401_without_a_traceback(
+        self, client, registry, users, caplog
+    ) -> None:
+        """Attack: raw bytes 0xff 0xfe in the bearer token answer 401, logging no exception."""
+        body = (WEBHOOK / "firing-too-many-agents.json").read_bytes()
+        request = (
+            b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nAuthorization: Bearer \xff\xfe\x80\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        with caplog.at_level(logging.DEBUG):
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(request)
+            response = await reader.read()
+            writer.close()
+        head, _, payload = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), head
+        assert "token" in json.loads(payload)["error"]
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        assert registry.get_session("leaky").agent_count == 60
+
 
 class TestUnexpectedFailure:
     async def test_a_crash_in_the_receiver_is_a_counted_json_500(

@@ -39,31 +39,36 @@ _MAX_CONCURRENT_RENDERS = 2
 
 
 class _WebhookAuth:
-    """The bearer token, re-read from its file when the file changes (secret rotation)."""
+    """The bearer token, re-read from its file when its content changes (secret rotation).
+
+    The file is read on every webhook request: a few microseconds for a small file, and
+    unlike a stat it notices a rewrite that keeps size and mtime (a restored mtime, a
+    coarse-grained filesystem clock).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.allow_unauthenticated = settings.webhook_allow_unauthenticated
         self._file = settings.webhook_token_file
         self._token = settings.resolved_webhook_token()
-        self._mtime = self._stat()
+        self._problem: str | None = None
 
     def token(self) -> str | None:
-        if self._file is not None and (mtime := self._stat()) != self._mtime:
-            self._mtime = mtime  # once per change, even when the read fails
-            try:
-                self._token = Settings.read_token_file(self._file)
-                _log.info("webhook token reloaded from %s", self._file)
-            except ValueError as exc:
-                # Keep the last good token: a half-written or vanished file must not lock out
-                # Alertmanager, nor open the endpoint.
-                _log.warning("webhook token not reloaded: %s", exc)
-        return self._token
-
-    def _stat(self) -> float | None:
+        if self._file is None:
+            return self._token
         try:
-            return self._file.stat().st_mtime if self._file is not None else None
-        except OSError:
-            return None
+            read = Settings.read_token_file(self._file)
+        except ValueError as exc:
+            if self._problem != str(exc):
+                self._problem = str(exc)  # warned once per distinct failure
+                # Keep the last good token: a half-written or vanished file must not lock
+                # out Alertmanager, nor open the endpoint.
+                _log.warning("webhook token not reloaded: %s", exc)
+            return self._token
+        self._problem = None
+        if read != self._token:
+            self._token = read
+            _log.info("webhook token reloaded from %s", self._file)
+        return self._token
 
 
 @dataclass
@@ -314,7 +319,10 @@ def _bearer_matches(header: str, token: str) -> bool:
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates; encode them back the
+    # same way, so such a header is a wrong token (401), never an encoding error (500).
+    presented = credentials.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(presented, token.encode())
 
 
 def _invalid_payload(exc: ValidationError) -> web.Response:
