@@ -31,6 +31,12 @@ def app(registry: AgentRegistry) -> web.Application:
     return create_app(InProcessSource(registry), Settings(webhook_token="t0ken"))
 
 
+def sample(text: str, name: str) -> float:
+    """The value of the one unlabelled sample `name` in a text scrape."""
+    (value,) = [s.value for f in parse_text(text) for s in f.samples if s.name == name]
+    return value
+
+
 def totals(text: str, *, openmetrics: bool = False) -> tuple[float, float, float]:
     """(agents total, sum of per-user agents, users total) as scraped."""
     parse = parse_om if openmetrics else parse_text
@@ -76,12 +82,7 @@ class TestMetricsEndpoint:
         client = await aiohttp_client(app)
         await client.get("/metrics")
         text = await (await client.get("/metrics")).text()
-        (value,) = [
-            s.value
-            for f in parse_text(text)
-            for s in f.samples
-            if s.name == "agent_registry_exporter_scrape_duration_seconds"
-        ]
+        value = sample(text, "agent_registry_exporter_scrape_duration_seconds")
         assert 0 < value < 5
 
     async def test_scraping_during_churn_is_always_consistent(
@@ -172,13 +173,7 @@ class TestNeverBlind:
 
         source.extra.clear()
         text = await (await client.get("/metrics")).text()
-        (failures,) = [
-            s.value
-            for f in parse_text(text)
-            for s in f.samples
-            if s.name == "agent_registry_exporter_render_failures_total"
-        ]
-        assert failures == 1
+        assert sample(text, "agent_registry_exporter_render_failures_total") == 1
         assert (await client.get("/-/ready")).status == 200
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -310,6 +311,21 @@ class TestObservability:
         assert "wrong" not in everything
 
 
+async def token_file_webhook(
+    aiohttp_client, registry: AgentRegistry, token_file: Path
+) -> Callable[[str], Awaitable[int]]:
+    """A webhook reading its token from `token_file`; returns `status_with(token)`."""
+    app = create_app(InProcessSource(registry), Settings(webhook_token_file=token_file))
+    client = await aiohttp_client(app)
+    body = (WEBHOOK / "healthy-again.json").read_bytes()
+
+    async def status_with(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        return (await client.post("/webhook/alertmanager", data=body, headers=headers)).status
+
+    return status_with
+
+
 class TestTokenRotation:
     async def test_rotated_token_file_is_picked_up(
         self, aiohttp_client, registry, users, tmp_path, caplog
@@ -317,13 +333,7 @@ class TestTokenRotation:
         """A new token in the file replaces the old one; a vanished file keeps the last good one."""
         token_file = tmp_path / "token"
         token_file.write_text("first\n")
-        app = create_app(InProcessSource(registry), Settings(webhook_token_file=token_file))
-        client = await aiohttp_client(app)
-        body = (WEBHOOK / "healthy-again.json").read_bytes()
-
-        async def status_with(token: str) -> int:
-            headers = {"Authorization": f"Bearer {token}"}
-            return (await client.post("/webhook/alertmanager", data=body, headers=headers)).status
+        status_with = await token_file_webhook(aiohttp_client, registry, token_file)
 
         assert await status_with("first") == 200
         token_file.write_text("second\n")
@@ -347,13 +357,7 @@ class TestTokenRotation:
         token_file = tmp_path / "token"
         token_file.write_text("alpha-1\n")
         before = token_file.stat()
-        app = create_app(InProcessSource(registry), Settings(webhook_token_file=token_file))
-        client = await aiohttp_client(app)
-        body = (WEBHOOK / "healthy-again.json").read_bytes()
-
-        async def status_with(token: str) -> int:
-            headers = {"Authorization": f"Bearer {token}"}
-            return (await client.post("/webhook/alertmanager", data=body, headers=headers)).status
+        status_with = await token_file_webhook(aiohttp_client, registry, token_file)
 
         assert await status_with("alpha-1") == 200
         token_file.write_text("alpha-2\n")
