@@ -26,6 +26,8 @@ from .remediation import (
     Remediator,
     WebhookPayload,
 )
+from .serving import BoundedRunner, ConnectionLimiter, refuse_encoded_bodies
+from .serving.limits import LISTEN_BACKLOG, descriptor_bound
 from .settings import ENV_PREFIX, Settings
 from .sources import InProcessSource, RegistrySource, WorkerSources
 
@@ -85,6 +87,7 @@ REMEDIATOR = web.AppKey("remediator", Remediator)
 _AUTH = web.AppKey("webhook_auth", _WebhookAuth)
 _RENDER_SLOTS = web.AppKey("render_slots", asyncio.Semaphore)
 _RENDER_HEALTH = web.AppKey("render_health", _RenderHealth)
+_CONNECTIONS = web.AppKey("connections", ConnectionLimiter)
 
 
 def create_app(
@@ -121,9 +124,12 @@ def create_app(
         if on_decision is not None:
             on_decision(decision)
 
+    connections = ConnectionLimiter(descriptor_bound(settings.max_connections))
     app = web.Application(
-        client_max_size=settings.webhook_max_body_bytes, middlewares=[_json_errors]
+        client_max_size=settings.webhook_max_body_bytes,
+        middlewares=[connections.track, refuse_encoded_bodies, _json_errors],
     )
+    app[_CONNECTIONS] = connections
     app[SOURCE] = source
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -281,10 +287,16 @@ async def _webhook_response(request: web.Request) -> web.Response:
     limit = request.app[SETTINGS].webhook_max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _error(413, f"body of {request.content_length} bytes exceeds {limit} bytes")
+    deadline = request.app[SETTINGS].body_timeout_seconds
     try:
-        body = await request.read()
+        async with asyncio.timeout(deadline):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body exceeds {limit} bytes")
+    except TimeoutError:
+        slow = _error(408, f"body not received within body_timeout_seconds={deadline:g}")
+        slow.force_close()
+        return slow
 
     try:
         payload = WebhookPayload.model_validate_json(body)
@@ -353,9 +365,21 @@ class ExporterServer:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        settings = self.app[SETTINGS]
+        runner = BoundedRunner(
+            self.app,
+            self.app[_CONNECTIONS],
+            access_log=None,
+            handle_signals=False,
+            # Never inflate a request body: an unread one is drained as wire bytes.
+            auto_decompress=False,
+            # aiohttp closes a connection still waiting for a complete request after this,
+            # counted from connecting or from its previous answer: slow headers, idle peers.
+            keepalive_timeout=settings.idle_timeout_seconds,
+            shutdown_timeout=settings.shutdown_grace_seconds,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port)
+        site = web.TCPSite(runner, self.host, self._requested_port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except OSError:
@@ -363,7 +387,7 @@ class ExporterServer:
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
-        instance = self.app[SETTINGS].instance if SETTINGS in self.app else None
+        instance = settings.instance
         _log.info("exporter listening on %s as instance %s", self.url, instance or "(unset)")
 
     async def stop(self) -> None:

@@ -27,6 +27,27 @@ class Settings(BaseSettings):
 
     listen_host: str = Field(default="0.0.0.0", min_length=1)
     listen_port: int = Field(default=8464, ge=0, le=65535)
+    max_connections: int = Field(
+        default=256,
+        gt=0,
+        description="open connections at most (also capped at half the process's file"
+        " descriptor limit); past it the oldest connection not serving a request is closed",
+    )
+    idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a connection must complete a request's headers within this of connecting"
+        " or of its previous answer: bounds slow headers and idle keep-alive alike",
+    )
+    body_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a webhook body must arrive within this (else 408)"
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="on SIGTERM or stop(): how long in-flight and background cleanups may"
+        " still run; each one unfinished then is logged with its user and agents left",
+    )
     max_user_series: int = Field(default=10_000, gt=0)
     export_session_age: bool = Field(
         default=True,
