@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
+from agent_registry_exporter import SidecarSource
 from agent_registry_exporter.demo.fleet import LocalFleet, Replica
 from agent_registry_exporter.remediation import HOP_HEADER
 
-from .conftest import RecordingAgent, add_agents
+from .conftest import RecordingAgent, add_agents, serving_workers
 from .test_remediation import payload
 
 TOKEN = "fleet-t0ken"
@@ -248,3 +249,31 @@ class TestIdentity:
         for decision in answer["alerts"]:
             assert fleet["a"].address in decision["detail"], decision
             assert fleet["b"].address in decision["detail"], decision
+
+
+class TestSidecarMode:
+    async def test_worker_alert_is_forwarded_and_cleaned_on_that_worker(
+        self, fleet, socket_dir
+    ) -> None:
+        """b is a sidecar over two workers: a forwards b's alert, b cleans the worker it names."""
+        async with serving_workers(socket_dir, "w1", "w2") as workers:
+            sidecar = SidecarSource(socket_dir, timeout=5.0)
+            await fleet["b"].stop()
+            fleet["b"].source = sidecar
+            await fleet["b"].start()
+            on_w1 = await add_agents(workers["w1"], "leaky", 60)
+            on_w2 = await add_agents(workers["w2"], "leaky", 60)
+            body = payload("leaky", instance=fleet["b"].address)
+            alert = body.alerts[0]
+            alert = alert.model_copy(update={"labels": {**alert.labels, "worker": "w2"}})
+            text = body.model_copy(update={"alerts": [alert]}).model_dump_json(by_alias=True)
+            try:
+                status, answer = await fleet.post("a", text)
+            finally:
+                await sidecar.close()
+
+        assert status == 200
+        (decision,) = answer["alerts"]
+        assert (decision["outcome"], decision["peer_outcome"]) == ("forwarded", "cleaned")
+        assert decision["worker"] == "w2"
+        assert (closes(on_w2), closes(on_w1)) == ({1}, {0})

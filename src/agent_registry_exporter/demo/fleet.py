@@ -20,7 +20,7 @@ from ..registry import AgentRegistry
 from ..remediation import Decision
 from ..server import ExporterServer, create_app
 from ..settings import Settings
-from ..sources import InProcessSource
+from ..sources import InProcessSource, RegistrySource
 
 __all__ = ["LocalFleet", "Replica", "RoundRobinProxy", "free_port_on"]
 
@@ -128,11 +128,13 @@ class RoundRobinProxy:
 
 @dataclass
 class Replica:
-    """One exporter replica with its own registry; decisions recorded with their time."""
+    """One exporter replica with its own registry (or `source`, e.g. a sidecar's);
+    decisions recorded with their time."""
 
     address: str
     settings: Settings
     registry: AgentRegistry = field(default_factory=AgentRegistry)
+    source: RegistrySource | None = None
     decisions: list[tuple[float, Decision]] = field(default_factory=list)
     server: ExporterServer | None = None
 
@@ -140,7 +142,8 @@ class Replica:
         def record(decision: Decision) -> None:
             self.decisions.append((time.monotonic(), decision))
 
-        app = create_app(InProcessSource(self.registry), self.settings, on_decision=record)
+        source = self.source or InProcessSource(self.registry)
+        app = create_app(source, self.settings, on_decision=record)
         host, port = self.address.rsplit(":", 1)
         self.server = ExporterServer(app, host, int(port))
         await self.server.start()
