@@ -36,12 +36,15 @@ class FakePeer:
 async def make_forwarder():
     made: list[Forwarder] = []
 
-    def factory(timeout: float = 5.0, max_response_bytes: int = 1 << 20) -> Forwarder:
+    def factory(
+        timeout: float = 5.0, max_request_bytes: int = 1 << 20, max_response_bytes: int = 1 << 20
+    ) -> Forwarder:
         forwarder = Forwarder(
             OWN,
             path="/webhook/alertmanager",
             token=lambda: TOKEN,
             timeout_seconds=timeout,
+            max_request_bytes=max_request_bytes,
             max_response_bytes=max_response_bytes,
         )
         made.append(forwarder)
@@ -123,6 +126,38 @@ class TestSuccess:
         sent = json.loads(body)
         assert [a["labels"]["user_id"] for a in sent["alerts"]] == ["u1", "u2"]
         assert [a["startsAt"] for a in sent["alerts"]] == ["2026-11-27T20:07:48.840000Z"] * 2
+
+
+class TestBodyLimit:
+    async def test_batch_over_the_peers_body_limit_is_split(
+        self, aiohttp_server, make_forwarder, registry
+    ) -> None:
+        """Ten alerts that do not fit one request reach the owner in several, all decided."""
+        users = [f"leaky-{n}" for n in range(10)]
+        made = [await add_agents(registry, user, 60) for user in users]
+        peer = await exporter_peer(aiohttp_server, registry, webhook_max_body_bytes=2000)
+        alerts = payload(*users, instance=peer)
+
+        decisions = await make_forwarder(max_request_bytes=2000).forward(
+            peer, alerts, alerts.alerts
+        )
+
+        assert [d.user_id for d in decisions] == users
+        assert {d.peer_outcome for d in decisions} == {Outcome.CLEANED}
+        assert all(closes == {1} for closes in ({a.closes for a in m} for m in made))
+
+    async def test_alert_too_big_alone_is_an_error_not_a_request(
+        self, fake_peer, make_forwarder
+    ) -> None:
+        """Nothing is sent that the peer would refuse anyway."""
+        address, peer = await fake_peer(answering(200, "{}"))
+        alerts = payload("leaky", instance=address)
+        (decision,) = await make_forwarder(max_request_bytes=100).forward(
+            address, alerts, alerts.alerts
+        )
+        assert decision.outcome is Outcome.ERROR
+        assert "exceeds 100 bytes" in decision.detail
+        assert peer.requests == []
 
 
 class TestPeerFailures:

@@ -127,6 +127,27 @@ class TestForwarding:
         assert all(closes(agents) == {1} for agents in made.values())
         assert [fleet[n].outcomes(f"user-{n}") for n in "bc"] == [["cleaned"], ["cleaned"]]
 
+    async def test_storm_for_every_replica_keeps_order_and_cleans_each_once(self, fleet) -> None:
+        """60 alerts interleaved over a, b, c (within each one's burst and breaker), one post."""
+        made: dict[str, list[RecordingAgent]] = {}
+        alerts = []
+        for n in range(20):
+            for name in "abc":
+                user = f"{name}-leak-{n:02d}"
+                made[user] = await add_agents(fleet[name].registry, user, 60)
+                await add_agents(fleet[name].registry, f"{name}-calm-{n:02d}", 5)
+                alerts.extend(payload(user, instance=fleet[name].address).alerts)
+        body = payload("x").model_copy(update={"alerts": alerts}).model_dump_json(by_alias=True)
+
+        status, answer = await fleet.post("a", body)
+
+        assert status == 200
+        assert [a["user_id"] for a in answer["alerts"]] == list(made)
+        assert {a.get("peer_outcome", a["outcome"]) for a in answer["alerts"]} == {"cleaned"}
+        assert all(closes(agents) == {1} for agents in made.values())
+        for name in "abc":
+            assert fleet[name].outcomes(f"{name}-leak-00") == ["cleaned"]
+
 
 class TestNeverAnOpenRelay:
     async def test_forged_instance_is_never_contacted(self, fleet) -> None:

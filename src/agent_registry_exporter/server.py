@@ -161,6 +161,7 @@ def _router(settings: Settings, auth: _WebhookAuth) -> InstanceRouter:
         path=WEBHOOK_PATH,
         token=auth.token,
         timeout_seconds=settings.forward_timeout_seconds,
+        max_request_bytes=settings.webhook_max_body_bytes,  # every peer shares our limit
         # A peer answers one short decision per alert it was sent: bounded like a request.
         max_response_bytes=2 * settings.webhook_max_body_bytes,
     )

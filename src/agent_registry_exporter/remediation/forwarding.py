@@ -59,6 +59,7 @@ class Forwarder:
         path: str,
         token: Callable[[], str | None],
         timeout_seconds: float,
+        max_request_bytes: int,
         max_response_bytes: int,
         scheme: str = "http",
         ssl_context: ssl.SSLContext | None = None,
@@ -67,6 +68,7 @@ class Forwarder:
         self._path = path
         self._token = token
         self._timeout = timeout_seconds
+        self._max_request_bytes = max_request_bytes
         self._max_response_bytes = max_response_bytes
         self._scheme = scheme
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
@@ -75,10 +77,21 @@ class Forwarder:
     async def forward(
         self, peer: str, payload: WebhookPayload, alerts: Sequence[Alert]
     ) -> list[Decision]:
-        """One decision per alert, in order; never raises (a failure is a decision)."""
+        """One decision per alert, in order; never raises (a failure is a decision).
+
+        Alerts go in as few requests as the peer's body limit (taken to be ours) allows.
+        """
+        chunks = _split(payload, list(alerts), self._max_request_bytes)
+        results = await asyncio.gather(*(self._forward(peer, *chunk) for chunk in chunks))
+        return [decision for result in results for decision in result]
+
+    async def _forward(self, peer: str, alerts: list[Alert], body: bytes | None) -> list[Decision]:
         started = time.perf_counter()
         try:
-            answers = await self._post(peer, payload, alerts)
+            if body is None:
+                limit = self._max_request_bytes
+                raise _Failure(Outcome.ERROR, f"the alert alone exceeds {limit} bytes")
+            answers = await self._post(peer, body, alerts)
         except _Failure as failure:
             detail = f"forwarding from {self.own_instance} to {peer} failed: {failure.detail}"
             decisions = [decision_for(a, failure.outcome, detail) for a in alerts]
@@ -114,9 +127,7 @@ class Forwarder:
             )
         return self._session
 
-    async def _post(
-        self, peer: str, payload: WebhookPayload, alerts: Sequence[Alert]
-    ) -> list[_PeerDecision]:
+    async def _post(self, peer: str, body: bytes, alerts: Sequence[Alert]) -> list[_PeerDecision]:
         headers = {
             hdrs.CONTENT_TYPE: "application/json",
             hdrs.ACCEPT_ENCODING: "identity",
@@ -129,7 +140,7 @@ class Forwarder:
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._client().post(
-                    url, data=_body(payload, alerts), headers=headers, allow_redirects=False
+                    url, data=body, headers=headers, allow_redirects=False
                 ) as resp:
                     status = resp.status
                     text = await self._read_bounded(resp)
@@ -174,6 +185,19 @@ def _body(payload: WebhookPayload, alerts: Sequence[Alert]) -> bytes:
         "alerts": [a.model_dump(mode="json", by_alias=True) for a in alerts],
     }
     return json.dumps(document).encode()
+
+
+def _split(
+    payload: WebhookPayload, alerts: list[Alert], limit: int
+) -> list[tuple[list[Alert], bytes | None]]:
+    """(alerts, body) per request, each body within `limit`; None for an alert too big alone."""
+    body = _body(payload, alerts)
+    if len(body) <= limit:
+        return [(alerts, body)]
+    if len(alerts) == 1:
+        return [(alerts, None)]
+    half = len(alerts) // 2
+    return _split(payload, alerts[:half], limit) + _split(payload, alerts[half:], limit)
 
 
 def _parse(text: bytes, alerts: Sequence[Alert]) -> list[_PeerDecision] | None:
