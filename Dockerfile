@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# The exporter as a sidecar image: `agent-registry-exporter sidecar` by default.
+# The same Python as `make test`, whose tests/test_container.py repeats these build and run
+# steps without an engine (build the wheel, install it into a clean environment, run it).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+# Only what the wheel is built from (.dockerignore keeps the rest out of the context).
+COPY pyproject.toml README.md LICENSE ./
+COPY src/ src/
+# The project and every runtime dependency as wheels: the runtime stage needs no index.
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+# VERSION must equal pyproject's version (a test checks); SOURCE is the repository URL.
+ARG VERSION=0.1.0
+ARG SOURCE=""
+LABEL org.opencontainers.image.title="agent-registry-exporter" \
+      org.opencontainers.image.description="Prometheus exporter and Alertmanager cleanup receiver for multi-user AI-agent backends" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# The wheels are mounted, not copied: no layer keeps them. Bytecode is compiled here, once,
+# because the root filesystem is read-only at run time.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m pip install --no-cache-dir --no-index --find-links=/wheels \
+        "agent-registry-exporter==${VERSION}"
+# Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd entry.
+USER 65532:65532
+EXPOSE 8464
+ENTRYPOINT ["agent-registry-exporter"]
+CMD ["sidecar"]
