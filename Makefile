@@ -32,6 +32,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -41,11 +42,12 @@ pytest: $(STAMP) tools
 
 test: lint typecheck pytest
 
-# Regenerate the committed artefacts (rules, Alertmanager example, dashboard).
+# Regenerate the committed artefacts (rules, Alertmanager example, dashboard, Kubernetes manifests).
 rules: $(STAMP)
 	$(BIN)/agent-registry-exporter rules > alerts/agent-registry.rules.yml
 	$(BIN)/agent-registry-exporter alertmanager-config > alerts/alertmanager.example.yml
 	$(BIN)/agent-registry-exporter dashboard > grafana/agent-registry.json
+	$(BIN)/agent-registry-exporter kubernetes --output-dir deploy/kubernetes
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scrape.py

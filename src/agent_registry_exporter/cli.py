@@ -1,4 +1,4 @@
-"""The `agent-registry-exporter` command: serve, sidecar, rules, demo."""
+"""The `agent-registry-exporter` command: serve, sidecar, rules, kubernetes, demo."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from . import __version__
 from .artifacts import (
+    KubernetesOptions,
     RuleOptions,
     render_alertmanager_yaml,
+    render_kubernetes_files,
     render_rules_yaml,
 )
 from .lifecycle import Thresholds
@@ -76,6 +79,62 @@ def _threshold_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--total-agents", type=int, help="agents one registry may hold (500)")
 
 
+def _rule_options(parser: argparse.ArgumentParser) -> None:
+    _threshold_options(parser)
+    defaults = RuleOptions()
+    for name in (f.name for f in fields(RuleOptions) if f.name.startswith("for_")):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            default=getattr(defaults, name),
+            help="`for:` of that alert, at most 10m (%(default)s)",
+        )
+    parser.add_argument(
+        "--job", default=defaults.job, help="scrape job of the exporter (%(default)s)"
+    )
+
+
+def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
+    defaults = KubernetesOptions()
+    parser.add_argument(
+        "--output-dir", default="deploy/kubernetes", help="where to write (%(default)s)"
+    )
+    for name, help_ in (
+        ("namespace", "namespace of your backend"),
+        ("deployment", "your backend's Deployment"),
+        ("backend_container", "its container that serves the registry sockets"),
+        ("image", "the exporter image"),
+        ("monitoring_namespace", "namespace of Prometheus and Alertmanager"),
+    ):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            default=getattr(defaults, name),
+            help=f"{help_} (%(default)s)",
+        )
+    parser.add_argument(
+        "--app-port",
+        type=int,
+        action="append",
+        dest="app_ports",
+        help="your backend's own port, left open by the NetworkPolicy (repeat; "
+        f"{', '.join(map(str, defaults.app_ports))})",
+    )
+
+
+def _kubernetes(args: argparse.Namespace, rules: RuleOptions) -> KubernetesOptions:
+    names = ("namespace", "deployment", "backend_container", "image", "monitoring_namespace")
+    chosen: dict[str, Any] = {name: getattr(args, name) for name in names}
+    if args.app_ports is not None:
+        chosen["app_ports"] = tuple(args.app_ports)
+    return KubernetesOptions(rules=rules, **chosen)
+
+
+def _write(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text, encoding="utf-8")
+    print(f"wrote {len(files)} files to {directory}")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-registry-exporter",
@@ -98,17 +157,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     rules = commands.add_parser("rules", help="print the Prometheus alert rules as YAML")
-    _threshold_options(rules)
-    defaults = RuleOptions()
-    for name in (f.name for f in fields(RuleOptions) if f.name.startswith("for_")):
-        rules.add_argument(
-            f"--{name.replace('_', '-')}",
-            default=getattr(defaults, name),
-            help="`for:` of that alert, at most 10m (%(default)s)",
-        )
-    rules.add_argument(
-        "--job", default=defaults.job, help="scrape job of the exporter (%(default)s)"
+    _rule_options(rules)
+
+    kubernetes = commands.add_parser(
+        "kubernetes", help="write the Kubernetes manifests (deploy/kubernetes/) into a directory"
     )
+    _rule_options(kubernetes)
+    _kubernetes_options(kubernetes)
 
     commands.add_parser(
         "dashboard", help="print the Grafana dashboard JSON (needs the dashboard extra)"
@@ -214,8 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         settings, thresholds = _load(args)
-        if args.command == "rules":
+        if args.command in ("rules", "kubernetes"):
             options = RuleOptions(**{f.name: getattr(args, f.name) for f in fields(RuleOptions)})
+        if args.command == "kubernetes":
+            kubernetes = _kubernetes(args, options)
     except ValidationError as exc:
         print(describe_validation_error(exc), file=sys.stderr)
         return 2
@@ -225,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "rules":
         sys.stdout.write(render_rules_yaml(thresholds, options))
+        return 0
+    if args.command == "kubernetes":
+        _write(Path(args.output_dir), render_kubernetes_files(thresholds, kubernetes))
         return 0
     if args.command == "dashboard":
         return _print_dashboard()

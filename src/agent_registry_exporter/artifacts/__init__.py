@@ -1,4 +1,5 @@
-"""What is rendered as code and committed: alert rules, Alertmanager route, Grafana dashboard.
+"""What is rendered as code and committed: alert rules, Alertmanager route, Grafana dashboard,
+Kubernetes manifests.
 
 The dashboard (`artifacts.dashboard`) is not imported here: it needs Grafana's SDK, the optional
 `dashboard` extra, which serving metrics never does.
@@ -9,14 +10,18 @@ from .alertmanager_route import (
     render_alertmanager_config,
     render_alertmanager_yaml,
 )
+from .kubernetes import KubernetesOptions, render_kubernetes, render_kubernetes_files
 from .rules import GROUP_NAME, RuleOptions, render_rules, render_rules_yaml
 
 __all__ = [
     "GROUP_NAME",
     "AlertmanagerRoute",
+    "KubernetesOptions",
     "RuleOptions",
     "render_alertmanager_config",
     "render_alertmanager_yaml",
+    "render_kubernetes",
+    "render_kubernetes_files",
     "render_rules",
     "render_rules_yaml",
 ]

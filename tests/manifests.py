@@ -1,0 +1,112 @@
+"""Helpers for the Kubernetes tests: committed manifests, kubectl offline, CRD schemas."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy" / "kubernetes"
+DATA = Path(__file__).parent / "data"
+CRDS = DATA / "crds"
+BACKEND_DEPLOYMENT = DATA / "kubernetes" / "backend-deployment.yaml"
+# The oldest Kubernetes still common in clusters, and the newest kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+
+def committed() -> dict[str, dict[str, Any]]:
+    """deploy/kubernetes/*.yaml as data, by file name."""
+    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(DEPLOY.glob("*.yaml"))}
+
+
+def drifted(files: dict[str, str], directory: Path = DEPLOY) -> list[str]:
+    """The file names whose committed text differs from `files` (missing or extra included)."""
+    on_disk = {p.name: p.read_text() for p in directory.glob("*.yaml")}
+    return sorted(n for n in on_disk.keys() | files.keys() if on_disk.get(n) != files.get(n))
+
+
+def kubectl(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """kubectl with no cluster: only offline subcommands (`kustomize`, `patch --local`)."""
+    path = shutil.which("kubectl")
+    assert path, "kubectl (with its built-in kustomize) is part of this machine's image"
+    env = {**os.environ, "KUBECONFIG": os.devnull}
+    return subprocess.run(
+        [path, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
+    )
+
+
+def patched_deployment(patch: Path) -> dict[str, Any]:
+    """The example backend Deployment after the README's `kubectl patch` (strategic merge)."""
+    done = kubectl(
+        "patch", "--local", "-f", BACKEND_DEPLOYMENT, "--type", "strategic",
+        "--patch-file", patch, "-o", "yaml",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = yaml.safe_load(done.stdout)
+    return result
+
+
+def validate_core(manifest: dict[str, Any]) -> None:
+    """Strict validation (unknown fields are errors) against every version we support."""
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+class KubeLoader(yaml.SafeLoader):
+    """YAML as Kubernetes tools write it: a plain `=` (a matcher, an enum value) is text,
+    not YAML 1.1's `value` tag."""
+
+
+KubeLoader.add_constructor(
+    "tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node)
+)
+
+
+def load_kube(text: str) -> list[Any]:
+    """Every document in `text`, read with KubeLoader."""
+    return list(yaml.load_all(text, Loader=KubeLoader))
+
+
+def _strict(schema: Any) -> Any:
+    """Like the API server's pruning made loud: an unknown field is an error, not dropped."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if (
+        out.get("type") == "object"
+        and isinstance(out.get("properties"), dict)
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> the strict openAPIV3Schema of that served version."""
+    schemas = {}
+    for path in CRDS.glob("*.yaml"):
+        (crd,) = load_kube(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version["served"]:
+                schema = _strict(version["schema"]["openAPIV3Schema"])
+                schemas[(f"{group}/{version['name']}", kind)] = schema
+    return schemas
+
+
+def validate_custom(manifest: dict[str, Any]) -> None:
+    """Validate a custom resource against its CRD's schema (jsonschema.ValidationError)."""
+    schema = crd_schemas()[(manifest["apiVersion"], manifest["kind"])]
+    jsonschema.Draft7Validator(schema).validate(manifest)

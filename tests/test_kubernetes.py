@@ -1,0 +1,447 @@
+"""Kubernetes manifests: rendered from code, committed without drift, validated offline."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from agent_registry_exporter import Settings, Thresholds
+from agent_registry_exporter.artifacts.kubernetes import (
+    FILES,
+    JOB_LABEL,
+    KubernetesOptions,
+    render_kubernetes,
+    render_kubernetes_files,
+)
+from agent_registry_exporter.cli import main
+
+from .manifests import (
+    BACKEND_DEPLOYMENT,
+    DEPLOY,
+    ROOT,
+    committed,
+    drifted,
+    kubectl,
+    load_kube,
+    patched_deployment,
+    validate_core,
+    validate_custom,
+)
+
+ALERTS = ROOT / "alerts"
+CORE = ("service.yaml", "peers-service.yaml", "networkpolicy.yaml", "secret.example.yaml")
+CUSTOM = (
+    "podmonitor.yaml",
+    "servicemonitor.yaml",
+    "prometheusrule.yaml",
+    "alertmanagerconfig.yaml",
+)
+PORT = Settings().listen_port
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, dict[str, Any]]:
+    return committed()
+
+
+@pytest.fixture(scope="module")
+def deployment() -> dict[str, Any]:
+    """The example backend Deployment with the committed patch applied by kubectl."""
+    return patched_deployment(DEPLOY / "deployment-patch.yaml")
+
+
+def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == name]
+    return found
+
+
+def env(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def containers_without_image(deployment: dict[str, Any]) -> list[str]:
+    return [c["name"] for c in pod_spec(deployment)["containers"] if not c.get("image")]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+class TestRendering:
+    def test_committed_manifests_equal_the_default_rendering(self) -> None:
+        """deploy/kubernetes/ holds exactly what `make rules` writes, file for file."""
+        assert drifted(render_kubernetes_files(Thresholds())) == []
+        assert sorted(p.name for p in DEPLOY.glob("*.yaml")) == sorted(FILES)
+
+    def test_a_changed_threshold_changes_the_prometheus_rule_and_the_drift_check_names_it(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Another agents_per_user reaches the PrometheusRule, so the drift test above fails."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_AGENTS_PER_USER", "51")
+        assert main(["kubernetes", "--output-dir", str(tmp_path)]) == 0
+        written = {p.name: p.read_text() for p in tmp_path.iterdir()}
+        assert drifted(written) == ["prometheusrule.yaml"]
+        rule = yaml.safe_load(written["prometheusrule.yaml"])
+        exprs = [r["expr"] for r in rule["spec"]["groups"][0]["rules"]]
+        assert "agent_registry_user_agents > 51" in exprs
+
+    def test_cli_writes_the_committed_files(self, tmp_path: Path, capsys) -> None:
+        """`agent-registry-exporter kubernetes --output-dir DIR` with defaults: no drift."""
+        assert main(["kubernetes", "--output-dir", str(tmp_path / "k")]) == 0
+        assert drifted({p.name: p.read_text() for p in (tmp_path / "k").iterdir()}) == []
+        assert f"wrote {len(FILES)} files" in capsys.readouterr().out
+
+    def test_cli_options_reach_the_manifests(self, tmp_path: Path) -> None:
+        """Namespace, Deployment, container, image, ports and job end up where they belong."""
+        argv = [
+            "kubernetes", "--output-dir", str(tmp_path), "--namespace", "team-a",
+            "--deployment", "api", "--backend-container", "app", "--image", "reg.example/are:9",
+            "--app-port", "9000", "--app-port", "9001", "--job", "agents",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        out = {p.name: yaml.safe_load(p.read_text()) for p in tmp_path.iterdir()}
+        patch = out["deployment-patch.yaml"]
+        assert patch["metadata"] == {"name": "api", "namespace": "team-a"}
+        names = [c["name"] for c in patch["spec"]["template"]["spec"]["containers"]]
+        assert names == ["app", "agent-registry-exporter"]
+        assert patch["spec"]["template"]["spec"]["containers"][1]["image"] == "reg.example/are:9"
+        ingress = out["networkpolicy.yaml"]["spec"]["ingress"]
+        ports = [p["port"] for rule in ingress for p in rule["ports"]]
+        assert ports == [PORT, 9000, 9001]
+        assert patch["spec"]["template"]["metadata"]["labels"] == {JOB_LABEL: "agents"}
+        hook = out["alertmanagerconfig.yaml"]["spec"]["receivers"][0]["webhookConfigs"][0]
+        assert hook["url"].startswith("http://agent-registry-exporter.team-a.svc:")
+        assert {m["metadata"]["namespace"] for n, m in out.items() if "metadata" in m} == {"team-a"}
+
+    @pytest.mark.parametrize(
+        ("argv", "message"),
+        [
+            (["--namespace", "Team_A"], "namespace='Team_A' is not a Kubernetes name"),
+            (["--app-port", str(PORT)], f"app port {PORT} must be 1-65535 and not"),
+            (["--app-port", "70000"], "app port 70000"),
+            (["--for-exporter-down", "1h"], "for_exporter_down"),
+        ],
+    )
+    def test_cli_refuses_bad_options(
+        self, tmp_path: Path, capsys, argv: list[str], message: str
+    ) -> None:
+        """A bad option exits 2 naming it, and writes nothing."""
+        assert main(["kubernetes", "--output-dir", str(tmp_path / "k"), *argv]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "k").exists()
+
+
+class TestKubernetesSchemas:
+    @pytest.mark.parametrize("name", CORE)
+    def test_core_manifest_validates_strictly(self, manifests, name: str) -> None:
+        """Service, headless Service, NetworkPolicy, Secret: valid, no unknown field."""
+        validate_core(manifests[name])
+
+    def test_patched_deployment_validates_strictly(self, deployment) -> None:
+        """The user's Deployment after `kubectl patch` is a valid Deployment."""
+        validate_core(deployment)
+        # The schema leaves `image` optional (controllers may fill it); the API server does not.
+        assert containers_without_image(deployment) == []
+
+    def test_patch_keeps_the_users_container_and_adds_the_sidecar(self, deployment) -> None:
+        """Strategic merge: the backend keeps image, ports and env, and gains the socket dir."""
+        backend = container(deployment, "backend")
+        assert backend["image"] == "registry.example/agent-backend:1.4.2"
+        assert env(backend)["BACKEND_WORKERS"] == "4"
+        assert sorted(c["name"] for c in pod_spec(deployment)["containers"]) == [
+            "agent-registry-exporter",
+            "backend",
+        ]
+        assert pod_labels(deployment)["app.kubernetes.io/name"] == "agent-backend"
+
+    def test_patch_naming_a_missing_container_is_caught(self, tmp_path: Path) -> None:
+        """A wrong --backend-container adds an image-less container, which the check finds."""
+        wrong = render_kubernetes_files(Thresholds(), KubernetesOptions(backend_container="api"))
+        patch = tmp_path / "patch.yaml"
+        patch.write_text(wrong["deployment-patch.yaml"])
+        assert containers_without_image(patched_deployment(patch)) == ["api"]
+
+    def test_an_unknown_field_fails_strict_validation(self, manifests) -> None:
+        """The strict mode is on: a misspelt field is an error, not silently dropped."""
+        service = copy.deepcopy(manifests["service.yaml"])
+        service["spec"]["clusterIp"] = "None"
+        with pytest.raises(kubernetes_validate.ValidationError, match="clusterIp"):
+            validate_core(service)
+
+    def test_kustomize_builds_exactly_the_applied_resources(self, manifests) -> None:
+        """`kubectl kustomize` (what `apply -k` runs) builds every listed file, labelled."""
+        done = kubectl("kustomize", DEPLOY)
+        assert done.returncode == 0, done.stderr
+        built = load_kube(done.stdout)
+        listed = manifests["kustomization.yaml"]["resources"]
+        assert sorted((b["kind"], b["metadata"]["name"]) for b in built) == sorted(
+            (manifests[n]["kind"], manifests[n]["metadata"]["name"]) for n in listed
+        )
+        for obj in built:
+            assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == (
+                "agent-registry-exporter"
+            )
+
+    def test_kustomization_leaves_out_the_patch_the_alternative_and_the_example(
+        self, manifests
+    ) -> None:
+        """`apply -k` never overwrites the real Secret nor scrapes twice."""
+        listed = set(manifests["kustomization.yaml"]["resources"])
+        assert listed == set(FILES) - {
+            "kustomization.yaml",
+            "deployment-patch.yaml",
+            "servicemonitor.yaml",
+            "secret.example.yaml",
+        }
+
+
+class TestCustomResources:
+    @pytest.mark.parametrize("name", CUSTOM)
+    def test_custom_resource_validates_against_its_crd(self, manifests, name: str) -> None:
+        """prometheus-operator 0.93's CRD schema accepts it, unknown fields refused."""
+        validate_custom(manifests[name])
+
+    @pytest.mark.parametrize(
+        ("name", "path", "value"),
+        [
+            ("podmonitor.yaml", ["spec", "joblabel"], JOB_LABEL),
+            ("alertmanagerconfig.yaml", ["spec", "route", "group_by"], ["alertname"]),
+            ("prometheusrule.yaml", ["spec", "groups", 0, "rules", 0, "for"], 300),
+            ("servicemonitor.yaml", ["spec", "endpoints", 0, "port"], 8464),
+        ],
+    )
+    def test_a_wrong_custom_resource_is_refused(
+        self, manifests, name: str, path: list[Any], value: Any
+    ) -> None:
+        """A misspelt field or a wrong type fails the CRD schema."""
+        broken = copy.deepcopy(manifests[name])
+        target = broken
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        with pytest.raises(jsonschema.ValidationError):
+            validate_custom(broken)
+
+
+class TestWiring:
+    def _down_job(self, manifests) -> str:
+        rules = manifests["prometheusrule.yaml"]["spec"]["groups"][0]["rules"]
+        (down,) = [r for r in rules if r["alert"] == "AgentRegistryExporterDown"]
+        match = re.fullmatch(r'up\{job="([^"]+)"\} == 0', down["expr"])
+        assert match, down["expr"]
+        return match[1]
+
+    def test_exporter_down_selects_the_job_the_pod_monitor_produces(
+        self, manifests, deployment
+    ) -> None:
+        """PodMonitor: job = the value of the pod label named by jobLabel."""
+        monitor = manifests["podmonitor.yaml"]["spec"]
+        assert selects(monitor["selector"]["matchLabels"], pod_labels(deployment))
+        assert pod_labels(deployment)[monitor["jobLabel"]] == self._down_job(manifests)
+
+    def test_service_monitor_produces_the_same_job_from_the_service_only(self, manifests) -> None:
+        """ServiceMonitor: job = the Service's jobLabel value; the peers Service is not scraped."""
+        monitor = manifests["servicemonitor.yaml"]["spec"]
+        service, peers = manifests["service.yaml"], manifests["peers-service.yaml"]
+        assert selects(monitor["selector"]["matchLabels"], service["metadata"]["labels"])
+        assert not selects(monitor["selector"]["matchLabels"], peers["metadata"]["labels"])
+        assert service["metadata"]["labels"][monitor["jobLabel"]] == self._down_job(manifests)
+        assert monitor["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+
+    def test_prometheus_rule_groups_are_the_committed_rule_file(self, manifests) -> None:
+        """spec.groups is exactly alerts/agent-registry.rules.yml."""
+        rule_file = yaml.safe_load((ALERTS / "agent-registry.rules.yml").read_text())
+        assert manifests["prometheusrule.yaml"]["spec"]["groups"] == rule_file["groups"]
+
+    def test_prometheus_rule_passes_promtool(self, manifests, tmp_path: Path) -> None:
+        """promtool accepts the rules as the operator hands them to Prometheus."""
+        groups = manifests["prometheusrule.yaml"]["spec"]["groups"]
+        (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is installed by `make test` (Debian package prometheus)"
+        done = subprocess.run(
+            [promtool, "check", "rules", str(tmp_path / "rules.yml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"SUCCESS: {len(groups[0]['rules'])} rules found" in done.stdout
+
+    def test_alertmanager_config_routes_like_the_example(self, manifests) -> None:
+        """Matchers, grouping and timers equal the cleanup route of alertmanager.example.yml."""
+        example = yaml.safe_load((ALERTS / "alertmanager.example.yml").read_text())
+        (native,) = [r for r in example["route"]["routes"] if r["receiver"] != "default"]
+        route = manifests["alertmanagerconfig.yaml"]["spec"]["route"]
+        assert [f'{m["name"]}{m["matchType"]}"{m["value"]}"' for m in route["matchers"]] == (
+            native["matchers"]
+        )
+        snake = {re.sub(r"([A-Z])", r"_\1", k).lower(): v for k, v in route.items()}
+        assert {k: v for k, v in snake.items() if k != "matchers"} == {
+            k: v for k, v in native.items() if k != "matchers"
+        }
+        (receiver,) = [r for r in example["receivers"] if r["name"] == native["receiver"]]
+        (hook,) = manifests["alertmanagerconfig.yaml"]["spec"]["receivers"][0]["webhookConfigs"]
+        (native_hook,) = receiver["webhook_configs"]
+        assert hook["sendResolved"] is native_hook["send_resolved"] is False
+        assert hook["maxAlerts"] == native_hook["max_alerts"]
+        assert hook["httpConfig"]["authorization"]["type"] == "Bearer"
+
+    def test_webhook_posts_to_the_service_with_the_token_the_sidecar_reads(
+        self, manifests, deployment
+    ) -> None:
+        """URL = the Service; one Secret key feeds Alertmanager and the sidecar's token file."""
+        service = manifests["service.yaml"]
+        (hook,) = manifests["alertmanagerconfig.yaml"]["spec"]["receivers"][0]["webhookConfigs"]
+        meta = service["metadata"]
+        assert hook["url"] == (
+            f"http://{meta['name']}.{meta['namespace']}.svc:{PORT}/webhook/alertmanager"
+        )
+        assert service["spec"]["ports"][0]["port"] == PORT
+        credentials = hook["httpConfig"]["authorization"]["credentials"]
+        secret = manifests["secret.example.yaml"]
+        assert credentials["name"] == secret["metadata"]["name"]
+        assert credentials["key"] in secret["stringData"]
+        sidecar = container(deployment, "agent-registry-exporter")
+        (volume,) = [v for v in pod_spec(deployment)["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == credentials["name"]
+        (mount,) = [m for m in sidecar["volumeMounts"] if m["name"] == volume["name"]]
+        assert "subPath" not in mount  # a subPath mount never sees a rotated Secret
+        token_file = env(sidecar)["AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN_FILE"]
+        assert token_file == f"{mount['mountPath']}/{credentials['key']}"
+
+    def test_instance_is_the_pod_ip_and_the_scraped_port(self, manifests, deployment) -> None:
+        """`instance` = $(POD_IP):8464, what Prometheus names this pod's target."""
+        sidecar = container(deployment, "agent-registry-exporter")
+        names = [e["name"] for e in sidecar["env"]]
+        instance = names.index("AGENT_REGISTRY_EXPORTER_INSTANCE")
+        assert names.index("POD_IP") < instance  # $(VAR) expands only earlier variables
+        assert env(sidecar)["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        (port,) = sidecar["ports"]
+        assert env(sidecar)["AGENT_REGISTRY_EXPORTER_INSTANCE"] == (
+            f"$(POD_IP):{port['containerPort']}"
+        )
+        assert port["containerPort"] == PORT
+        monitor = manifests["podmonitor.yaml"]["spec"]["podMetricsEndpoints"][0]
+        assert monitor["port"] == port["name"]
+
+    def test_peers_is_the_headless_service_of_the_same_pods(self, manifests, deployment) -> None:
+        """`peers` names a headless Service selecting exactly the patched pods."""
+        peers = manifests["peers-service.yaml"]
+        sidecar = container(deployment, "agent-registry-exporter")
+        assert env(sidecar)["AGENT_REGISTRY_EXPORTER_PEERS"] == peers["metadata"]["name"]
+        assert peers["spec"]["clusterIP"] == "None"
+        assert peers["spec"]["selector"] == manifests["service.yaml"]["spec"]["selector"]
+
+    def test_every_selector_picks_the_patched_pods(self, manifests, deployment) -> None:
+        """Services, monitors and the NetworkPolicy select by the label the patch adds."""
+        labels = pod_labels(deployment)
+        selectors = [
+            manifests["service.yaml"]["spec"]["selector"],
+            manifests["peers-service.yaml"]["spec"]["selector"],
+            manifests["podmonitor.yaml"]["spec"]["selector"]["matchLabels"],
+            manifests["networkpolicy.yaml"]["spec"]["podSelector"]["matchLabels"],
+        ]
+        for selector in selectors:
+            assert selector
+            assert selects(selector, labels)
+        original = yaml.safe_load(BACKEND_DEPLOYMENT.read_text())
+        assert not selects(selectors[0], pod_labels(original))
+
+    def test_only_prometheus_alertmanager_and_peers_reach_the_exporter_port(
+        self, manifests
+    ) -> None:
+        """Port 8464 admits three sources; the backend's own port stays open to all."""
+        spec = manifests["networkpolicy.yaml"]["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        exporter, app = spec["ingress"]
+        assert exporter["ports"] == [{"protocol": "TCP", "port": PORT}]
+        sources = exporter["from"]
+        assert [s["podSelector"]["matchLabels"] for s in sources[:2]] == [
+            {"app.kubernetes.io/name": "prometheus"},
+            {"app.kubernetes.io/name": "alertmanager"},
+        ]
+        for source in sources[:2]:
+            assert source["namespaceSelector"]["matchLabels"] == {
+                "kubernetes.io/metadata.name": "monitoring"
+            }
+        assert sources[2] == {"podSelector": spec["podSelector"]}  # peers: same namespace
+        assert "from" not in app
+        assert [p["port"] for p in app["ports"]] == [8080]
+
+    def test_sidecar_runs_restricted_with_probes_and_resources(self, deployment) -> None:
+        """Non-root, read-only root, no capabilities, RuntimeDefault seccomp, probes, limits."""
+        sidecar = container(deployment, "agent-registry-exporter")
+        context = sidecar["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] > 0
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert sidecar["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "exporter"}
+        assert sidecar["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "exporter"}
+        assert set(sidecar["resources"]["requests"]) == {"cpu", "memory"}
+        assert "memory" in sidecar["resources"]["limits"]
+
+    def test_backend_and_sidecar_share_the_socket_directory(self, deployment) -> None:
+        """One emptyDir, mounted at the socket dir both containers are told about."""
+        (volume,) = [v for v in pod_spec(deployment)["volumes"] if "emptyDir" in v]
+        for name in ("backend", "agent-registry-exporter"):
+            c = container(deployment, name)
+            (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+            assert env(c)["AGENT_REGISTRY_EXPORTER_SOCKET_DIR"] == mount["mountPath"]
+
+    def test_render_is_deterministic_data(self) -> None:
+        """render_kubernetes and the committed files agree object for object."""
+        assert render_kubernetes(Thresholds()) == committed()
+
+
+class TestReadme:
+    README = (ROOT / "README.md").read_text()
+
+    def _commands(self) -> list[str]:
+        (block,) = [
+            b for b in re.findall(r"```console\n(.*?)```", self.README, re.S) if "apply -k" in b
+        ]
+        return [line.removeprefix("$ ") for line in block.splitlines()]
+
+    def test_the_three_commands_name_the_rendered_objects(self, manifests) -> None:
+        """Secret, `apply -k` and patch: names, namespace and paths are the committed ones."""
+        secret, apply, patch = self._commands()
+        namespace = manifests["service.yaml"]["metadata"]["namespace"]
+        (key,) = manifests["secret.example.yaml"]["stringData"]
+        assert secret.startswith(
+            f"kubectl -n {namespace} create secret generic "
+            f"{manifests['secret.example.yaml']['metadata']['name']} --from-literal={key}="
+        )
+        assert apply == "kubectl apply -k deploy/kubernetes"
+        target = manifests["deployment-patch.yaml"]["metadata"]["name"]
+        assert patch == (
+            f"kubectl -n {namespace} patch deployment {target} "
+            "--patch-file deploy/kubernetes/deployment-patch.yaml"
+        )
+
+    def test_every_file_is_explained(self) -> None:
+        """The file table has one row per rendered file."""
+        for name in FILES:
+            assert f"| `{name}` |" in self.README, name
