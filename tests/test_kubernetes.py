@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from .manifests import (
     validate_core,
     validate_custom,
 )
+from .test_rules import run, tool
 
 ALERTS = ROOT / "alerts"
 CORE = ("service.yaml", "peers-service.yaml", "networkpolicy.yaml", "secret.example.yaml")
@@ -276,14 +275,7 @@ class TestWiring:
         """promtool accepts the rules as the operator hands them to Prometheus."""
         groups = manifests["prometheusrule.yaml"]["spec"]["groups"]
         (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": groups}))
-        promtool = shutil.which("promtool")
-        assert promtool, "promtool is installed by `make test` (Debian package prometheus)"
-        done = subprocess.run(
-            [promtool, "check", "rules", str(tmp_path / "rules.yml")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run(tool("promtool"), "check", "rules", tmp_path / "rules.yml")
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"SUCCESS: {len(groups[0]['rules'])} rules found" in done.stdout
 
