@@ -114,7 +114,7 @@ class TestRendering:
         argv = [
             "kubernetes", "--output-dir", str(tmp_path), "--namespace", "team-a",
             "--deployment", "api", "--backend-container", "app", "--image", "reg.example/are:9",
-            "--app-port", "9000", "--app-port", "9001", "--job", "agents",
+            "--app-port", "9000", "--app-port", "9001", "--job", "agents", "--fs-group", "2000",
         ]  # fmt: skip
         assert main(argv) == 0
         out = {p.name: yaml.safe_load(p.read_text()) for p in tmp_path.iterdir()}
@@ -127,6 +127,7 @@ class TestRendering:
         ports = [p["port"] for rule in ingress for p in rule["ports"]]
         assert ports == [PORT, 9000, 9001]
         assert patch["spec"]["template"]["metadata"]["labels"] == {JOB_LABEL: "agents"}
+        assert patch["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 2000
         hook = out["alertmanagerconfig.yaml"]["spec"]["receivers"][0]["webhookConfigs"][0]
         assert hook["url"].startswith("http://agent-registry-exporter.team-a.svc:")
         assert {m["metadata"]["namespace"] for n, m in out.items() if "metadata" in m} == {"team-a"}
@@ -137,6 +138,7 @@ class TestRendering:
             (["--namespace", "Team_A"], "namespace='Team_A' is not a Kubernetes name"),
             (["--app-port", str(PORT)], f"app port {PORT} must be 1-65535 and not"),
             (["--app-port", "70000"], "app port 70000"),
+            (["--fs-group", "0"], "fs_group 0 must be a group id above 0"),
             (["--for-exporter-down", "1h"], "for_exporter_down"),
         ],
     )
@@ -402,6 +404,25 @@ class TestWiring:
             c = container(deployment, name)
             (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
             assert env(c)["AGENT_REGISTRY_EXPORTER_SOCKET_DIR"] == mount["mountPath"]
+        assert mount["mountPath"] == str(Settings().socket_dir)  # the image's default too
+
+    def test_pod_fs_group_lets_the_sidecar_open_the_0660_sockets(self, deployment) -> None:
+        """fsGroup owns the emptyDir (setgid): sockets get a group both containers have.
+
+        The user's own pod securityContext is merged, not replaced.
+        """
+        context = pod_spec(deployment)["securityContext"]
+        assert context["fsGroup"] == KubernetesOptions().fs_group
+        assert context["fsGroupChangePolicy"] == "OnRootMismatch"
+        assert context["runAsNonRoot"] is True  # from the user's Deployment
+
+    def test_every_variable_the_patch_sets_is_a_setting(self, deployment) -> None:
+        """No typo in a variable name: each AGENT_REGISTRY_EXPORTER_* names a Settings field."""
+        prefix = "AGENT_REGISTRY_EXPORTER_"
+        for name in ("backend", "agent-registry-exporter"):
+            for var in env(container(deployment, name)):
+                if var.startswith(prefix):
+                    assert var.removeprefix(prefix).lower() in Settings.model_fields, var
 
     def test_render_is_deterministic_data(self) -> None:
         """render_kubernetes and the committed files agree object for object."""

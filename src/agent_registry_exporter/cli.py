@@ -111,6 +111,13 @@ def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
             help=f"{help_} (%(default)s)",
         )
     parser.add_argument(
+        "--fs-group",
+        type=int,
+        default=defaults.fs_group,
+        help="the pod's fsGroup, shared by the backend's sockets and the sidecar; use yours if "
+        "your pod sets one (%(default)s)",
+    )
+    parser.add_argument(
         "--app-port",
         type=int,
         action="append",
@@ -121,7 +128,14 @@ def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _kubernetes(args: argparse.Namespace, rules: RuleOptions) -> KubernetesOptions:
-    names = ("namespace", "deployment", "backend_container", "image", "monitoring_namespace")
+    names = (
+        "namespace",
+        "deployment",
+        "backend_container",
+        "image",
+        "monitoring_namespace",
+        "fs_group",
+    )
     chosen: dict[str, Any] = {name: getattr(args, name) for name in names}
     if args.app_ports is not None:
         chosen["app_ports"] = tuple(args.app_ports)

@@ -36,7 +36,7 @@ PEERS_LABEL = "agent-registry-exporter/peers"
 PORT_NAME = "exporter"
 PORT: int = Settings.model_fields["listen_port"].default
 SOCKET_VOLUME = "agent-registry-sockets"
-SOCKET_DIR = "/run/agent-registry"
+SOCKET_DIR = str(Settings.model_fields["socket_dir"].default)
 WEBHOOK_VOLUME = "agent-registry-webhook-token"
 WEBHOOK_MOUNT = "/etc/agent-registry-exporter/webhook"
 CREDENTIALS_KEY = "token"
@@ -79,6 +79,9 @@ class KubernetesOptions:
     # The backend's own ports: the NetworkPolicy isolates the pods, so it keeps these open.
     app_ports: tuple[int, ...] = (8080,)
     image: str = f"agent-registry-exporter:{__version__}"
+    # The workers' sockets are mode 0660: the pod's fsGroup owns the socket emptyDir (setgid),
+    # so the sockets get this group, which every container of the pod belongs to.
+    fs_group: int = 65532
     name: str = "agent-registry-exporter"
     monitoring_namespace: str = "monitoring"
     scrape_interval: str = "30s"
@@ -94,6 +97,8 @@ class KubernetesOptions:
                 raise ValueError(f"app port {port} must be 1-65535 and not the exporter's {PORT}")
         if not self.image.strip():
             raise ValueError("image must not be empty")
+        if not 0 < self.fs_group < 2**31:
+            raise ValueError(f"fs_group {self.fs_group} must be a group id above 0")
 
     @property
     def peers_service(self) -> str:
@@ -181,6 +186,10 @@ def _deployment_patch(o: KubernetesOptions) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": _selected(o)},
                 "spec": {
+                    "securityContext": {
+                        "fsGroup": o.fs_group,
+                        "fsGroupChangePolicy": "OnRootMismatch",
+                    },
                     "containers": [backend, _sidecar(o)],
                     "volumes": [
                         {"name": SOCKET_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
