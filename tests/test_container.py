@@ -203,46 +203,65 @@ class TestBuiltWithoutEngine:
         out = _run(image / "bin" / entrypoint, "--version", env=image_env(runtime))
         assert out.strip() == f"agent-registry-exporter {__version__}"
 
-    def test_configuration_of_the_patch_is_valid(self, image: Path, runtime, token_file) -> None:
-        """`--check-config` accepts the settings the Deployment patch gives the sidecar."""
-        (entrypoint,) = runtime.exec_form("ENTRYPOINT")
+    def test_default_command_accepts_the_patch_configuration(
+        self, image: Path, runtime, token_file
+    ) -> None:
+        """`sidecar --check-config` accepts the settings the Deployment patch gives it."""
         env = {**image_env(runtime), **patch_env("10.0.0.7", token_file)}
         assert env["AGENT_REGISTRY_EXPORTER_INSTANCE"] == "10.0.0.7:8464"
-        out = _run(image / "bin" / entrypoint, "serve", "--check-config", env=env)
+        out = _run(*command(image, runtime), "--check-config", env=env)
         assert "configuration is valid" in out
 
     def test_a_bad_setting_fails_the_check(self, image: Path, runtime, token_file) -> None:
         """The check is real: an instance without a port next to `peers` stops it."""
-        (entrypoint,) = runtime.exec_form("ENTRYPOINT")
         env = {**image_env(runtime), **patch_env("10.0.0.7", token_file)}
         env["AGENT_REGISTRY_EXPORTER_INSTANCE"] = "10.0.0.7"
         done = subprocess.run(
-            [str(image / "bin" / entrypoint), "serve", "--check-config"],
+            [*command(image, runtime), "--check-config"],
             capture_output=True, text=True, timeout=120, env=env,
         )  # fmt: skip
         assert done.returncode == 2
         assert "AGENT_REGISTRY_EXPORTER_INSTANCE" in done.stderr
 
-    def test_entrypoint_serves_metrics(
-        self, image: Path, runtime, token_file, tmp_path: Path
+    def test_sidecar_serves_a_backend_workers_registry(
+        self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
     ) -> None:
-        """Configured as in a pod (peers on loopback), it serves /metrics until stopped."""
-        (entrypoint,) = runtime.exec_form("ENTRYPOINT")
+        """Backend and sidecar as the patch wires them, on loopback: /metrics shows the worker."""
         env = {
             **patch_env("127.0.0.1", token_file),
-            **image_env(runtime, listen_host="127.0.0.1", listen_port="0", peers="localhost"),
+            **image_env(
+                runtime,
+                listen_host="127.0.0.1",
+                listen_port="0",
+                peers="localhost",  # resolved from /etc/hosts: no DNS query leaves the host
+                socket_dir=str(socket_dir),
+            ),
         }
-        log = tmp_path / "exporter.log"
-        with _started(image / "bin" / entrypoint, "serve", env=env, log=log) as url:
+        worker = [str(image / "bin" / "python"), str(Path(__file__).parent / "backend_worker.py")]
+        with (
+            _started(*worker, "w1", env=env, log=tmp_path / "worker.log", ready=r"serving"),
+            _started(*command(image, runtime), env=env, log=tmp_path / "sidecar.log") as url,
+        ):
             body = _get(f"{url}/metrics")
             assert _get(f"{url}/-/ready") == "ready\n"
+        assert 'agent_registry_user_agents{worker="w1",user_id="alice"} 3' in body
+        assert 'agent_registry_source_up{worker="w1"} 1.0' in body
         assert f'agent_registry_exporter_build_info{{version="{__version__}"}} 1' in body
-        assert log.read_text().startswith("{")  # LOG_FORMAT=json from the patch
+        assert (tmp_path / "sidecar.log").read_text().startswith("{")  # LOG_FORMAT=json
+
+
+def command(image: Path, runtime: Stage) -> list[str]:
+    """ENTRYPOINT + CMD, the entrypoint found in the image's bin directory."""
+    entrypoint, *args = runtime.exec_form("ENTRYPOINT")
+    return [str(image / "bin" / entrypoint), *args, *runtime.exec_form("CMD")]
 
 
 @contextmanager
-def _started(*args: str | Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    """Start the command, yield its URL once it says it serves; stop it by its handle."""
+def _started(
+    *args: str | Path, env: dict[str, str], log: Path, ready: str = r"serving (http://\S+)/metrics"
+) -> Iterator[str]:
+    """Start the command, yield what its first line says once it matches `ready` (a URL for
+    the exporter); stop it by its handle."""
     with (
         log.open("w") as stderr,
         subprocess.Popen(
@@ -252,11 +271,11 @@ def _started(*args: str | Path, env: dict[str, str], log: Path) -> Iterator[str]
         try:
             assert process.stdout is not None
             # Generous: the machine is shared. A crash ends the wait early (EOF).
-            ready, _, _ = select.select([process.stdout], [], [], 60)
-            line = process.stdout.readline() if ready else ""
-            match = re.search(r"serving (http://[\d.]+:\d+)/metrics", line)
+            readable, _, _ = select.select([process.stdout], [], [], 60)
+            line = process.stdout.readline() if readable else ""
+            match = re.search(ready, line)
             assert match, f"{line!r}; log: {log.read_text()}"
-            yield match[1]
+            yield match[1] if match.re.groups else match[0]
         finally:
             process.terminate()
             try:
