@@ -60,6 +60,15 @@ def alerts_for(*users: str, instance: str, starts: str = "2026-11-27T20:07:48.84
     return payload(*users, instance=instance, starts=starts).model_dump_json(by_alias=True)
 
 
+def relabelled(user: str, **labels: str | None) -> str:
+    """A firing alert for `user`, its labels changed (None removes one), as JSON."""
+    body = payload(user)
+    alert = body.alerts[0]
+    changed = {**alert.labels, **labels}
+    alert = alert.model_copy(update={"labels": {k: v for k, v in changed.items() if v}})
+    return body.model_copy(update={"alerts": [alert]}).model_dump_json(by_alias=True)
+
+
 def closes(agents: list[RecordingAgent]) -> set[int]:
     return {a.closes for a in agents}
 
@@ -284,10 +293,7 @@ class TestSidecarMode:
             await fleet["b"].start()
             on_w1 = await add_agents(workers["w1"], "leaky", 60)
             on_w2 = await add_agents(workers["w2"], "leaky", 60)
-            body = payload("leaky", instance=fleet["b"].address)
-            alert = body.alerts[0]
-            alert = alert.model_copy(update={"labels": {**alert.labels, "worker": "w2"}})
-            text = body.model_copy(update={"alerts": [alert]}).model_dump_json(by_alias=True)
+            text = relabelled("leaky", instance=fleet["b"].address, worker="w2")
             try:
                 status, answer = await fleet.post("a", text)
             finally:
@@ -298,3 +304,16 @@ class TestSidecarMode:
         assert (decision["outcome"], decision["peer_outcome"]) == ("forwarded", "cleaned")
         assert decision["worker"] == "w2"
         assert (closes(on_w2), closes(on_w1)) == ({1}, {0})
+
+
+class TestAlertWithoutInstance:
+    async def test_alert_naming_no_instance_is_nobodys(self, fleet) -> None:
+        """An alert without `instance` (a rule that aggregated it away) is not guessed at."""
+        agents = await add_agents(fleet["a"].registry, "leaky", 60)
+        text = relabelled("leaky", instance=None)
+
+        status, answer = await fleet.post("a", text)
+
+        assert (status, answer["alerts"][0]["outcome"]) == (200, "unknown_instance")
+        assert "no instance" in answer["alerts"][0]["detail"]
+        assert closes(agents) == {0}

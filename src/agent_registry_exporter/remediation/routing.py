@@ -53,17 +53,18 @@ class InstanceRouter:
         foreign: list[int] = []
         for n, alert in enumerate(alerts):
             instance = alert.labels.get("instance")
+            named = instance or "no instance"
             if not own or instance == own:
                 routes.local.append(n)
             elif forwarded:
                 detail = (
-                    f"forwarded here by a peer, but the alert is for {instance}; this replica "
+                    f"forwarded here by a peer, but the alert is for {named}; this replica "
                     f"is {own}: not forwarded again (check `instance` and `peers` settings)"
                 )
                 _log.warning("misrouted forward: %s", detail)
                 routes.decided[n] = decision_for(alert, Outcome.OTHER_INSTANCE, detail)
             elif self.peers is None:
-                detail = f"the alert is for {instance}; this replica is {own} (no peers set)"
+                detail = f"the alert is for {named}; this replica is {own} (no peers set)"
                 routes.decided[n] = decision_for(alert, Outcome.OTHER_INSTANCE, detail)
             else:
                 foreign.append(n)
@@ -79,6 +80,7 @@ class InstanceRouter:
         known = await self.peers.lookup(i for i in instances if i)
         for n in foreign:
             instance = alerts[n].labels.get("instance")
+            named = instance or "no instance"
             if instance and instance in known.addresses:
                 routes.remote.setdefault(instance, []).append(n)
                 continue
@@ -86,14 +88,14 @@ class InstanceRouter:
                 # It may be a peer the failed resolution missed: let Alertmanager retry.
                 outcome = Outcome.ERROR
                 detail = (
-                    f"the alert is for {instance}, not this replica ({self.own_instance}), "
+                    f"the alert is for {named}, not this replica ({self.own_instance}), "
                     f"and it is no known peer while {known.error}"
                 )
             else:
                 outcome = Outcome.UNKNOWN_INSTANCE
                 detail = (
-                    f"the alert is for {instance}, not this replica ({self.own_instance}), "
-                    f"and {instance} is no current peer of {self.peers.spec!r}: not contacted"
+                    f"the alert is for {named}, not this replica ({self.own_instance}), "
+                    f"and {named} is no current peer of {self.peers.spec!r}: not contacted"
                 )
             routes.decided[n] = decision_for(alerts[n], outcome, detail)
 
