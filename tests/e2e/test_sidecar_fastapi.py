@@ -1,0 +1,179 @@
+"""Sidecar mode end to end: a real FastAPI app under `uvicorn --workers 2`, each worker
+serving its registry on a socket, the sidecar process, real Prometheus and Alertmanager."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent_registry_exporter.demo.stack import LocalStack, ManagedProcess, free_port
+from agent_registry_exporter.sources import discover_workers
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+@dataclass
+class Backend:
+    url: str
+    sockets: Path
+    sidecar: ManagedProcess
+    stack: LocalStack
+    workers: list[int]  # the two worker pids at start-up
+
+    def add_agents(self, user: str, count: int, **where: int) -> int:
+        """Register on a worker (`on=pid` / `not_on=pid`), retrying new connections until
+        the wanted one takes it; the pid that did."""
+        query = "&".join(f"{k}={v}" for k, v in {"count": count, **where}.items())
+        for _ in range(200):
+            url = f"{self.url}/users/{user}/agents?{query}"
+            request = urllib.request.Request(url, b"")  # noqa: S310 - loopback only
+            try:
+                with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                    return int(json.load(resp)["pid"])
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409:  # 409: another worker took it; retry
+                    raise
+        pytest.fail(f"no worker matching {where} took the request")
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        with urllib.request.urlopen(f"{self.sidecar.url}/metrics", timeout=30) as resp:  # noqa: S310
+            text = resp.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in parse_text(text)
+            for s in family.samples
+        }
+
+    def user_agents(self, user: str) -> dict[str, float]:
+        """The sidecar's agent_registry_user_agents for `user`, by worker."""
+        return {
+            dict(labels)["worker"]: value
+            for (name, labels), value in self.metrics().items()
+            if name == "agent_registry_user_agents" and ("user_id", user) in labels
+        }
+
+
+def eventually(check, within: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within:g}s: {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    workdir = tmp_path_factory.mktemp("sidecar")
+    sockets = Path(tempfile.mkdtemp(prefix="ars-e2e-"))  # short: sun_path holds 107 bytes
+    token = secrets.token_urlsafe(24)
+    token_file = workdir / "token"
+    token_file.write_text(token)
+    port = free_port()
+    log = (workdir / "uvicorn.log").open("wb")
+    app = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "tests.e2e.sidecar_app:app", "--workers", "2",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(sockets)},
+    )  # fmt: skip
+    log.close()
+    sidecar_port = free_port()
+    sidecar = ManagedProcess(
+        "sidecar",
+        [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar",
+         "--socket-dir", str(sockets), "--webhook-token-file", str(token_file),
+         "--listen-host", "127.0.0.1", "--listen-port", str(sidecar_port)],
+        workdir / "sidecar.log",
+        f"127.0.0.1:{sidecar_port}",
+    )  # fmt: skip
+    stack = LocalStack(workdir=workdir, targets=[sidecar.address], token=token)
+    try:
+        workers = eventually(
+            lambda: len(found := discover_workers(sockets)) == 2 and sorted(map(int, found)),
+            60,
+            "both uvicorn workers serve a socket",
+        )
+        sidecar.start()
+        stack.start()
+        yield Backend(f"http://127.0.0.1:{port}", sockets, sidecar, stack, workers)
+    finally:
+        stack.stop()
+        sidecar.stop()
+        app.terminate()
+        app.wait(30)
+
+
+class TestSidecarWithUvicornWorkers:
+    def test_leaking_user_is_cleaned_on_its_worker_only(self, backend: Backend) -> None:
+        """60 agents on one worker, 3 on the other for the same user: the alert names the
+        leaking worker, that session is cleaned, the other worker's is untouched."""
+        leaking = backend.add_agents("leaky", 60)
+        other = backend.add_agents("leaky", 3, not_on=leaking)
+        assert eventually(lambda: backend.user_agents("leaky"), 10, "leaky scraped") == {
+            str(leaking): 60,
+            str(other): 3,
+        }
+        eventually(
+            lambda: backend.user_agents("leaky") == {str(other): 3},
+            60,
+            f"leaky cleaned on worker {leaking}",
+        )
+        assert backend.add_agents("leaky", 0, on=other) == other
+        assert backend.user_agents("leaky") == {str(other): 3}
+        log = backend.sidecar.log_path.read_text()
+        assert f'"worker": "{leaking}"' in log
+        assert '"outcome": "cleaned"' in log
+
+    def test_user_on_both_workers_appears_once_per_worker(self, backend: Backend) -> None:
+        """Never merged: one series per worker, each that worker's own count, in Prometheus."""
+        first, second = backend.workers
+        backend.add_agents("shared", 2, on=first)
+        backend.add_agents("shared", 5, on=second)
+        assert backend.user_agents("shared") == {str(first): 2, str(second): 5}
+
+        def in_prometheus() -> bool:
+            series = backend.stack.query('agent_registry_user_agents{user_id="shared"}')
+            return {s["metric"]["worker"]: s["value"][1] for s in series} == {
+                str(first): "2",
+                str(second): "5",
+            }
+
+        eventually(in_prometheus, 20, "both workers' series of shared in Prometheus")
+
+    def test_killed_worker_is_down_and_the_scrape_still_answers(self, backend: Backend) -> None:
+        """SIGKILL one worker: /metrics answers with source_up 0 for it, 1 for the other;
+        its dead socket is removed after repeated refusals."""
+        victim, survivor = backend.workers
+        os.kill(victim, 9)
+        got = backend.metrics()
+        assert got[("agent_registry_source_up", frozenset({("worker", str(victim))}))] == 0
+        assert got[("agent_registry_source_up", frozenset({("worker", str(survivor))}))] == 1
+        eventually(
+            lambda: str(victim) not in discover_workers(backend.sockets),
+            30,
+            "the dead worker's socket removed",
+        )
+        removed = ("agent_registry_source_sockets_removed_total", frozenset())
+        assert backend.metrics()[removed] == 1
+        down = backend.stack.query(
+            f'min_over_time(agent_registry_source_up{{worker="{victim}"}}[5m])'
+        )
+        assert [s["value"][1] for s in down] == ["0"]
