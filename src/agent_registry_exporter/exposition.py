@@ -21,7 +21,7 @@ from prometheus_client.openmetrics.exposition import (
     generate_latest as _untyped_generate_openmetrics,
 )
 
-from .registry import RegistrySnapshot
+from .registry import RegistrySnapshot, SessionColumns
 
 __all__ = [
     "OPENMETRICS_CONTENT_TYPE",
@@ -204,8 +204,10 @@ class _Part:
     """One registry's figures, each count read once, and the label setting it apart."""
 
     snapshot: RegistrySnapshot
+    # The exported users' columns (all users unless the cap left some out).
+    user_ids: Sequence[str]
     counts: Sequence[int]
-    chosen: Sequence[int]
+    created: Sequence[float]
     total_agents: int
     omitted: int
     worker: str  # 'worker="w1",' in sidecar mode, else empty
@@ -214,12 +216,22 @@ class _Part:
     def of(cls, snapshot: RegistrySnapshot, max_user_series: int) -> _Part:
         sessions = snapshot.sessions
         # Each count is read once, so the totals are the sum of what is printed.
-        counts = [s.agent_count for s in sessions]
+        if isinstance(sessions, SessionColumns):  # a worker's snapshot: columns already
+            counts: Sequence[int] = sessions.agent_counts
+        else:
+            counts = [s.agent_count for s in sessions]
         chosen: Sequence[int] = range(len(sessions))
         if len(sessions) > max_user_series:
             chosen = select_sessions(snapshot, counts, max_user_series)
+        if isinstance(sessions, SessionColumns) and isinstance(chosen, range):
+            ids, kept, created = sessions.user_ids, counts, sessions.created_timestamps
+        else:
+            ids = [sessions[i].user_id for i in chosen]
+            kept = [counts[i] for i in chosen]
+            created = [sessions[i].created_timestamp for i in chosen]
         worker = "" if snapshot.worker is None else f'worker="{_escape(snapshot.worker)}",'
-        return cls(snapshot, counts, chosen, sum(counts), len(sessions) - len(chosen), worker)
+        omitted = len(sessions) - len(chosen)
+        return cls(snapshot, ids, kept, created, sum(counts), omitted, worker)
 
     def sample(self, family: str, value: object, labels: str = "") -> str:
         joined = (self.worker + labels).rstrip(",")
@@ -261,15 +273,14 @@ def _render_families(parts: Sequence[_Part], export_session_age: bool) -> list[b
     )
     columns = []
     for part in parts:
-        sessions, chosen, now = part.snapshot.sessions, part.chosen, part.snapshot.taken_at
-        created = [sessions[i].created_timestamp for i in chosen]
+        now = part.snapshot.taken_at
         values: dict[str, Sequence[float]] = {
-            "agent_registry_user_agents": [part.counts[i] for i in chosen],
-            "agent_registry_user_session_created_timestamp_seconds": created,
+            "agent_registry_user_agents": part.counts,
+            "agent_registry_user_session_created_timestamp_seconds": part.created,
         }
         if export_session_age:
-            values["agent_registry_user_session_age_seconds"] = [now - ts for ts in created]
-        columns.append((part.worker, [_escape(sessions[i].user_id) for i in chosen], values))
+            values["agent_registry_user_session_age_seconds"] = [now - ts for ts in part.created]
+        columns.append((part.worker, [_escape(user_id) for user_id in part.user_ids], values))
     chunks: list[bytes] = []
     # Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
     for family, help_text, spec in families:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, overload
 
 from .lifecycle import AgentLifecycleManager, Thresholds
 
@@ -16,6 +16,7 @@ __all__ = [
     "AgentRegistry",
     "DuplicateAgentError",
     "RegistrySnapshot",
+    "SessionColumns",
     "SessionLike",
     "SessionRow",
     "UserAgentSession",
@@ -106,6 +107,41 @@ class SessionRow(NamedTuple):
     user_id: str
     agent_count: int
     created_timestamp: float
+
+
+class SessionColumns(Sequence[SessionRow]):
+    """Sessions held as three columns (what a worker sends the sidecar): one row per index,
+    and the columns themselves for a renderer that reads them whole."""
+
+    __slots__ = ("agent_counts", "created_timestamps", "user_ids")
+
+    def __init__(
+        self,
+        user_ids: Sequence[str],
+        agent_counts: Sequence[int],
+        created_timestamps: Sequence[float],
+    ) -> None:
+        if not len(user_ids) == len(agent_counts) == len(created_timestamps):
+            raise ValueError("session columns must have the same length")
+        self.user_ids = user_ids
+        self.agent_counts = agent_counts
+        self.created_timestamps = created_timestamps
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @overload
+    def __getitem__(self, index: int) -> SessionRow: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SessionRow]: ...
+    def __getitem__(self, index: int | slice) -> SessionRow | Sequence[SessionRow]:
+        if isinstance(index, slice):
+            return SessionColumns(
+                self.user_ids[index], self.agent_counts[index], self.created_timestamps[index]
+            )
+        return SessionRow(
+            self.user_ids[index], self.agent_counts[index], self.created_timestamps[index]
+        )
 
 
 @dataclass(frozen=True, slots=True)

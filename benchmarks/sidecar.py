@@ -1,0 +1,215 @@
+"""Sidecar mode against the in-process exporter, over the same registry, in one run.
+
+For 10,000 and 100,000 users (3 agents each) the backend (this process, one event loop)
+is scraped three ways, with Prometheus' own headers (OpenMetrics, gzip):
+
+- stock: prometheus_client's aiohttp handler over a collector (the reference path);
+- in-process: `start_exporter`, the render runs in the backend;
+- sidecar: the backend only serves `/v1/snapshot` on its socket (`serve_registry`); the
+  `agent-registry-exporter sidecar` process gathers and renders.
+
+Printed per size: the backend's CPU per scrape (process CPU minus the scraping thread's),
+the backend loop's worst stall, and the whole scrape's wall time; then the ratios the
+issue sets targets for (backend CPU <= 20% of in-process, sidecar scrape <= 2x). A second
+table measures the snapshot encoding alone: json columns against the packed columns chosen.
+
+    .venv/bin/python benchmarks/sidecar.py [--sizes 10000,100000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from scrape import HEADERS, StallMeter, StockCollector, build_registry
+
+from agent_registry_exporter import AgentRegistry, Settings, serve_registry, start_exporter
+from agent_registry_exporter.demo import free_port
+from agent_registry_exporter.sources import WorkerIdentity, encode_snapshot
+
+
+@dataclass
+class Run:
+    cpu_ms: float  # backend CPU per scrape
+    stall_ms: float  # worst gap on the backend's loop
+    wall_ms: float  # median whole scrape, as the scraper sees it
+
+
+def _fetch(url: str) -> tuple[float, float]:
+    """Wall seconds of one scrape and the CPU this (scraping) thread spent on it."""
+    cpu, started = time.thread_time(), time.perf_counter()
+    request = urllib.request.Request(url, headers=HEADERS)  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=120) as resp:  # noqa: S310
+        resp.read()
+    return time.perf_counter() - started, time.thread_time() - cpu
+
+
+async def measure(url: str, repeat: int) -> Run:
+    """CPU and wall time from `repeat` scrapes, then the worst stall from `repeat` more.
+
+    Apart, because the stall meter itself costs the loop CPU for as long as a scrape lasts.
+    """
+    await asyncio.to_thread(_fetch, url)  # warm-up
+    gc.collect()
+    cpus, walls = [], []
+    for _ in range(repeat):
+        before = time.process_time()
+        wall, scraper_cpu = await asyncio.to_thread(_fetch, url)
+        cpus.append(time.process_time() - before - scraper_cpu)
+        walls.append(wall)
+    stalls = []
+    for _ in range(repeat):
+        meter = StallMeter()
+        meter.start()
+        await asyncio.sleep(0.01)
+        await asyncio.to_thread(_fetch, url)
+        await meter.stop()
+        stalls.append(meter.max_gap)
+    return Run(statistics.median(cpus) * 1000, max(stalls) * 1000, statistics.median(walls) * 1000)
+
+
+def _wait_ready(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback only
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout:g}s")
+
+
+async def stock_run(registry: AgentRegistry, repeat: int) -> Run:
+    collectors = CollectorRegistry()
+    collectors.register(StockCollector(registry))  # type: ignore[arg-type]
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(collectors))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        return await measure(f"http://127.0.0.1:{runner.addresses[0][1]}/metrics", repeat)
+    finally:
+        await runner.cleanup()
+
+
+async def in_process_run(registry: AgentRegistry, users: int, repeat: int) -> Run:
+    server = await start_exporter(
+        registry,
+        Settings(
+            listen_host="127.0.0.1",
+            listen_port=0,
+            max_user_series=users,
+            webhook_token="benchmark-only",  # noqa: S106 - the webhook is never called here
+        ),
+    )
+    try:
+        return await measure(f"{server.url}/metrics", repeat)
+    finally:
+        await server.stop()
+
+
+async def sidecar_run(registry: AgentRegistry, users: int, repeat: int) -> Run:
+    with tempfile.TemporaryDirectory(prefix="ars-bench-", dir="/tmp") as sockets:
+        handle = await serve_registry(registry, sockets, worker="bench")
+        port = free_port()
+        sidecar = subprocess.Popen(  # noqa: ASYNC220, S603 - fixed argv, started before measuring
+            [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar",
+             "--socket-dir", sockets, "--listen-host", "127.0.0.1", "--listen-port", str(port),
+             "--max-user-series", str(users)],
+            env={**os.environ, "AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN": "benchmark-only"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(_wait_ready, f"http://127.0.0.1:{port}/-/ready")
+            return await measure(f"http://127.0.0.1:{port}/metrics", repeat)
+        finally:
+            sidecar.terminate()
+            await asyncio.to_thread(sidecar.wait, 30)
+            await handle.stop()
+
+
+async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, float]:
+    """CPU of the packed encoding (chosen) and of json columns (the alternative)."""
+    identity = WorkerIdentity("bench", os.getpid(), time.time())
+
+    def json_columns() -> bytes:
+        sessions = registry.sessions()
+        return json.dumps(
+            {
+                "user_ids": [s.user_id for s in sessions],
+                "agent_counts": [s.agent_count for s in sessions],
+                "created": [s.created_timestamp for s in sessions],
+            }
+        ).encode()
+
+    packed, as_json = [], []
+    for _ in range(repeat):
+        before = time.process_time()
+        await encode_snapshot(registry.snapshot(), identity)
+        packed.append(time.process_time() - before)
+        before = time.process_time()
+        json_columns()
+        as_json.append(time.process_time() - before)
+    return statistics.median(packed) * 1000, statistics.median(as_json) * 1000
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(
+        f"{'users':>8} {'mode':<11} {'backend CPU ms':>15} {'backend stall ms':>17} "
+        f"{'scrape ms':>10}"
+    )
+    ratios, encodings = [], []
+    for users in sizes:
+        registry = await build_registry(users)
+        runs = {
+            "stock": await stock_run(registry, max(1, args.repeat // 2)),
+            "in-process": await in_process_run(registry, users, args.repeat),
+            "sidecar": await sidecar_run(registry, users, args.repeat),
+        }
+        for mode, run in runs.items():
+            print(
+                f"{users:>8,} {mode:<11} {run.cpu_ms:>15.1f} {run.stall_ms:>17.1f} "
+                f"{run.wall_ms:>10.1f}",
+                flush=True,
+            )
+        ratios.append((users, runs))
+        encodings.append((users, *(await encoding_ms(registry, args.repeat))))
+    print()
+    print(
+        f"{'users':>8} {'backend CPU sidecar/in-process':>31} {'sidecar/stock':>14} "
+        f"{'scrape sidecar/in-process':>26}"
+    )
+    for users, runs in ratios:
+        side, inproc, stock = runs["sidecar"], runs["in-process"], runs["stock"]
+        print(
+            f"{users:>8,} {side.cpu_ms / inproc.cpu_ms:>30.0%} "
+            f"{side.cpu_ms / stock.cpu_ms:>14.0%} {side.wall_ms / inproc.wall_ms:>25.2f}x"
+        )
+    print()
+    print(f"{'users':>8} {'packed columns ms':>18} {'json columns ms':>16} {'packed/json':>12}")
+    for users, packed, as_json in encodings:
+        print(f"{users:>8,} {packed:>18.1f} {as_json:>16.1f} {packed / as_json:>12.0%}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
