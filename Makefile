@@ -51,6 +51,7 @@ rules: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/scrape.py
+	$(BIN)/python benchmarks/sidecar.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
-from agent_registry_exporter import Settings
+from agent_registry_exporter import RegistrySnapshot, Settings, SidecarSource
+from agent_registry_exporter.demo import free_port
+from agent_registry_exporter.sources import discover_workers
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -27,3 +34,43 @@ def test_every_setting_is_documented() -> None:
     """Each Settings field has its row, with its environment variable."""
     for name in Settings.model_fields:
         assert f"| `{name}` | `AGENT_REGISTRY_EXPORTER_{name.upper()}` |" in README, name
+
+
+def test_sidecar_fastapi_example_serves_one_socket_per_worker(socket_dir, tmp_path) -> None:
+    """The FastAPI block under `uvicorn --workers 2`: two sockets, each answering for its
+    worker's own registry, removed when uvicorn stops."""
+    (example,) = [
+        b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "serve_registry" in b
+    ]
+    (tmp_path / "readme_app.py").write_text(example)
+    port = free_port()
+    app = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "readme_app:app", "--workers", "2",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(socket_dir)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := discover_workers(socket_dir)) < 2:
+            assert app.poll() is None, "uvicorn exited"
+            assert time.monotonic() < deadline, "the workers never served their sockets"
+            time.sleep(0.1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/users/alice/agents/agent-1", b"")
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            assert json.load(resp) == {"agents": 1}
+        snapshots = asyncio.run(_gather(socket_dir))
+        assert sorted(s.worker for s in snapshots) == sorted(workers)
+        assert sorted(len(s.sessions) for s in snapshots) == [0, 1]
+    finally:
+        app.terminate()
+        app.wait(30)
+    assert discover_workers(socket_dir) == {}
+
+
+async def _gather(socket_dir: Path) -> tuple[RegistrySnapshot, ...]:
+    source = SidecarSource(socket_dir)
+    try:
+        return (await source.snapshot()).workers or ()
+    finally:
+        await source.close()
