@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agent_registry_exporter import AgentRegistry, Settings, start_exporter
+from agent_registry_exporter import AgentRegistry, ExporterServer, Settings, start_exporter
 
 HEADERS = {
     "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
@@ -136,9 +136,8 @@ async def build_registry(users: int) -> AgentRegistry:
     return registry
 
 
-async def bench(users: int, repeat: int) -> dict[str, float]:
-    registry = await build_registry(users)
-
+async def start_stock(registry: AgentRegistry) -> tuple[web.AppRunner, str]:
+    """The stock path serving `registry` on a free port: its runner and /metrics URL."""
     stock_registry = CollectorRegistry()
     stock_registry.register(StockCollector(registry))  # type: ignore[arg-type]
     app = web.Application()
@@ -147,9 +146,12 @@ async def bench(users: int, repeat: int) -> dict[str, float]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    stock_url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
 
-    ours = await start_exporter(
+
+async def start_ours(registry: AgentRegistry, users: int) -> ExporterServer:
+    """This exporter serving `registry` on a free port, every user exported."""
+    return await start_exporter(
         registry,
         Settings(
             listen_host="127.0.0.1",
@@ -158,6 +160,12 @@ async def bench(users: int, repeat: int) -> dict[str, float]:
             webhook_token="benchmark-only",  # noqa: S106 - the webhook is never called here
         ),
     )
+
+
+async def bench(users: int, repeat: int) -> dict[str, float]:
+    registry = await build_registry(users)
+    runner, stock_url = await start_stock(registry)
+    ours = await start_ours(registry, users)
     try:
         stock_repeat = max(1, repeat // 2) if users >= 100_000 else repeat
         stock_t, stock_stall, stock_size = await measure(stock_url, stock_repeat)

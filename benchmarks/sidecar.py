@@ -32,12 +32,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
-from scrape import HEADERS, StallMeter, StockCollector, build_registry
+from scrape import HEADERS, StallMeter, build_registry, start_ours, start_stock
 
-from agent_registry_exporter import AgentRegistry, Settings, serve_registry, start_exporter
+from agent_registry_exporter import AgentRegistry, serve_registry
 from agent_registry_exporter.demo import free_port
 from agent_registry_exporter.sources import WorkerIdentity, encode_snapshot
 
@@ -94,29 +91,15 @@ def _wait_ready(url: str, timeout: float = 60.0) -> None:
 
 
 async def stock_run(registry: AgentRegistry, repeat: int) -> Run:
-    collectors = CollectorRegistry()
-    collectors.register(StockCollector(registry))  # type: ignore[arg-type]
-    app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(collectors))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner, url = await start_stock(registry)
     try:
-        return await measure(f"http://127.0.0.1:{runner.addresses[0][1]}/metrics", repeat)
+        return await measure(url, repeat)
     finally:
         await runner.cleanup()
 
 
 async def in_process_run(registry: AgentRegistry, users: int, repeat: int) -> Run:
-    server = await start_exporter(
-        registry,
-        Settings(
-            listen_host="127.0.0.1",
-            listen_port=0,
-            max_user_series=users,
-            webhook_token="benchmark-only",  # noqa: S106 - the webhook is never called here
-        ),
-    )
+    server = await start_ours(registry, users)
     try:
         return await measure(f"{server.url}/metrics", repeat)
     finally:
