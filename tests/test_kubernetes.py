@@ -88,7 +88,8 @@ def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
 class TestRendering:
     def test_committed_manifests_equal_the_default_rendering(self) -> None:
         """deploy/kubernetes/ holds exactly what `make rules` writes, file for file."""
-        assert drifted(render_kubernetes_files(Thresholds())) == []
+        stale = drifted(render_kubernetes_files(Thresholds()))
+        assert stale == [], f"deploy/kubernetes/ is stale ({', '.join(stale)}): run `make rules`"
         assert sorted(p.name for p in DEPLOY.glob("*.yaml")) == sorted(FILES)
 
     def test_a_changed_threshold_changes_the_prometheus_rule_and_the_drift_check_names_it(
