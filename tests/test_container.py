@@ -8,16 +8,20 @@ virtual environment holding no development package; the entrypoint then runs fro
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -66,6 +70,7 @@ class TestDockerfile:
         assert build.name == "build"
         assert runtime.base == build.base
         assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", runtime.base)
+        # The wheels are built by the tests' Python: the image's must be the same version.
         assert runtime.base.startswith(f"python:{sys.version_info[0]}.{sys.version_info[1]}-")
 
     def test_runtime_runs_the_sidecar_as_a_numeric_non_root_user(self, runtime) -> None:
@@ -77,6 +82,8 @@ class TestDockerfile:
         assert uid.isdigit()
         assert gid.isdigit()
         assert int(uid) > 0
+        user, group, _ = pod_identity()
+        assert (int(uid), int(gid)) == (user, group)  # the patch's runAsUser and runAsGroup
 
     def test_runtime_environment_and_labels(self, runtime) -> None:
         """No bytecode writes, unbuffered logs, OCI labels for version, source and licence."""
@@ -121,25 +128,51 @@ def _run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None 
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtual environment built like the image: wheel stage, then `pip install --no-index`."""
+def image() -> Iterator[Path]:
+    """A virtual environment built like the image: wheel stage, then `pip install --no-index`.
+
+    It lives in a root-owned, world-readable directory on the system's Python: the sidecar's
+    user can run it and write nothing in it, as with the image's read-only root filesystem.
+    """
     build, runtime = stages()
     assert build.last("RUN") == "python -m pip wheel --no-cache-dir --wheel-dir /wheels ."
-    base = tmp_path_factory.mktemp("image")
-    context = base / "context"
-    for name in context_files():
-        (context / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, context / name)
-    wheels = base / "wheels"
-    # The same command (pip's cache allowed: it changes the speed, not the result).
-    _run(sys.executable, "-m", "pip", "wheel", "--wheel-dir", wheels, ".", cwd=context)
-    venv = base / "venv"
-    _run(sys.executable, "-m", "venv", venv)
-    _run(
-        venv / "bin" / "python", "-m", "pip", "install", "--no-index", f"--find-links={wheels}",
-        f"agent-registry-exporter=={arg_default(runtime, 'VERSION')}",
-    )  # fmt: skip
-    return venv
+    base = Path(tempfile.mkdtemp(prefix="are-image-"))
+    try:
+        base.chmod(0o755)
+        context = base / "context"
+        for name in context_files():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, context / name)
+        wheels = base / "wheels"
+        # The same command (pip's cache allowed: it changes the speed, not the result).
+        _run(sys.executable, "-m", "pip", "wheel", "--wheel-dir", wheels, ".", cwd=context)
+        venv = base / "venv"
+        _run(system_python(), "-m", "venv", venv)
+        _run(
+            venv / "bin" / "python", "-m", "pip", "install", "--no-index",
+            f"--find-links={wheels}", f"agent-registry-exporter=={arg_default(runtime, 'VERSION')}",
+        )  # fmt: skip
+        shutil.copy2(Path(__file__).parent / "backend_worker.py", venv / "backend_worker.py")
+        yield venv
+    finally:
+        shutil.rmtree(base)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback http)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def system_python() -> str:
+    """The system's Python of the image's version, outside any user's home (like the image's
+    /usr/local/bin/python3.X), so that other users can run it too."""
+    version = stages()[-1].base.removeprefix("python:").split("-")[0]
+    path = shutil.which(f"python{version}", path="/usr/local/bin:/usr/bin")
+    assert path, f"Python {version} with venv (Debian python{version}-venv) is on the machine"
+    return path
 
 
 def _get(url: str) -> str:
@@ -181,10 +214,25 @@ def patch_env(pod_ip: str, token_file: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text("s3cret\n")
-    return path
+def token_file() -> Iterator[Path]:
+    """The webhook token, readable by any user like a Secret volume's file (0644)."""
+    directory = Path(tempfile.mkdtemp(prefix="are-token-"))
+    try:
+        directory.chmod(0o755)
+        path = directory / "token"
+        path.write_text("s3cret\n")
+        path.chmod(0o644)
+        yield path
+    finally:
+        shutil.rmtree(directory)
+
+
+def pod_identity() -> tuple[int, int, int]:
+    """(runAsUser, runAsGroup, fsGroup) of the sidecar, from the committed patch."""
+    spec = yaml.safe_load((DEPLOY / "deployment-patch.yaml").read_text())["spec"]["template"]
+    (sidecar,) = [c for c in spec["spec"]["containers"] if c["name"] == "agent-registry-exporter"]
+    context = sidecar["securityContext"]
+    return context["runAsUser"], context["runAsGroup"], spec["spec"]["securityContext"]["fsGroup"]
 
 
 class TestBuiltWithoutEngine:
@@ -226,28 +274,55 @@ class TestBuiltWithoutEngine:
     def test_sidecar_serves_a_backend_workers_registry(
         self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
     ) -> None:
-        """Backend and sidecar as the patch wires them, on loopback: /metrics shows the worker."""
-        env = {
-            **patch_env("127.0.0.1", token_file),
-            **image_env(
-                runtime,
-                listen_host="127.0.0.1",
-                listen_port="0",
-                peers="localhost",  # resolved from /etc/hosts: no DNS query leaves the host
-                socket_dir=str(socket_dir),
-            ),
-        }
-        worker = [str(image / "bin" / "python"), str(Path(__file__).parent / "backend_worker.py")]
-        with (
-            _started(*worker, "w1", env=env, log=tmp_path / "worker.log", ready=r"serving"),
-            _started(*command(image, runtime), env=env, log=tmp_path / "sidecar.log") as url,
-        ):
-            body = _get(f"{url}/metrics")
-            assert _get(f"{url}/-/ready") == "ready\n"
+        """As in the pod: the backend (another user) serves its socket, the sidecar runs as
+        the patch's user and reads it through the pod's fsGroup; /metrics shows the worker."""
+        ready, body = _scrape_one_worker(image, runtime, token_file, socket_dir, tmp_path, True)
+        assert ready == 200
         assert 'agent_registry_user_agents{worker="w1",user_id="alice"} 3' in body
         assert 'agent_registry_source_up{worker="w1"} 1.0' in body
         assert f'agent_registry_exporter_build_info{{version="{__version__}"}} 1' in body
         assert (tmp_path / "sidecar.log").read_text().startswith("{")  # LOG_FORMAT=json
+
+    def test_without_the_pod_fs_group_the_sidecar_cannot_read_the_socket(
+        self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
+    ) -> None:
+        """Why the patch sets fsGroup: a 0660 socket of the backend's own group is refused."""
+        ready, body = _scrape_one_worker(image, runtime, token_file, socket_dir, tmp_path, False)
+        assert ready == 503  # no worker answers: the pod would not become ready
+        assert 'agent_registry_source_up{worker="w1"} 0.0' in body
+        assert "permission denied" in (tmp_path / "sidecar.log").read_text()
+
+
+BACKEND_USER = 1000  # the user's backend container: any other non-root user
+
+
+def _scrape_one_worker(
+    image: Path, runtime: Stage, token_file: Path, socket_dir: Path, log_dir: Path, fs_group: bool
+) -> tuple[int, str]:
+    """Start a backend worker and the sidecar with the patch's settings and identities;
+    the readiness probe's status and the scrape."""
+    user, group, pod_group = pod_identity()
+    # The kubelet gives an fsGroup volume that group with the setgid bit (emptyDir is 0777).
+    os.chown(socket_dir, 0, pod_group if fs_group else 0)
+    socket_dir.chmod(0o2777 if fs_group else 0o777)
+    env = {
+        **patch_env("127.0.0.1", token_file),
+        **image_env(
+            runtime,
+            listen_host="127.0.0.1",
+            listen_port="0",
+            peers="localhost",  # resolved from /etc/hosts: no DNS query leaves the host
+            socket_dir=str(socket_dir),
+        ),
+    }
+    backend = {"user": BACKEND_USER, "group": BACKEND_USER, "extra_groups": [pod_group]}
+    sidecar = {"user": user, "group": group, "extra_groups": [pod_group]}
+    worker = [image / "bin" / "python", image / "backend_worker.py", "w1"]
+    with (
+        _started(*worker, env=env, log=log_dir / "worker.log", ready="serving", **backend),
+        _started(*command(image, runtime), env=env, log=log_dir / "sidecar.log", **sidecar) as url,
+    ):
+        return _status(f"{url}/-/ready"), _get(f"{url}/metrics")
 
 
 def command(image: Path, runtime: Stage) -> list[str]:
@@ -258,14 +333,23 @@ def command(image: Path, runtime: Stage) -> list[str]:
 
 @contextmanager
 def _started(
-    *args: str | Path, env: dict[str, str], log: Path, ready: str = r"serving (http://\S+)/metrics"
+    *args: str | Path,
+    env: dict[str, str],
+    log: Path,
+    ready: str = r"serving (http://\S+)/metrics",
+    **identity: Any,
 ) -> Iterator[str]:
-    """Start the command, yield what its first line says once it matches `ready` (a URL for
-    the exporter); stop it by its handle."""
+    """Start the command (as `identity`: user, group, extra_groups), yield what its first
+    line says once it matches `ready` (a URL for the exporter); stop it by its handle."""
     with (
         log.open("w") as stderr,
         subprocess.Popen(
-            [str(a) for a in args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+            [str(a) for a in args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            **identity,
         ) as process,
     ):
         try:

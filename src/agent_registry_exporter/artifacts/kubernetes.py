@@ -148,8 +148,8 @@ def _sidecar(o: KubernetesOptions) -> dict[str, Any]:
         "env": env,
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
         "livenessProbe": probe("/-/healthy", 10, 3),
-        # Readiness gathers a snapshot from every worker: not too often, and a minute of
-        # failures before the pod leaves its Services.
+        # Ready while a worker answers: a minute of failures before the pod (the backend
+        # with it) leaves its Services, so a worker restarting does not take it out.
         "readinessProbe": probe("/-/ready", 15, 4),
         "resources": {
             "requests": {"cpu": "50m", "memory": "96Mi"},
