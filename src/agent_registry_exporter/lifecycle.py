@@ -92,6 +92,8 @@ class AgentLifecycleManager:
             clock=registry.clock if registry is not None else time.time
         )
         self._close_threads = asyncio.Semaphore(_CLOSE_THREADS)
+        # Agents still closing, per cleanup in progress: what a shutdown reports as left.
+        self._closing: dict[int, tuple[str, list[int]]] = {}
 
     async def monitor_memory_usage(self, user_id: str) -> dict[str, Any]:
         """Check one user's session; never raises (a failure is `status: 'error'`)."""
@@ -177,7 +179,12 @@ class AgentLifecycleManager:
             )
         # Outside the registry lock: a slow agent must not stall registration for everyone.
         agents = session.drain()
-        errors = await self._close_all(agents)
+        left = [len(agents)]
+        self._closing[id(left)] = (user_id, left)
+        try:
+            errors = await self._close_all(agents, left)
+        finally:
+            del self._closing[id(left)]
         self.cleaned_agents.track(agent for _, agent in agents)
         cleaned = len(agents) - len(errors)
         _log.info("cleaned session of user %r: %d agents, %d errors", user_id, cleaned, len(errors))
@@ -201,8 +208,24 @@ class AgentLifecycleManager:
         self.cleaned_agents.track([agent])
         return not errors
 
-    async def _close_all(self, agents: Sequence[tuple[str, Any]]) -> dict[str, str]:
-        outcomes = await asyncio.gather(*(self._close_one(agent) for _, agent in agents))
+    def agents_left(self) -> dict[str, int]:
+        """Agents not yet closed by the cleanups in progress, per user (for shutdown logs)."""
+        left: dict[str, int] = {}
+        for user_id, (count,) in self._closing.values():
+            left[user_id] = left.get(user_id, 0) + count
+        return left
+
+    async def _close_all(
+        self, agents: Sequence[tuple[str, Any]], left: list[int] | None = None
+    ) -> dict[str, str]:
+        async def close(agent: Any) -> str | None:
+            try:
+                return await self._close_one(agent)
+            finally:
+                if left is not None:
+                    left[0] -= 1
+
+        outcomes = await asyncio.gather(*(close(agent) for _, agent in agents))
         return {
             agent_id: error for (agent_id, _), error in zip(agents, outcomes, strict=True) if error
         }

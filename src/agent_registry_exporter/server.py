@@ -392,9 +392,34 @@ class ExporterServer:
         _log.info("exporter listening on %s as instance %s", self.url, instance or "(unset)")
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop accepting, give running cleanups `shutdown_grace_seconds`, then release all.
+
+        Each cleanup still running after the grace is logged with its user and the agents it
+        has left to close; in an embedding backend it keeps running on the backend's loop.
+        """
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        for site in list(runner.sites):
+            await site.stop()  # no new connections; requests in flight carry on
+        grace = self.app[SETTINGS].shutdown_grace_seconds
+        unfinished = await self.app[REMEDIATOR].drain(grace)
+        source = self.app[SOURCE]
+        left = (
+            source.registry.lifecycle_manager.agents_left()
+            if isinstance(source, InProcessSource)
+            else {}
+        )
+        for worker, user_id in unfinished:
+            fields: dict[str, object] = {"user_id": user_id, "agents_left": left.get(user_id)}
+            if worker is not None:
+                fields["worker"] = worker
+            _log.warning("cleanup unfinished at shutdown", extra={"fields": fields})
+        await runner.cleanup()  # requests still in flight get the same grace
+        _log.info(
+            "exporter stopped",
+            extra={"fields": {"unfinished_cleanups": len(unfinished), "grace_seconds": grace}},
+        )
 
 
 async def start_exporter(

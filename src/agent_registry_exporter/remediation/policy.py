@@ -122,6 +122,8 @@ class Remediator:
         # Cleanups that outlived a request's deadline: referenced until they finish (an
         # unreferenced task may be garbage-collected mid-cleanup), then logged.
         self._background: set[asyncio.Task[CleanupResult]] = set()
+        # Every cleanup started here and not yet finished, whoever waits for it: `drain`.
+        self._cleanups: dict[asyncio.Task[CleanupResult], _Target] = {}
 
     async def handle(self, payload: WebhookPayload, *, forwarded: bool = False) -> list[Decision]:
         """Decide (and, unless dry-run, act) on every alert of the payload.
@@ -316,6 +318,9 @@ class Remediator:
                 return await targets[target].cleanup_user(target[1], if_violating=True)
 
         tasks = {target: asyncio.create_task(clean(target)) for target in targets}
+        for target, task in tasks.items():
+            self._cleanups[task] = target
+            task.add_done_callback(self._cleanups.pop)
         budget = self.policy.cleanup_timeout_seconds
         await asyncio.wait(tasks.values(), timeout=budget)
         results: dict[_Target, CleanupResult | tuple[Outcome, str]] = {}
@@ -337,6 +342,17 @@ class Remediator:
                     f"not started within {budget:g}s; nothing was touched",
                 )
         return results
+
+    async def drain(self, grace_seconds: float) -> list[tuple[str | None, str]]:
+        """Wait up to `grace_seconds` for every cleanup started here (in a request or in
+        the background); returns the (worker, user_id) of those still running then.
+
+        Nothing is cancelled: a started cleanup has already detached its session.
+        """
+        running = list(self._cleanups)
+        if running:
+            await asyncio.wait(running, timeout=grace_seconds)
+        return [self._cleanups[task] for task in running if not task.done()]
 
     def _background_done(self, target: _Target, task: asyncio.Task[CleanupResult]) -> None:
         self._background.discard(task)
