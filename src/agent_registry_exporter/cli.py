@@ -26,8 +26,14 @@ from .artifacts import (
 )
 from .lifecycle import Thresholds
 from .registry import AgentRegistry
-from .server import ExporterServer, create_app, start_exporter
-from .settings import Settings, ThresholdSettings, describe_validation_error
+from .server import ExporterServer, ListenError, create_app, start_exporter
+from .settings import (
+    ENV_PREFIX,
+    Settings,
+    ThresholdSettings,
+    describe_validation_error,
+    unknown_environment,
+)
 from .sources import SidecarSource
 
 __all__ = ["main"]
@@ -278,9 +284,19 @@ def _print_dashboard() -> int:
     return 0
 
 
+def _how_to_set(setting: str) -> str:
+    return " and ".join(
+        f"--{name.replace('_', '-')} or {ENV_PREFIX}{name.upper()}" for name in setting.split("/")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _build_parser().parse_args(argv)
+    if unknown := unknown_environment():
+        # A misspelt variable would otherwise be ignored in silence, its default used.
+        print("\n".join(unknown), file=sys.stderr)
+        return 2
     try:
         settings, thresholds = _load(args)
         if args.command in ("rules", "kubernetes"):
@@ -309,13 +325,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "sidecar"):
         if args.check_config:
             print("configuration is valid")
+            if settings.resolved_webhook_token() is None and not (
+                settings.webhook_allow_unauthenticated
+            ):
+                print(
+                    f"warning: the webhook has no token ({ENV_PREFIX}WEBHOOK_TOKEN or "
+                    f"{ENV_PREFIX}WEBHOOK_TOKEN_FILE): it will refuse Alertmanager with 403",
+                    file=sys.stderr,
+                )
             return 0
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
-                _sidecar(settings)
-                if args.command == "sidecar"
-                else _serve(settings, thresholds, args.demo)
-            )
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(
+                    _sidecar(settings)
+                    if args.command == "sidecar"
+                    else _serve(settings, thresholds, args.demo)
+                )
+        except ListenError as exc:
+            print(f"{exc}; set {_how_to_set(exc.setting)}", file=sys.stderr)
+            return 1
         return 0
     from .demo import run_demo
 

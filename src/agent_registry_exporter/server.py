@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape as html_escape
@@ -31,7 +33,7 @@ from .serving.limits import LISTEN_BACKLOG, descriptor_bound
 from .settings import ENV_PREFIX, Settings
 from .sources import InProcessSource, RegistrySource, WorkerSources
 
-__all__ = ["ExporterServer", "create_app", "start_exporter"]
+__all__ = ["ExporterServer", "ListenError", "create_app", "start_exporter"]
 
 _log = logging.getLogger(__name__)
 
@@ -348,6 +350,24 @@ def _invalid_payload(exc: ValidationError) -> web.Response:
     return _error(400, "payload is not an Alertmanager v4 webhook", problems=problems)
 
 
+class ListenError(OSError):
+    """The exporter could not listen; the message names the address and the setting to fix."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        if cause.errno in (errno.EADDRINUSE, errno.EACCES):
+            self.setting = "listen_port"
+        elif cause.errno == errno.EADDRNOTAVAIL or isinstance(cause, socket.gaierror):
+            self.setting = "listen_host"
+        else:
+            self.setting = "listen_host/listen_port"
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.reason = cause.strerror or str(cause)
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address} (setting {self.setting}): {self.reason}"
+
+
 class ExporterServer:
     """A running exporter app on its own port; `stop()` releases everything."""
 
@@ -383,9 +403,9 @@ class ExporterServer:
         site = web.TCPSite(runner, self.host, self._requested_port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
             await runner.cleanup()
-            raise
+            raise ListenError(self.host, self._requested_port, exc) from exc
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         instance = settings.instance

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Literal
@@ -15,7 +18,13 @@ from .sources import DEFAULT_SOCKET_DIR
 
 _POLICY = RemediationPolicy()  # the receiver's defaults live there, once
 
-__all__ = ["ENV_PREFIX", "Settings", "ThresholdSettings", "describe_validation_error"]
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "ThresholdSettings",
+    "describe_validation_error",
+    "unknown_environment",
+]
 
 ENV_PREFIX = "AGENT_REGISTRY_EXPORTER_"
 
@@ -162,6 +171,40 @@ class ThresholdSettings(BaseSettings):
 
     def to_thresholds(self) -> Thresholds:
         return Thresholds(**self.model_dump(exclude_none=True))
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per `AGENT_REGISTRY_EXPORTER_*` variable that names no setting.
+
+    The valid names are read from every settings model using the prefix, so a setting added
+    anywhere is known at once. Like pydantic-settings, names are compared case-insensitively.
+    """
+    known = {
+        name.upper() for model in _prefixed_models(BaseSettings) for name in model.model_fields
+    }
+    problems = []
+    for variable in sorted(os.environ if environ is None else environ):
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        name = variable.upper().removeprefix(ENV_PREFIX)
+        if name in known:
+            continue
+        # Compared without the prefix, which every name shares.
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        hint = (
+            f"did you mean {ENV_PREFIX}{close[0]}?"
+            if close
+            else "the README's Settings table lists every name"
+        )
+        problems.append(f"unknown setting {variable}: {hint}")
+    return problems
+
+
+def _prefixed_models(model: type[BaseSettings]) -> Iterator[type[BaseSettings]]:
+    if model.model_config.get("env_prefix") == ENV_PREFIX:
+        yield model
+    for sub in model.__subclasses__():
+        yield from _prefixed_models(sub)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
