@@ -8,6 +8,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 from .lifecycle import AgentLifecycleManager, CleanupResult, Thresholds
+from .logs import configure_logging
 from .memory import CleanedAgentTracker
 from .registry import (
     AgentRegistry,
@@ -37,6 +38,7 @@ __all__ = [
     "Thresholds",
     "UserAgentSession",
     "__version__",
+    "configure_logging",
     "create_app",
     "serve_registry",
     "start_exporter",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import sys
@@ -25,6 +24,7 @@ from .artifacts import (
     render_rules_yaml,
 )
 from .lifecycle import Thresholds
+from .logs import configure_logging
 from .registry import AgentRegistry
 from .server import ExporterServer, ListenError, create_app, start_exporter
 from .settings import (
@@ -39,43 +39,6 @@ from .sources import SidecarSource
 __all__ = ["main"]
 
 _log = logging.getLogger("agent_registry_exporter")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-class _TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        fields = getattr(record, "fields", None)
-        if fields:
-            text += " " + " ".join(f"{k}={v!r}" for k, v in fields.items())
-        return text
-
-
-def configure_logging(settings: Settings) -> None:
-    """One line per event: JSON when not on a terminal (or when asked), text otherwise."""
-    handler = logging.StreamHandler(sys.stderr)
-    as_json = settings.log_format == "json" or (
-        settings.log_format == "auto" and not sys.stderr.isatty()
-    )
-    handler.setFormatter(
-        _JsonFormatter() if as_json else _TextFormatter("%(asctime)s %(levelname)s %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
 
 
 def _threshold_options(parser: argparse.ArgumentParser) -> None:
@@ -321,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "alertmanager-config":
         sys.stdout.write(render_alertmanager_yaml())
         return 0
-    configure_logging(settings)
+    configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "sidecar"):
         if args.check_config:
             print("configuration is valid")

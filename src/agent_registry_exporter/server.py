@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .exposition import ExporterMetrics, render, wants_gzip, wants_openmetrics
+from .logs.lines import show_decisions
 from .registry import AgentRegistry
 from .remediation import (
     HOP_HEADER,
@@ -443,10 +444,20 @@ class ExporterServer:
 
 
 async def start_exporter(
-    registry: AgentRegistry | RegistrySource, settings: Settings | None = None
+    registry: AgentRegistry | RegistrySource,
+    settings: Settings | None = None,
+    *,
+    log_decisions: bool = False,
 ) -> ExporterServer:
-    """Serve /metrics and the webhook for `registry` on its own port (embedding)."""
+    """Serve /metrics and the webhook for `registry` on its own port (embedding).
+
+    `log_decisions=True` makes every remediation decision one line on stderr (at
+    `settings.log_level`, in `settings.log_format`) even when the host leaves logging
+    unconfigured, as uvicorn does; a host that configured logging keeps its handlers.
+    """
     settings = settings or Settings()
+    if log_decisions:
+        show_decisions(settings.log_level, settings.log_format)
     source: RegistrySource = (
         InProcessSource(registry, leak_grace_seconds=settings.leak_grace_seconds)
         if isinstance(registry, AgentRegistry)

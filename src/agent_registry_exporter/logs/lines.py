@@ -1,0 +1,97 @@
+"""One line per event (JSON or text), structured fields included, on the exporter's loggers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import IO, Any, Literal
+
+__all__ = ["LOGGER", "LOGGER_NAMES", "configure_logging"]
+
+# Every logger of the package is a child of this one.
+LOGGER = "agent_registry_exporter"
+LOGGER_NAMES = {
+    f"{LOGGER}.remediation.policy": "one line per webhook decision; late cleanups; the breaker",
+    f"{LOGGER}.lifecycle": "each cleanup: agents closed, errors, sessions left alone",
+    f"{LOGGER}.server": "listening, render failures, token reloads, shutdown and what it left",
+    f"{LOGGER}.serving.limits": "connection cap lowered to fit the open-file limit",
+}
+
+LogFormat = Literal["auto", "json", "text"]
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            text += " " + " ".join(f"{k}={v!r}" for k, v in fields.items())
+        return text
+
+
+class _Handler(logging.StreamHandler[IO[str]]):
+    """Ours, so configuring again replaces it instead of adding a second one."""
+
+
+def configure_logging(
+    level: str = "INFO",
+    log_format: LogFormat = "auto",
+    *,
+    logger: str = "",
+    stream: IO[str] | None = None,
+) -> None:
+    """Log one line per event to `stream` (stderr): JSON when not a terminal, or as asked.
+
+    `logger=""` configures the root logger (what the command does). An embedding host
+    passes `logger="agent_registry_exporter"` to see the exporter's lines without touching
+    its own logging; calling again replaces the handler set up before.
+    """
+    out = stream if stream is not None else sys.stderr
+    as_json = log_format == "json" or (log_format == "auto" and not out.isatty())
+    handler = _Handler(out)
+    handler.setFormatter(
+        _JsonFormatter() if as_json else _TextFormatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    target = logging.getLogger(logger)
+    target.handlers[:] = [h for h in target.handlers if not isinstance(h, _Handler)]
+    if not logger:
+        target.handlers.clear()
+    target.addHandler(handler)
+    target.setLevel(level)
+
+
+def show_decisions(level: str, log_format: LogFormat) -> None:
+    """Make the exporter's INFO lines (one per decision) visible, and shown once.
+
+    When the host's logging already has a handler the lines reach, only the level is set;
+    otherwise (uvicorn and most hosts leave the root unconfigured) a handler is added.
+    """
+    package = logging.getLogger(LOGGER)
+    package.setLevel(level)
+    reached = any(not isinstance(h, _Handler) for h in _handlers_above(package))
+    if not reached:
+        configure_logging(level, log_format, logger=LOGGER)
+
+
+def _handlers_above(logger: logging.Logger) -> list[logging.Handler]:
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found.extend(current.handlers)
+        current = current.parent if current.propagate else None
+    return found

@@ -1,0 +1,99 @@
+"""Decisions stay visible when embedded, whatever the host did (or did not do) to logging.
+
+Each case runs in its own interpreter: logging is process-wide state.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import DATA
+
+# A backend embedding the exporter; `{setup}` is what the host does to logging first.
+_EMBEDDING = """
+import asyncio, logging, urllib.request
+from agent_registry_exporter import AgentRegistry, Settings, start_exporter
+{setup}
+
+async def main():
+    registry = AgentRegistry()
+    for n in range(60):
+        await registry.register_user_agent("leaky", f"agent-{{n}}", object())
+    server = await start_exporter(
+        registry,
+        Settings(listen_host="127.0.0.1", listen_port=0, webhook_token="t0ken"),
+        log_decisions={log_decisions},
+    )
+    request = urllib.request.Request(
+        server.url + "/webhook/alertmanager",
+        data={payload!r},
+        headers={{"Authorization": "Bearer t0ken"}},
+    )
+    def post():
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status
+    print("status", await asyncio.to_thread(post), flush=True)
+    await server.stop()
+
+asyncio.run(main())
+"""
+
+HOSTS = {
+    # uvicorn and many hosts configure only their own loggers, never the root.
+    "unconfigured": "",
+    "root-at-warning": "logging.basicConfig(level=logging.WARNING)",
+}
+
+
+def run_embedded(setup: str, *, log_decisions: bool) -> subprocess.CompletedProcess:
+    payload = (DATA / "webhook" / "firing-too-many-agents.json").read_bytes()
+    code = _EMBEDDING.format(setup=setup, log_decisions=log_decisions, payload=payload)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def decision_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "remediation decision" in line]
+
+
+class TestDecisionsWhenEmbedded:
+    def test_log_decisions_shows_one_line_per_decision_in_an_unconfigured_host(self) -> None:
+        """start_exporter(..., log_decisions=True): each decision is one line with its fields."""
+        done = run_embedded(HOSTS["unconfigured"], log_decisions=True)
+        assert "status 200" in done.stdout, done.stderr
+        (line,) = decision_lines(done.stderr)
+        assert "leaky" in line
+        assert "cleaned" in line
+
+    def test_a_host_with_its_own_logging_gets_each_decision_once_in_its_format(self) -> None:
+        """The host's handler and format are kept; the level lets decisions through, once."""
+        done = run_embedded(HOSTS["root-at-warning"], log_decisions=True)
+        assert "status 200" in done.stdout, done.stderr
+        (line,) = decision_lines(done.stderr)
+        assert line.startswith("INFO:agent_registry_exporter.remediation.policy:")
+
+    def test_without_it_an_unconfigured_host_shows_no_decisions(self) -> None:
+        """The default leaves the host's logging alone (Python shows warnings only)."""
+        done = run_embedded(HOSTS["unconfigured"], log_decisions=False)
+        assert "status 200" in done.stdout, done.stderr
+        assert decision_lines(done.stderr) == []
+
+
+class TestConfigureLogging:
+    def test_json_lines_carry_the_structured_fields(self, capsys) -> None:
+        """The helper's JSON format puts each field of a decision in the line."""
+        code = (
+            "import logging\n"
+            "from agent_registry_exporter import configure_logging\n"
+            "configure_logging(log_format='json')\n"
+            "fields = {'user_id': 'u1', 'outcome': 'cleaned'}\n"
+            "logging.getLogger('agent_registry_exporter.remediation.policy').info(\n"
+            "    'remediation decision', extra={'fields': fields})\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        (line,) = [json.loads(x) for x in done.stderr.splitlines()]
+        assert line["logger"] == "agent_registry_exporter.remediation.policy"
+        assert (line["user_id"], line["outcome"]) == ("u1", "cleaned")
