@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent_registry_exporter import AgentRegistry, SidecarSource, Thresholds, serve_registry
+from agent_registry_exporter import (
+    AgentRegistry,
+    ExporterServer,
+    Settings,
+    SidecarSource,
+    Thresholds,
+    serve_registry,
+    start_exporter,
+)
 
 DATA = Path(__file__).parent / "data"
 # 2026-11-27T12:00:00Z: every test's "now" unless it moves the clock.
@@ -132,3 +142,16 @@ async def wait_until(condition: Callable[[], bool], deadline: float = 30.0) -> N
     while not condition():
         assert time.monotonic() < give_up, "condition never held"
         await asyncio.sleep(0.01)
+
+
+async def loopback_exporter(registry: AgentRegistry, **settings: Any) -> ExporterServer:
+    """`start_exporter` on 127.0.0.1 and a free port, with a webhook token unless given."""
+    settings.setdefault("webhook_token", "s3cret-t0ken")
+    return await start_exporter(
+        registry, Settings(listen_host="127.0.0.1", listen_port=0, **settings)
+    )
+
+
+def console_script() -> str:
+    """The installed `agent-registry-exporter` command of this environment."""
+    return str(Path(sys.executable).parent / "agent-registry-exporter")

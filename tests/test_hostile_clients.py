@@ -12,16 +12,16 @@ import gzip
 import json
 import socket
 import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
 from aiohttp.http_parser import DeflateBuffer
 
-from agent_registry_exporter import AgentRegistry, ExporterServer, Settings, start_exporter
+from agent_registry_exporter import AgentRegistry, ExporterServer
+
+from .conftest import console_script, loopback_exporter
 
 TOKEN = "s3cret-t0ken"
 # 1 MiB of zeros per copy: the bomb inflates to `copies` MiB from a few KiB on the wire.
@@ -37,15 +37,8 @@ def gzip_bomb(mebibytes: int) -> bytes:
 async def exporter(registry: AgentRegistry, fill) -> AsyncIterator[ExporterServer]:
     """The exporter on loopback with short bounds, so slow clients are cut off quickly."""
     await fill("leaky", 60)
-    server = await start_exporter(
-        registry,
-        Settings(
-            listen_host="127.0.0.1",
-            listen_port=0,
-            webhook_token=TOKEN,
-            idle_timeout_seconds=0.5,
-            body_timeout_seconds=0.5,
-        ),
+    server = await loopback_exporter(
+        registry, webhook_token=TOKEN, idle_timeout_seconds=0.5, body_timeout_seconds=0.5
     )
     yield server
     await server.stop()
@@ -160,14 +153,10 @@ class TestSlowClients:
         assert registry.get_session("leaky").agent_count == 60
 
 
-def _console_script() -> str:
-    return str(Path(sys.executable).parent / "agent-registry-exporter")
-
-
 class TestConnectionFlood:
     def test_metrics_answers_under_more_slow_connections_than_file_descriptors(self) -> None:
         """Attack: 400 half-sent requests against a process allowed 256 descriptors."""
-        command = f"ulimit -n 256 && exec {_console_script()} serve --demo"
+        command = f"ulimit -n 256 && exec {console_script()} serve --demo"
         env = {
             "PATH": "/usr/bin:/bin",
             "AGENT_REGISTRY_EXPORTER_LISTEN_HOST": "127.0.0.1",

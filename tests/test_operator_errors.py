@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,13 +11,14 @@ from agent_registry_exporter import Settings
 from agent_registry_exporter.cli import main
 from agent_registry_exporter.settings import ENV_PREFIX, ThresholdSettings
 
+from .conftest import console_script
+
 
 def run_console_script(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    command = str(Path(sys.executable).parent / "agent-registry-exporter")
     return subprocess.run(
-        [command, *args],
+        [console_script(), *args],
         capture_output=True,
         text=True,
         timeout=60,

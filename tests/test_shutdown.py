@@ -7,14 +7,12 @@ import json
 import logging
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 from aiohttp import ClientSession
 
-from agent_registry_exporter import AgentRegistry, ExporterServer, Settings, start_exporter
+from agent_registry_exporter import AgentRegistry, ExporterServer
 
-from .conftest import RecordingAgent, wait_until
+from .conftest import RecordingAgent, console_script, loopback_exporter, wait_until
 
 TOKEN = "s3cret-t0ken"
 
@@ -53,15 +51,8 @@ async def cleanup_left_running(
     gated = [GatedAgent(gate) for _ in range(57)]
     for n, agent in enumerate(gated):
         await registry.register_user_agent("slow", f"agent-{n}", agent)
-    server = await start_exporter(
-        registry,
-        Settings(
-            listen_host="127.0.0.1",
-            listen_port=0,
-            webhook_token=TOKEN,
-            cleanup_timeout_seconds=0.1,
-            shutdown_grace_seconds=grace,
-        ),
+    server = await loopback_exporter(
+        registry, webhook_token=TOKEN, cleanup_timeout_seconds=0.1, shutdown_grace_seconds=grace
     )
     async with ClientSession() as http:
         resp = await http.post(
@@ -110,15 +101,11 @@ class TestGracefulStop:
         await wait_until(lambda: all(a.closes == 1 for a in gated))
 
 
-def _console_script() -> str:
-    return str(Path(sys.executable).parent / "agent-registry-exporter")
-
-
 class TestSignals:
     def test_sigterm_stops_accepting_and_exits_0_with_a_last_log_line(self) -> None:
         """SIGTERM: the port is released, a summary is logged, the exit code is 0."""
         proc = subprocess.Popen(
-            [_console_script(), "serve", "--demo", "--listen-host", "127.0.0.1"],
+            [console_script(), "serve", "--demo", "--listen-host", "127.0.0.1"],
             env={
                 "PATH": "/usr/bin:/bin",
                 "AGENT_REGISTRY_EXPORTER_LISTEN_PORT": "0",
