@@ -74,6 +74,14 @@ class CleanupResult:
         return not self.errors
 
 
+@dataclass(eq=False)
+class _Closing:
+    """One cleanup in progress: whose session, and how many of its agents are still closing."""
+
+    user_id: str
+    left: int
+
+
 class AgentLifecycleManager:
     """Monitors sessions against the registry's thresholds and cleans them up.
 
@@ -92,8 +100,8 @@ class AgentLifecycleManager:
             clock=registry.clock if registry is not None else time.time
         )
         self._close_threads = asyncio.Semaphore(_CLOSE_THREADS)
-        # Agents still closing, per cleanup in progress: what a shutdown reports as left.
-        self._closing: dict[int, tuple[str, list[int]]] = {}
+        # The cleanups in progress and their agents not yet closed: what a shutdown reports.
+        self._closing: set[_Closing] = set()
 
     async def monitor_memory_usage(self, user_id: str) -> dict[str, Any]:
         """Check one user's session; never raises (a failure is `status: 'error'`)."""
@@ -179,12 +187,12 @@ class AgentLifecycleManager:
             )
         # Outside the registry lock: a slow agent must not stall registration for everyone.
         agents = session.drain()
-        left = [len(agents)]
-        self._closing[id(left)] = (user_id, left)
+        closing = _Closing(user_id, len(agents))
+        self._closing.add(closing)
         try:
-            errors = await self._close_all(agents, left)
+            errors = await self._close_all(agents, closing)
         finally:
-            del self._closing[id(left)]
+            self._closing.discard(closing)
         self.cleaned_agents.track(agent for _, agent in agents)
         cleaned = len(agents) - len(errors)
         _log.info("cleaned session of user %r: %d agents, %d errors", user_id, cleaned, len(errors))
@@ -211,19 +219,19 @@ class AgentLifecycleManager:
     def agents_left(self) -> dict[str, int]:
         """Agents not yet closed by the cleanups in progress, per user (for shutdown logs)."""
         left: dict[str, int] = {}
-        for user_id, (count,) in self._closing.values():
-            left[user_id] = left.get(user_id, 0) + count
+        for closing in self._closing:
+            left[closing.user_id] = left.get(closing.user_id, 0) + closing.left
         return left
 
     async def _close_all(
-        self, agents: Sequence[tuple[str, Any]], left: list[int] | None = None
+        self, agents: Sequence[tuple[str, Any]], closing: _Closing | None = None
     ) -> dict[str, str]:
         async def close(agent: Any) -> str | None:
             try:
                 return await self._close_one(agent)
             finally:
-                if left is not None:
-                    left[0] -= 1
+                if closing is not None:
+                    closing.left -= 1
 
         outcomes = await asyncio.gather(*(close(agent) for _, agent in agents))
         return {
