@@ -18,7 +18,7 @@ def workers(board: Dashboard) -> Dashboard:
                 "or too slow (its series vanish meanwhile). Empty in embedded mode.",
                 "none",
                 [query(f"agent_registry_source_up{{{WORKER_SEL}}}", "{{worker}} on {{instance}}")],
-                w=8,
+                w=6,
                 h=7,
             ).min(0)
         )
@@ -34,7 +34,7 @@ def workers(board: Dashboard) -> Dashboard:
                         "{{worker}} on {{instance}}",
                     )
                 ],
-                w=8,
+                w=6,
                 h=7,
             )
         )
@@ -50,7 +50,23 @@ def workers(board: Dashboard) -> Dashboard:
                         "{{worker}} on {{instance}}",
                     )
                 ],
-                w=8,
+                w=6,
+                h=7,
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Dead worker sockets removed",
+                "How often does the sidecar remove the socket of a dead worker (connections "
+                "refused repeatedly)? Steady removals: workers crash and restart.",
+                "ops",
+                [
+                    query(
+                        rate("agent_registry_source_sockets_removed_total", "instance"),
+                        "{{instance}}",
+                    )
+                ],
+                w=6,
                 h=7,
             )
         )
