@@ -1,4 +1,5 @@
-"""The `agent-registry-exporter` command: serve, sidecar, rules, kubernetes, demo."""
+"""The `agent-registry-exporter` command: serve, sidecar, rules, kubernetes, demo,
+user-id-label."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from .settings import (
     describe_validation_error,
     unknown_environment,
 )
-from .sources import SidecarSource
+from .sources import SidecarSource, UserIdHasher
 
 __all__ = ["main"]
 
@@ -155,6 +156,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "alertmanager-config", help="print the example Alertmanager route for the webhook"
     )
 
+    label = commands.add_parser(
+        "user-id-label",
+        help="print the exported label (h:...) of each user id, to find a user behind a hash",
+        description="Prints '<label> <user id>' per id (ids from the arguments, else one per"
+        " line on stdin). Needs the key file the exporter uses; the exporter itself never"
+        " serves the reverse mapping.",
+    )
+    label.add_argument("user_ids", nargs="*", metavar="USER_ID")
+    label.add_argument("--user-id-hmac-key-file", help="the exporter's key file")
+
     demo = commands.add_parser("demo", help="run the whole loop on a simulated backend")
     demo.add_argument("--duration", type=float, default=120.0, help="give up after this (s)")
     demo.add_argument(
@@ -168,6 +179,12 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen-port", type=int, help="port to bind (8464; 0 picks a free one)")
     parser.add_argument("--max-user-series", type=int, help="cap on per-user series (10000)")
     parser.add_argument("--webhook-token-file", help="file holding the webhook bearer token")
+    parser.add_argument(
+        "--web-config-file", help="exporter-toolkit web config: TLS, basic auth, headers"
+    )
+    parser.add_argument(
+        "--user-id-hmac-key-file", help="export user ids as keyed hashes (h:...) with this key"
+    )
     parser.add_argument("--dry-run", action="store_true", default=None, help="decide, never act")
     parser.add_argument(
         "--check-config", action="store_true", help="validate settings and exit (0 when valid)"
@@ -193,6 +210,8 @@ def _load(args: argparse.Namespace) -> tuple[Settings, Thresholds]:
                 "webhook_token_file",
                 "dry_run",
                 "socket_dir",
+                "web_config_file",
+                "user_id_hmac_key_file",
             ),
         )
     )
@@ -253,6 +272,22 @@ def _how_to_set(setting: str) -> str:
     )
 
 
+def _print_labels(settings: Settings, user_ids: Sequence[str]) -> int:
+    if settings.user_id_hmac_key_file is None:
+        print(
+            "user-id-label needs --user-id-hmac-key-file "
+            "(or AGENT_REGISTRY_EXPORTER_USER_ID_HMAC_KEY_FILE)",
+            file=sys.stderr,
+        )
+        return 2
+    label = UserIdHasher.from_file(settings.user_id_hmac_key_file)
+    ids = user_ids or (line.rstrip("\n") for line in sys.stdin)
+    for user_id in ids:
+        if user_id:
+            print(f"{label(user_id)} {user_id}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _build_parser().parse_args(argv)
@@ -284,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "alertmanager-config":
         sys.stdout.write(render_alertmanager_yaml())
         return 0
+    if args.command == "user-id-label":
+        return _print_labels(settings, args.user_ids)
     configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "sidecar"):
         if args.check_config:

@@ -110,6 +110,12 @@ class ExporterMetrics:
             ["code"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "agent_registry_exporter_auth_failures",
+            "Requests refused for their credentials, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
 
 
 def wants_openmetrics(accept: str) -> bool:

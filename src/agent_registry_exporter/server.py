@@ -29,10 +29,17 @@ from .remediation import (
     Remediator,
     WebhookPayload,
 )
+from .security import AuthFailure, PortGuard, ReloadingSSLContext, WebConfigWatcher
 from .serving import BoundedRunner, ConnectionLimiter, refuse_encoded_bodies
 from .serving.limits import LISTEN_BACKLOG, descriptor_bound
 from .settings import ENV_PREFIX, Settings
-from .sources import InProcessSource, RegistrySource, WorkerSources
+from .sources import (
+    InProcessSource,
+    RegistrySource,
+    UserIdHasher,
+    WorkerSources,
+    private_ids,
+)
 
 __all__ = ["ExporterServer", "ListenError", "create_app", "start_exporter"]
 
@@ -91,6 +98,7 @@ _AUTH = web.AppKey("webhook_auth", _WebhookAuth)
 _RENDER_SLOTS = web.AppKey("render_slots", asyncio.Semaphore)
 _RENDER_HEALTH = web.AppKey("render_health", _RenderHealth)
 _CONNECTIONS = web.AppKey("connections", ConnectionLimiter)
+WEB_CONFIG = web.AppKey("web_config", WebConfigWatcher)
 
 
 def create_app(
@@ -127,12 +135,27 @@ def create_app(
         if on_decision is not None:
             on_decision(decision)
 
+    for failure in AuthFailure:
+        metrics.auth_failures.labels(reason=failure.value)
+    if settings.user_id_hmac_key_file is not None:
+        source = private_ids(source, UserIdHasher.from_file(settings.user_id_hmac_key_file))
+
     connections = ConnectionLimiter(descriptor_bound(settings.max_connections))
-    app = web.Application(
-        client_max_size=settings.webhook_max_body_bytes,
-        middlewares=[connections.track, refuse_encoded_bodies, _json_errors],
-    )
+    middlewares: list[Any] = [connections.track, refuse_encoded_bodies, _json_errors]
+    guard = None
+    if settings.web_config_file is not None:
+        guard = PortGuard(
+            WebConfigWatcher(settings.web_config_file),
+            metrics.auth_failures,
+            own_auth_paths=frozenset({WEBHOOK_PATH}),
+        )
+        # Inside the connection bound, before anything reads a body or the registry.
+        middlewares.insert(1, guard)
+    app = web.Application(client_max_size=settings.webhook_max_body_bytes, middlewares=middlewares)
     app[_CONNECTIONS] = connections
+    if guard is not None:
+        app[WEB_CONFIG] = guard.watcher
+        app.on_response_prepare.append(guard.add_headers)
     app[SOURCE] = source
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -252,13 +275,17 @@ async def _ready(request: web.Request) -> web.Response:
         if isinstance(source, WorkerSources):
             # A cheap call per worker: a probe must not cost the backends a snapshot each.
             if (problem := await source.ready()) is not None:
-                return _error(503, f"no worker answers: {problem}")
+                # Probes are unauthenticated: the reason goes to the log, not to the caller.
+                _log.warning("not ready: no worker answers: %s", problem)
+                return _error(503, "no worker answers; see the exporter's log")
         else:
             await source.snapshot()
-    except Exception as exc:
-        return _error(503, f"registry unavailable: {type(exc).__name__}: {exc}")
-    if (failure := request.app[_RENDER_HEALTH].last_error) is not None:
-        return _error(503, f"the last /metrics render failed: {failure}")
+    except Exception:
+        # Probes are unauthenticated: the reason goes to the log, not to the caller.
+        _log.exception("readiness check failed")
+        return _error(503, "registry unavailable; see the exporter's log")
+    if request.app[_RENDER_HEALTH].last_error is not None:
+        return _error(503, "the last /metrics render failed; see the exporter's log")
     return web.Response(text="ready\n")
 
 
@@ -284,6 +311,7 @@ async def _webhook_response(request: web.Request) -> web.Response:
                 f"{ENV_PREFIX}WEBHOOK_TOKEN or {ENV_PREFIX}WEBHOOK_TOKEN_FILE)",
             )
     elif not _bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), token):
+        request.app[METRICS].auth_failures.labels(reason=AuthFailure.WEBHOOK_TOKEN.value).inc()
         response = _error(401, "missing or wrong bearer token")
         response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="agent-registry-exporter"'
         return response
@@ -384,7 +412,11 @@ class ExporterServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if self.host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._ssl_context() else 'http'}://{host}:{self.port}"
+
+    def _ssl_context(self) -> ReloadingSSLContext | None:
+        watcher = self.app.get(WEB_CONFIG)
+        return ReloadingSSLContext(watcher.ssl_context) if watcher and watcher.tls else None
 
     async def start(self) -> None:
         settings = self.app[SETTINGS]
@@ -401,7 +433,13 @@ class ExporterServer:
             shutdown_timeout=settings.shutdown_grace_seconds,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port, backlog=LISTEN_BACKLOG)
+        site = web.TCPSite(
+            runner,
+            self.host,
+            self._requested_port,
+            backlog=LISTEN_BACKLOG,
+            ssl_context=self._ssl_context(),
+        )
         try:
             await site.start()
         except OSError as exc:

@@ -14,7 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .lifecycle import Thresholds
 from .remediation import RemediationPolicy, parse_peers, split_host_port
+from .security import ActiveWebConfig
 from .sources import DEFAULT_SOCKET_DIR
+from .sources.private_ids import read_key_file
 
 _POLICY = RemediationPolicy()  # the receiver's defaults live there, once
 
@@ -57,7 +59,17 @@ class Settings(BaseSettings):
         description="on SIGTERM or stop(): how long in-flight and background cleanups may"
         " still run; each one unfinished then is logged with its user and agents left",
     )
+    web_config_file: Path | None = Field(
+        default=None,
+        description="exporter-toolkit web config file: TLS, client certificates, basic auth,"
+        " headers; reloaded when it or a file it names changes",
+    )
     max_user_series: int = Field(default=10_000, gt=0)
+    user_id_hmac_key_file: Path | None = Field(
+        default=None,
+        description="file holding a secret key: every exported user_id becomes h: plus a keyed"
+        " hash, mapped back to the session when an alert comes in",
+    )
     export_session_age: bool = Field(
         default=True,
         description="export agent_registry_user_session_age_seconds; the rules use the created"
@@ -123,6 +135,20 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"instance ({ENV_PREFIX}INSTANCE) must be host:port: {exc}") from None
         return self
+
+    @field_validator("web_config_file")
+    @classmethod
+    def _usable_web_config(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            ActiveWebConfig.load(path)  # the same load a reload does, certificates included
+        return path
+
+    @field_validator("user_id_hmac_key_file")
+    @classmethod
+    def _usable_key(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            read_key_file(path)
+        return path
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Settings:

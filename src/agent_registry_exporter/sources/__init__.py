@@ -5,6 +5,7 @@ its registry on a Unix socket (`serve_registry`) and the sidecar gathers them al
 """
 
 from .in_process import InProcessSource
+from .private_ids import PrivateIdSource, PrivateWorkerSources, UserIdHasher, private_ids
 from .protocol import RegistrySource, WorkerSources
 from .sidecar import SidecarSource, discover_workers
 from .snapshot_codec import API_VERSION, WorkerIdentity, decode_snapshot, encode_snapshot
@@ -23,9 +24,12 @@ __all__ = [
     "DEFAULT_SOCKET_DIR",
     "SOCKET_DIR_ENV",
     "InProcessSource",
+    "PrivateIdSource",
+    "PrivateWorkerSources",
     "RegistrySocket",
     "RegistrySource",
     "SidecarSource",
+    "UserIdHasher",
     "WorkerError",
     "WorkerIdentity",
     "WorkerSource",
@@ -34,6 +38,7 @@ __all__ = [
     "decode_snapshot",
     "discover_workers",
     "encode_snapshot",
+    "private_ids",
     "serve_registry",
     "socket_path",
 ]

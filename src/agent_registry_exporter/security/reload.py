@@ -1,0 +1,135 @@
+"""The web config in force, and its reload when the file or a file it names changes.
+
+Checked on each new connection and each request (a few `stat` calls), as exporter-toolkit
+re-reads its file per request: no restart, no signal, no background task. A broken new
+file keeps the last good config, and the log says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..remediation.policy import TokenBucket
+from ..webconfig import WebConfig, WebConfigError, load_web_config
+from .tls import server_ssl_context
+
+__all__ = ["ActiveWebConfig", "WebConfigWatcher"]
+
+_log = logging.getLogger(__name__)
+
+_Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+@dataclass(frozen=True)
+class ActiveWebConfig:
+    """One loaded web config file, ready to serve with."""
+
+    config: WebConfig
+    ssl_context: ssl.SSLContext | None
+    headers: Mapping[str, str]
+    users: Mapping[str, str]
+    rate_limit: TokenBucket | None
+    files: tuple[Path, ...]
+
+    @classmethod
+    def load(cls, path: Path) -> ActiveWebConfig:
+        """Everything the file asks for, certificates read; WebConfigError naming the key."""
+        config = load_web_config(path)
+        tls = config.tls_server_config
+        try:
+            ssl_context = server_ssl_context(tls) if tls.enabled else None
+        except WebConfigError as exc:
+            raise WebConfigError(f"web config {path}: {exc}") from None
+        limit = config.rate_limit
+        return cls(
+            config=config,
+            ssl_context=ssl_context,
+            headers=config.http_server_config.headers.as_dict(),
+            users={u: h.get_secret_value() for u, h in config.basic_auth_users.items()},
+            rate_limit=(
+                TokenBucket(1.0 / limit.interval, limit.burst) if limit.interval > 0 else None
+            ),
+            files=_files(path, config),
+        )
+
+
+def _files(path: Path, config: WebConfig) -> tuple[Path, ...]:
+    tls = config.tls_server_config
+    named = (tls.cert_file, tls.key_file, tls.client_ca_file)
+    return (path, *(Path(f) for f in named if f is not None))
+
+
+def _signature(files: tuple[Path, ...]) -> _Signature:
+    def one(file: Path) -> tuple[int, int, int] | None:
+        try:
+            # Follows symlinks: a Kubernetes secret volume swaps a `..data` link.
+            st = os.stat(file)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    return tuple(one(f) for f in files)
+
+
+class WebConfigWatcher:
+    """The web config in force; `current()` reloads it when one of its files changed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._active = ActiveWebConfig.load(path)
+        self._watched = self._active.files
+        self._signature = _signature(self._watched)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the port serves HTTPS (fixed at start-up)."""
+        return self._active.ssl_context is not None
+
+    def current(self) -> ActiveWebConfig:
+        signature = _signature(self._watched)
+        if signature != self._signature:
+            # Once per change, even when the reload fails: no log line per request.
+            self._signature = signature
+            self._reload()
+        return self._active
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The newest server context (for each new connection)."""
+        context = self.current().ssl_context
+        assert context is not None, "TLS is off: no context to give"
+        return context
+
+    def _reload(self) -> None:
+        try:
+            new = ActiveWebConfig.load(self.path)
+            if (new.ssl_context is None) != (self._active.ssl_context is None):
+                raise WebConfigError(
+                    f"web config {self.path}: tls_server_config: TLS cannot be turned "
+                    "on or off without a restart"
+                )
+        except WebConfigError as exc:
+            _log.error("web config not reloaded, keeping the last good one: %s", exc)
+            # Also watch the files the broken config names: their arrival may fix it.
+            self._watched = tuple(dict.fromkeys((*self._active.files, *_named_by(self.path))))
+            self._signature = _signature(self._watched)
+            return
+        self._active = new
+        self._watched = new.files
+        self._signature = _signature(self._watched)
+        _log.info(
+            "web config reloaded from %s",
+            self.path,
+            extra={"fields": {"tls": self.tls, "basic_auth_users": len(new.users)}},
+        )
+
+
+def _named_by(path: Path) -> tuple[Path, ...]:
+    try:
+        return _files(path, load_web_config(path))
+    except WebConfigError:
+        return (path,)

@@ -1,0 +1,109 @@
+"""TLS for the exporter port: a server context built from `tls_server_config`, and a context
+that hands every new connection the newest one (certificate rotation without a restart)."""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..webconfig import TLSServerConfig, WebConfigError, error_reason
+
+__all__ = ["ReloadingSSLContext", "server_ssl_context"]
+
+
+def server_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
+    """A fresh server context for `tls`, its files read now; WebConfigError naming the key."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version, ctx.maximum_version = tls.versions
+    # aiohttp speaks HTTP/1.1 only; saying so lets a Go client skip its h2 attempt.
+    ctx.set_alpn_protocols(["http/1.1"])
+    _load_certificate(ctx, tls)
+    ctx.verify_mode = tls.verify_mode
+    if tls.client_ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise WebConfigError(
+                f"tls_server_config.client_ca_file: cannot load {tls.client_ca_file}: "
+                f"{error_reason(exc)}"
+            ) from None
+    elif tls.client_ca is not None:
+        try:
+            ctx.load_verify_locations(cadata=tls.client_ca)
+        except (ValueError, ssl.SSLError) as exc:
+            raise WebConfigError(f"tls_server_config.client_ca: {error_reason(exc)}") from None
+    elif ctx.verify_mode != ssl.CERT_NONE:
+        ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)  # as Go does: the system's roots
+    if tls.openssl_ciphers:
+        ctx.set_ciphers(tls.openssl_ciphers)
+    if tls.prefer_server_cipher_suites:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if tls.ecdh_curve is not None:
+        ctx.set_ecdh_curve(tls.ecdh_curve)
+    return ctx
+
+
+def _load_certificate(ctx: ssl.SSLContext, tls: TLSServerConfig) -> None:
+    cert = _pem(tls.cert, tls.cert_file, "cert", "CERTIFICATE")
+    key_text = tls.key.get_secret_value() if tls.key is not None else None
+    key = _pem(key_text, tls.key_file, "key", "PRIVATE KEY")
+    where = "tls_server_config.key_file" if tls.key_file else "tls_server_config.key"
+    # ssl loads a certificate only from a file: inline PEM goes through a private
+    # temporary one (mode 0600), gone when loaded.
+    with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
+        pem.write(f"{key.strip()}\n{cert.strip()}\n")
+        pem.flush()
+        try:
+            ctx.load_cert_chain(pem.name)
+        except (OSError, ssl.SSLError) as exc:
+            raise WebConfigError(
+                f"{where}: cannot be used with the certificate: {error_reason(exc)}"
+            ) from None
+
+
+def _pem(inline: str | None, file: str | None, key: str, kind: str) -> str:
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WebConfigError(
+                f"tls_server_config.{key}_file: cannot read {file}: {error_reason(exc)}"
+            ) from None
+        key = f"{key}_file"
+    else:
+        text = inline or ""
+    if f"{kind}-----" not in text:  # BEGIN CERTIFICATE, BEGIN (RSA |EC )PRIVATE KEY
+        raise WebConfigError(f"tls_server_config.{key}: no PEM {kind.lower()} in it")
+    return text
+
+
+class ReloadingSSLContext(ssl.SSLContext):
+    """A server context that builds each connection from `current()`'s context.
+
+    asyncio creates every connection's TLS object through `wrap_bio` of the context the
+    server was started with; delegating that call swaps everything per connection
+    (certificate, client CAs, verify mode, versions, ciphers), which a context's own
+    setters or an SNI callback cannot. Connections already open keep theirs.
+    """
+
+    _current: Callable[[], ssl.SSLContext]
+
+    def __new__(cls, current: Callable[[], ssl.SSLContext]) -> ReloadingSSLContext:
+        self = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
+        self._current = current
+        return self
+
+    def __init__(self, current: Callable[[], ssl.SSLContext]) -> None:
+        # SSLContext takes its arguments in __new__.
+        pass
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        return self._current().wrap_bio(*args, **kwargs)
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        return self._current().wrap_socket(*args, **kwargs)

@@ -1,0 +1,219 @@
+"""Private user ids: a source that exports a keyed hash instead of each user id.
+
+Every `user_id` label becomes `h:` plus 20 hex digits (80 bits) of HMAC-SHA256 under a key
+that only this process holds. Prometheus, Alertmanager, Grafana and their long-term storage
+see hashes only; an alert comes back with the hash, and this source maps it to the session
+it came from, from a map filled as the labels are rendered (or, on a miss, by hashing the
+current sessions again). No table of ids leaves the process.
+
+80 bits: the chance that two of n users share a label is about n^2 / 2^81, 4e-9 at a
+hundred million users (64 bits would be 3e-4 there). A shared label would merge two users'
+series; the receiver would still re-check the session it maps to before acting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+from prometheus_client.core import Metric
+
+from ..lifecycle import CleanupResult
+from ..registry import RegistrySnapshot, SessionLike
+from .protocol import RegistrySource, WorkerSources
+
+__all__ = [
+    "MIN_KEY_BYTES",
+    "PrivateIdSource",
+    "PrivateWorkerSources",
+    "UserIdHasher",
+    "private_ids",
+    "read_key_file",
+]
+
+PREFIX = "h:"
+_HEX_DIGITS = 20
+MIN_KEY_BYTES = 16
+
+
+class UserIdHasher:
+    """user id -> `h:` + 20 hex digits of HMAC-SHA256; remembers both directions, bounded."""
+
+    def __init__(self, key: bytes, *, cache_size: int = 100_000) -> None:
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"the key has {len(key)} bytes; at least {MIN_KEY_BYTES} needed")
+        self._key = key
+        self._cache_size = cache_size
+        self._labels: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+
+    @classmethod
+    def from_file(cls, path: Path) -> UserIdHasher:
+        """The key is the file's bytes, surrounding whitespace removed."""
+        return cls(read_key_file(path))
+
+    def __call__(self, user_id: str) -> str:
+        label = self._labels.get(user_id)
+        if label is None:
+            digest = hmac.digest(self._key, user_id.encode(), "sha256")
+            label = PREFIX + digest.hex()[:_HEX_DIGITS]
+            if len(self._labels) >= self._cache_size:
+                # Cheaper than an LRU on the scrape path; the next render refills it.
+                self._labels.clear()
+                self._ids.clear()
+            self._labels[user_id] = label
+            self._ids[label] = user_id
+        return label
+
+    def known(self, label: str) -> str | None:
+        """The user id behind `label` if it was hashed since the cache was last emptied."""
+        return self._ids.get(label)
+
+
+def read_key_file(path: Path) -> bytes:
+    """The HMAC key in `path`; ValueError naming the file when unusable."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"{str(path)!r} holds {len(key)} bytes; at least {MIN_KEY_BYTES} needed "
+            "(make one with: head -c 32 /dev/urandom | base64)"
+        )
+    return key
+
+
+class _HashedSession:
+    """A session seen through its hashed id; counts are read through, never copied."""
+
+    __slots__ = ("_label", "_session")
+
+    def __init__(self, session: SessionLike, label: Callable[[str], str]) -> None:
+        self._session = session
+        self._label = label
+
+    @property
+    def user_id(self) -> str:
+        return self._label(self._session.user_id)
+
+    @property
+    def agent_count(self) -> int:
+        return self._session.agent_count
+
+    @property
+    def created_timestamp(self) -> float:
+        return self._session.created_timestamp
+
+
+class _HashedSessions(Sequence[SessionLike]):
+    """The snapshot's sessions, hashed lazily: only the ids a render prints are hashed,
+    in the render's thread, never on the event loop."""
+
+    def __init__(self, sessions: Sequence[SessionLike], label: Callable[[str], str]) -> None:
+        self._sessions = sessions
+        self._label = label
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @overload
+    def __getitem__(self, index: int) -> SessionLike: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SessionLike]: ...
+    def __getitem__(self, index: int | slice) -> SessionLike | Sequence[SessionLike]:
+        if isinstance(index, slice):
+            return [_HashedSession(s, self._label) for s in self._sessions[index]]
+        return _HashedSession(self._sessions[index], self._label)
+
+    def __iter__(self) -> Iterator[SessionLike]:
+        label = self._label
+        return (_HashedSession(s, label) for s in self._sessions)
+
+
+def private_ids(source: RegistrySource, hasher: UserIdHasher) -> RegistrySource:
+    """`source` with hashed ids; a sidecar's workers stay addressable one by one."""
+    if isinstance(source, WorkerSources):
+        return PrivateWorkerSources(source, hasher)
+    return PrivateIdSource(source, hasher)
+
+
+def _hashed(snapshot: RegistrySnapshot, label: Callable[[str], str]) -> RegistrySnapshot:
+    workers = snapshot.workers
+    return dataclasses.replace(
+        snapshot,
+        sessions=_HashedSessions(snapshot.sessions, label),
+        workers=None if workers is None else tuple(_hashed(w, label) for w in workers),
+    )
+
+
+class PrivateIdSource:
+    """Wraps a `RegistrySource`: hashed ids out, hashed ids back in (webhook, monitoring)."""
+
+    def __init__(self, inner: RegistrySource, hasher: UserIdHasher) -> None:
+        self.inner = inner
+        self.hasher = hasher
+
+    async def snapshot(self) -> RegistrySnapshot:
+        return _hashed(await self.inner.snapshot(), self.hasher)
+
+    async def monitor_user(self, user_id: str) -> dict[str, Any]:
+        real = await self._resolve(user_id)
+        if real is None:
+            return {"status": "no_session", "user_id": user_id, "metrics": {}, "issues": []}
+        result = dict(await self.inner.monitor_user(real))
+        result["user_id"] = user_id
+        metrics = result.get("metrics")
+        if isinstance(metrics, dict) and "user_id" in metrics:
+            result["metrics"] = {**metrics, "user_id": user_id}
+        return result
+
+    async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
+        real = await self._resolve(user_id)
+        if real is None:
+            return CleanupResult(user_id=user_id, found=False)
+        result = await self.inner.cleanup_user(real, if_violating=if_violating)
+        return dataclasses.replace(result, user_id=user_id)
+
+    async def _resolve(self, label: str) -> str | None:
+        """The id behind an exported label; a clear id is not accepted."""
+        if not label.startswith(PREFIX):
+            return None
+        known = self.hasher.known(label)
+        if known is not None:
+            return known
+        # Not rendered since the cache was emptied (or since a restart): hash the current
+        # sessions again, off the loop, and look once more.
+        ids = [s.user_id for s in (await self.inner.snapshot()).sessions]
+        return await asyncio.to_thread(self._search, ids, label)
+
+    def _search(self, ids: list[str], label: str) -> str | None:
+        for user_id in ids:
+            if self.hasher(user_id) == label:
+                return user_id
+        return None
+
+
+class PrivateWorkerSources(PrivateIdSource):
+    """Sidecar mode: every worker's registry behind the same key (alerts name the worker)."""
+
+    def __init__(self, inner: WorkerSources, hasher: UserIdHasher) -> None:
+        super().__init__(inner, hasher)  # type: ignore[arg-type]
+        self._workers = inner
+
+    def worker(self, name: str) -> RegistrySource | None:
+        source = self._workers.worker(name)
+        return None if source is None else PrivateIdSource(source, self.hasher)
+
+    async def ready(self) -> str | None:
+        return await self._workers.ready()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._workers.collect()
+
+    async def close(self) -> None:
+        await self._workers.close()
