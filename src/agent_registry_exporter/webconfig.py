@@ -321,7 +321,9 @@ def load_web_config(path: Path | str) -> WebConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise WebConfigError(f"web config {path}: expected a mapping of keys, got {type(data)}")
+        raise WebConfigError(
+            f"web config {path}: expected a mapping of keys, got a {type(data).__name__}"
+        )
     try:
         config = WebConfig.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as exc:

@@ -69,6 +69,10 @@ class UserIdHasher:
             self._ids[label] = user_id
         return label
 
+    def __len__(self) -> int:
+        """Ids cached now."""
+        return len(self._labels)
+
     def known(self, label: str) -> str | None:
         """The user id behind `label` if it was hashed since the cache was last emptied."""
         return self._ids.get(label)

@@ -1,0 +1,222 @@
+"""Basic auth from the web config: what it guards, how it refuses, what it costs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, create_app
+from agent_registry_exporter.security import PortGuard
+from agent_registry_exporter.server import WEBHOOK_PATH
+
+from ..conftest import DATA
+from .conftest import WEBHOOK_TOKEN, basic, bcrypt_hash
+
+ALICE = basic("alice", "wonderland")
+
+
+def failures(text: str) -> dict[str, float]:
+    """agent_registry_exporter_auth_failures_total by reason, as scraped."""
+    return {
+        s.labels["reason"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "agent_registry_exporter_auth_failures_total"
+    }
+
+
+def guard_of(app: web.Application) -> PortGuard:
+    (guard,) = [m for m in app.middlewares if isinstance(m, PortGuard)]
+    return guard
+
+
+@pytest.fixture
+def web_config(tmp_path: Path) -> Path:
+    path = tmp_path / "web.yml"
+    path.write_text(
+        f"basic_auth_users:\n  alice: {bcrypt_hash('wonderland')}\n"
+        "http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+    )
+    return path
+
+
+@pytest.fixture
+async def client(aiohttp_client, registry: AgentRegistry, web_config: Path) -> TestClient:
+    settings = Settings(web_config_file=web_config, webhook_token=WEBHOOK_TOKEN)
+    return await aiohttp_client(create_app(InProcessSource(registry), settings))
+
+
+async def scrape_failures(client: TestClient) -> dict[str, float]:
+    resp = await client.get("/metrics", headers=ALICE)
+    assert resp.status == 200
+    return failures(await resp.text())
+
+
+class TestWhatItGuards:
+    async def test_right_password_gets_metrics(self, client, fill) -> None:
+        """alice with her password scrapes /metrics."""
+        await fill("u1", 3)
+        resp = await client.get("/metrics", headers=ALICE)
+        assert resp.status == 200
+        assert 'agent_registry_user_agents{user_id="u1"} 3' in await resp.text()
+
+    @pytest.mark.parametrize("path", ["/metrics", "/", "/no-such-page"])
+    async def test_missing_credentials_are_refused_with_a_challenge(self, client, path) -> None:
+        """No Authorization header: 401, a Basic challenge, a JSON reason, nothing else."""
+        resp = await client.get(path)
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"].startswith('Basic realm="agent-registry-exporter"')
+        assert await resp.json() == {"error": "authentication required"}
+
+    async def test_wrong_password_is_refused(self, client, fill) -> None:
+        """The right user with the wrong password learns nothing about the registry."""
+        await fill("secret-user", 3)
+        resp = await client.get("/metrics", headers=basic("alice", "looking-glass"))
+        assert resp.status == 401
+        assert "secret-user" not in await resp.text()
+
+    @pytest.mark.parametrize("path", ["/-/healthy", "/-/ready"])
+    async def test_probes_stay_open_and_reveal_nothing(self, client, fill, path) -> None:
+        """Probes need no credentials and answer one word."""
+        await fill("u1", 3)
+        resp = await client.get(path)
+        assert resp.status == 200
+        assert await resp.text() in ("healthy\n", "ready\n")
+
+    async def test_failing_readiness_reveals_nothing(self, aiohttp_client, web_config) -> None:
+        """A broken source makes /-/ready 503 without the exception's text."""
+
+        class Broken(InProcessSource):
+            async def snapshot(self) -> Any:
+                raise ConnectionError("/run/secret/worker-7.sock refused")
+
+        settings = Settings(web_config_file=web_config)
+        client = await aiohttp_client(create_app(Broken(AgentRegistry()), settings))
+        resp = await client.get("/-/ready")
+        assert resp.status == 503
+        assert "secret" not in await resp.text()
+
+    async def test_webhook_keeps_its_bearer_token(self, client, fill) -> None:
+        """The webhook asks for its token, not for basic auth."""
+        await fill("leaky", 60)
+        body = (DATA / "webhook" / "firing-too-many-agents.json").read_bytes()
+        with_token = await client.post(
+            WEBHOOK_PATH, data=body, headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+        )
+        assert with_token.status == 200, await with_token.text()
+        with_basic = await client.post(WEBHOOK_PATH, data=body, headers=ALICE)
+        assert with_basic.status == 401
+        assert with_basic.headers["WWW-Authenticate"].startswith("Bearer")
+
+    async def test_dot_segments_do_not_reach_metrics_through_a_probe(self, client) -> None:
+        """`/-/healthy/../metrics` on the wire is /metrics: it needs credentials."""
+        host, port = client.server.host, client.server.port
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /-/healthy/../metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        ("header", "reason"),
+        [
+            (None, "missing_credentials"),
+            ("Bearer abc", "malformed_credentials"),
+            ("Basic !!!not-base64!!!", "malformed_credentials"),
+            ("Basic " + base64.b64encode(b"no-colon").decode(), "malformed_credentials"),
+            ("Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "malformed_credentials"),
+            (basic("mallory", "wonderland")["Authorization"], "unknown_user"),
+            (basic("alice", "looking-glass")["Authorization"], "wrong_password"),
+            (basic("alice", "w" * 500)["Authorization"], "wrong_password"),
+            (basic("alice", "wonder\x00land")["Authorization"], "wrong_password"),
+        ],
+    )
+    async def test_each_refusal_is_counted_by_reason(self, client, header, reason) -> None:
+        """One refused request adds one to its reason and to no other."""
+        before = await scrape_failures(client)
+        headers = {"Authorization": header} if header is not None else {}
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 401
+        after = await scrape_failures(client)
+        assert {k: after[k] - before[k] for k in after} == {
+            k: (1.0 if k == reason else 0.0) for k in after
+        }
+
+    async def test_wrong_webhook_token_is_counted(self, client) -> None:
+        """The webhook's own refusals are auth failures too."""
+        resp = await client.post(WEBHOOK_PATH, data=b"{}", headers={"Authorization": "Bearer x"})
+        assert resp.status == 401
+        assert (await scrape_failures(client))["webhook_token"] == 1
+
+    async def test_password_never_reaches_the_log(self, client, caplog) -> None:
+        """Neither a wrong nor a right password is logged."""
+        caplog.set_level("DEBUG")
+        await client.get("/metrics", headers=basic("alice", "looking-glass"))
+        await client.get("/metrics", headers=ALICE)
+        assert "looking-glass" not in caplog.text
+        assert "wonderland" not in caplog.text
+
+    async def test_configured_headers_are_on_every_answer(self, client) -> None:
+        """http_server_config.headers are set on 200, 401 and probe answers alike."""
+        for resp in (
+            await client.get("/metrics", headers=ALICE),
+            await client.get("/metrics"),
+            await client.get("/-/healthy"),
+        ):
+            assert resp.headers["X-Content-Type-Options"] == "nosniff", resp.status
+
+
+class TestCost:
+    async def test_repeated_scrapes_run_bcrypt_once(self, client) -> None:
+        """Twenty scrapes with the same credentials cost one bcrypt check."""
+        for _ in range(20):
+            assert (await client.get("/metrics", headers=ALICE)).status == 200
+        assert guard_of(client.app).checker.bcrypt_runs == 1
+
+    async def test_a_stale_password_runs_bcrypt_once(self, client) -> None:
+        """A scraper with an old password is refused every time for one bcrypt check."""
+        stale = basic("alice", "old-password")
+        for _ in range(10):
+            assert (await client.get("/metrics", headers=stale)).status == 401
+        assert guard_of(client.app).checker.bcrypt_runs == 1
+
+    async def test_concurrent_first_scrapes_share_one_check(self, client) -> None:
+        """Ten scrapes racing with the same new credentials: one bcrypt, ten answers."""
+        answers = await asyncio.gather(*(client.get("/metrics", headers=ALICE) for _ in range(10)))
+        assert [r.status for r in answers] == [200] * 10
+        assert guard_of(client.app).checker.bcrypt_runs == 1
+
+    async def test_cached_success_does_not_outlive_a_changed_hash(self, client, web_config) -> None:
+        """After alice's hash changes, her old password is refused at once."""
+        assert (await client.get("/metrics", headers=ALICE)).status == 200
+        web_config.write_text(f"basic_auth_users:\n  alice: {bcrypt_hash('new-password')}\n")
+        assert (await client.get("/metrics", headers=ALICE)).status == 401
+        new = basic("alice", "new-password")
+        assert (await client.get("/metrics", headers=new)).status == 200
+
+
+class TestRateLimit:
+    async def test_requests_over_the_rate_are_answered_429_but_probes_pass(
+        self, aiohttp_client, registry, tmp_path
+    ) -> None:
+        """burst 2 per hour: the third scrape is 429 with a reason; probes are never limited."""
+        path = tmp_path / "web.yml"
+        path.write_text("rate_limit:\n  interval: 1h\n  burst: 2\n")
+        app = create_app(InProcessSource(registry), Settings(web_config_file=path))
+        client = await aiohttp_client(app)
+        statuses = [(await client.get("/metrics")).status for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        limited = await client.get("/")
+        assert json.loads(await limited.text())["error"].startswith("rate limit")
+        assert (await client.get("/-/healthy")).status == 200

@@ -1,0 +1,176 @@
+"""TLS on the exporter port: HTTPS only, client certificates, and certificates and users
+reloaded from disk without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+import trustme
+
+from .conftest import Pki, basic, bcrypt_hash, get
+
+TLS = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+MTLS = TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"
+REFUSED = (aiohttp.ClientConnectionError, ssl.SSLError, ConnectionError)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Poll until `check` holds (file timestamps and a busy machine make this take a while)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def served_sans(url: str, pki: Pki) -> set[str]:
+    """The DNS names of the certificate the server presents to a new connection."""
+    host, port = url.removeprefix("https://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port), ssl=pki.client_context())
+    cert = writer.get_extra_info("peercert")
+    writer.close()
+    return {value for kind, value in cert["subjectAltName"] if kind == "DNS"}
+
+
+class TestTlsOnly:
+    async def test_https_is_served_with_the_configured_certificate(self, pki, serve) -> None:
+        """A client trusting the CA gets /metrics over HTTPS; the URL says https."""
+        server = await serve(web_config_file=pki.write(TLS))
+        assert server.url.startswith("https://")
+        status, _, body = await get(f"{server.url}/metrics", pki.client_context())
+        assert status == 200
+        assert "agent_registry_users 0" in body
+
+    async def test_plain_http_gets_no_answer(self, pki, serve) -> None:
+        """An HTTP request to the HTTPS port is not served."""
+        server = await serve(web_config_file=pki.write(TLS))
+        with pytest.raises(REFUSED):
+            await get(server.url.replace("https://", "http://") + "/metrics")
+
+    async def test_client_below_min_version_is_refused(self, pki, serve) -> None:
+        """min_version TLS13: a TLS 1.2-only client cannot connect."""
+        server = await serve(web_config_file=pki.write(TLS + "  min_version: TLS13\n"))
+        old = pki.client_context()
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(REFUSED):
+            await get(f"{server.url}/-/healthy", old)
+        assert (await get(f"{server.url}/-/healthy", pki.client_context()))[0] == 200
+
+
+class TestClientCertificates:
+    async def test_client_without_a_certificate_is_refused(self, pki, serve) -> None:
+        """RequireAndVerifyClientCert: no certificate, no answer (probes included)."""
+        server = await serve(web_config_file=pki.write(MTLS))
+        for path in ("/metrics", "/-/healthy"):
+            with pytest.raises(REFUSED):
+                await get(f"{server.url}{path}", pki.client_context())
+
+    async def test_client_with_a_certificate_from_the_ca_is_served(self, pki, serve) -> None:
+        """A certificate issued by client_ca_file's CA is enough."""
+        server = await serve(web_config_file=pki.write(MTLS))
+        status, _, _ = await get(f"{server.url}/metrics", pki.client_context("prometheus"))
+        assert status == 200
+
+    async def test_certificate_from_another_ca_is_refused(self, pki, serve) -> None:
+        """A client certificate the configured CA did not sign is refused."""
+        server = await serve(web_config_file=pki.write(MTLS))
+        stranger = pki.client_context()
+        trustme.CA().issue_cert("prometheus").configure_cert(stranger)
+        with pytest.raises(REFUSED):
+            await get(f"{server.url}/metrics", stranger)
+
+    async def test_only_allowed_sans_are_served(self, pki, serve) -> None:
+        """client_allowed_sans: a verified certificate for another name is answered 403."""
+        config = MTLS + "  client_allowed_sans: [prometheus.monitoring.svc]\n"
+        server = await serve(web_config_file=pki.write(config))
+        good = pki.client_context("prometheus.monitoring.svc")
+        assert (await get(f"{server.url}/metrics", good))[0] == 200
+        status, _, body = await get(f"{server.url}/metrics", pki.client_context("intruder.svc"))
+        assert status == 403
+        assert "client_allowed_sans" in body
+        _, _, metrics = await get(f"{server.url}/metrics", good)
+        assert (
+            'agent_registry_exporter_auth_failures_total{reason="client_certificate_san"} 1.0'
+            in (metrics)
+        )
+
+
+class TestReload:
+    async def test_rotated_certificate_is_used_by_new_connections(self, pki, serve) -> None:
+        """Overwrite cert and key: the next connection gets the new certificate, no restart."""
+        server = await serve(web_config_file=pki.write(TLS))
+        assert "rotated.example" not in await served_sans(server.url, pki)
+        pki.server_cert("server", "127.0.0.1", "rotated.example")
+
+        async def rotated() -> bool:
+            return "rotated.example" in await served_sans(server.url, pki)
+
+        await eventually(rotated)
+        assert (await get(f"{server.url}/metrics", pki.client_context()))[0] == 200
+
+    async def test_users_are_reloaded(self, pki, serve) -> None:
+        """Add bob and drop alice in the file: bob gets in and alice no longer does."""
+        path = pki.write(TLS + f"basic_auth_users:\n  alice: {bcrypt_hash('a-pass')}\n")
+        server = await serve(web_config_file=path)
+        ctx, url = pki.client_context(), f"{server.url}/metrics"
+        assert (await get(url, ctx, headers=basic("alice", "a-pass")))[0] == 200
+        pki.write(TLS + f"basic_auth_users:\n  bob: {bcrypt_hash('b-pass')}\n")
+
+        async def bob_in() -> bool:
+            return (await get(url, ctx, headers=basic("bob", "b-pass")))[0] == 200
+
+        await eventually(bob_in)
+        assert (await get(url, ctx, headers=basic("alice", "a-pass")))[0] == 401
+
+    async def test_broken_file_keeps_the_last_good_config(self, pki, serve, caplog) -> None:
+        """A bad edit is logged with its reason and changes nothing; fixing it applies."""
+        caplog.set_level(logging.INFO, "agent_registry_exporter.security")
+        users = f"basic_auth_users:\n  alice: {bcrypt_hash('a-pass')}\n"
+        path = pki.write(TLS + users)
+        server = await serve(web_config_file=path)
+        ctx, url, alice = pki.client_context(), f"{server.url}/metrics", basic("alice", "a-pass")
+        pki.write(TLS + users + "basic_auth_user:\n  eve: x\n")
+
+        async def refusal_logged() -> bool:
+            await get(url, ctx, headers=alice)
+            return "keeping the last good one" in caplog.text
+
+        await eventually(refusal_logged)
+        assert f"web config {path}: basic_auth_user: unknown key" in caplog.text
+        assert (await get(url, ctx, headers=alice))[0] == 200
+        pki.write(TLS)
+
+        async def fixed() -> bool:
+            return (await get(url, ctx))[0] == 200
+
+        await eventually(fixed)
+
+    async def test_a_broken_certificate_keeps_the_last_good_one(self, pki, serve, caplog) -> None:
+        """A half-written key file is refused; connections keep the old certificate."""
+        server = await serve(web_config_file=pki.write(TLS))
+        (pki.dir / "server.key").write_text("-----BEGIN PRIVATE KEY-----\ntruncated")
+
+        async def refusal_logged() -> bool:
+            return (await get(f"{server.url}/-/healthy", pki.client_context()))[0] == 200 and (
+                "tls_server_config.key_file" in caplog.text
+            )
+
+        await eventually(refusal_logged)
+
+    async def test_tls_cannot_be_switched_off_by_a_reload(self, pki, serve, caplog) -> None:
+        """Removing tls_server_config is refused: the port stays HTTPS."""
+        path = pki.write(TLS)
+        server = await serve(web_config_file=path)
+        path.write_text("basic_auth_users: {}\n")
+
+        async def refusal_logged() -> bool:
+            await get(f"{server.url}/-/healthy", pki.client_context())
+            return "TLS cannot be turned on or off without a restart" in caplog.text
+
+        await eventually(refusal_logged)
+        assert (await get(f"{server.url}/metrics", pki.client_context()))[0] == 200
