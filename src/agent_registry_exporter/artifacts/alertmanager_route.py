@@ -46,11 +46,18 @@ class AlertmanagerRoute:
     group_wait: str = "30s"
     group_interval: str = "2m"
     repeat_interval: str = "30m"
+    # The CA that signed the exporter's certificate, when its web config turns TLS on.
+    tls_ca_file: str | None = None
 
 
 def render_alertmanager_config(route: AlertmanagerRoute | None = None) -> dict[str, Any]:
     """The configuration as data."""
     r = route or AlertmanagerRoute()
+    http_config: dict[str, Any] = {
+        "authorization": {"type": "Bearer", "credentials_file": r.credentials_file}
+    }
+    if r.tls_ca_file is not None:
+        http_config["tls_config"] = {"ca_file": r.tls_ca_file}
     return {
         "route": {
             "receiver": "default",
@@ -75,12 +82,7 @@ def render_alertmanager_config(route: AlertmanagerRoute | None = None) -> dict[s
                         "url": r.webhook_url,
                         "send_resolved": False,
                         "max_alerts": 0,
-                        "http_config": {
-                            "authorization": {
-                                "type": "Bearer",
-                                "credentials_file": r.credentials_file,
-                            }
-                        },
+                        "http_config": http_config,
                     }
                 ],
             },

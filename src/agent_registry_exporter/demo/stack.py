@@ -27,6 +27,7 @@ from ..lifecycle import Thresholds
 __all__ = [
     "BINARIES",
     "INSTALL_HINT",
+    "ExporterAccess",
     "LocalStack",
     "ManagedProcess",
     "StackError",
@@ -126,12 +127,33 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class ExporterAccess:
+    """How Prometheus and Alertmanager reach exporters secured by a web config file."""
+
+    ca_file: Path
+    username: str | None = None
+    password_file: Path | None = None
+
+    def scrape_config(self) -> dict[str, Any]:
+        """The keys a Prometheus scrape job needs: HTTPS, the CA, basic auth."""
+        config: dict[str, Any] = {"scheme": "https", "tls_config": {"ca_file": str(self.ca_file)}}
+        if self.username is not None:
+            config["basic_auth"] = {
+                "username": self.username,
+                "password_file": str(self.password_file),
+            }
+        return config
+
+
 @dataclass
 class LocalStack:
     """Prometheus scraping the exporter with the project's rules, Alertmanager calling back.
 
     `targets` are the exporter addresses (host:port) Prometheus scrapes in job
     `agent-registry-exporter`; the webhook goes to `webhook_address`, by default the first.
+    With `access`, both reach them over HTTPS (and Prometheus with basic auth);
+    `extra_scrape_configs` add jobs.
     """
 
     workdir: Path
@@ -149,6 +171,8 @@ class LocalStack:
             for_exporter_down="0s",
         )
     )
+    access: ExporterAccess | None = None
+    extra_scrape_configs: list[dict[str, Any]] = field(default_factory=list)
     prometheus: ManagedProcess | None = None
     alertmanager: ManagedProcess | None = None
 
@@ -183,8 +207,10 @@ class LocalStack:
 
     def _start_alertmanager(self, token_file: Path) -> ManagedProcess:
         route = AlertmanagerRoute(
-            webhook_url=f"http://{self.webhook_address or self.targets[0]}/webhook/alertmanager",
+            webhook_url=f"{'https' if self.access else 'http'}://"
+            f"{self.webhook_address or self.targets[0]}/webhook/alertmanager",
             credentials_file=str(token_file),
+            tls_ca_file=str(self.access.ca_file) if self.access else None,
             group_wait="1s",
             group_interval="2s",
             repeat_interval="1h",
@@ -212,7 +238,12 @@ class LocalStack:
                     ]
                 },
                 "scrape_configs": [
-                    {"job_name": JOB, "static_configs": [{"targets": self.targets}]}
+                    {
+                        "job_name": JOB,
+                        "static_configs": [{"targets": self.targets}],
+                        **(self.access.scrape_config() if self.access else {}),
+                    },
+                    *self.extra_scrape_configs,
                 ],
             },
         )
