@@ -274,9 +274,9 @@ async def _ready(request: web.Request) -> web.Response:
     try:
         if isinstance(source, WorkerSources):
             # A cheap call per worker: a probe must not cost the backends a snapshot each.
-            if (problem := await source.ready()) is not None:
-                # Probes are unauthenticated: the reason goes to the log, not to the caller.
-                _log.warning("not ready: no worker answers: %s", problem)
+            # Probes are unauthenticated: the reason (a path, a worker's error) is not
+            # theirs to read; the source logs it, and agent_registry_source_up shows it.
+            if await source.ready() is not None:
                 return _error(503, "no worker answers; see the exporter's log")
         else:
             await source.snapshot()

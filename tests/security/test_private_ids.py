@@ -11,13 +11,21 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, create_app
+from agent_registry_exporter import (
+    AgentRegistry,
+    InProcessSource,
+    Settings,
+    SidecarSource,
+    create_app,
+)
 from agent_registry_exporter.cli import main
+from agent_registry_exporter.remediation import Outcome, Remediator
 from agent_registry_exporter.server import WEBHOOK_PATH
 from agent_registry_exporter.settings import describe_validation_error
-from agent_registry_exporter.sources import PrivateIdSource, UserIdHasher
+from agent_registry_exporter.sources import PrivateIdSource, UserIdHasher, private_ids
 
-from ..conftest import DATA
+from ..conftest import DATA, add_agents, serving_workers
+from ..test_remediation import payload
 from .conftest import WEBHOOK_TOKEN
 
 LABEL = re.compile(r'user_id="(h:[0-9a-f]{20})"')
@@ -172,3 +180,30 @@ class TestKeyAndCli:
         monkeypatch.delenv("AGENT_REGISTRY_EXPORTER_USER_ID_HMAC_KEY_FILE", raising=False)
         assert main(["user-id-label", "alice"]) == 2
         assert "--user-id-hmac-key-file" in capsys.readouterr().err
+
+
+class TestSidecar:
+    async def test_sidecar_hashes_every_worker_and_cleans_the_named_one(
+        self, socket_dir, key_file
+    ) -> None:
+        """Two workers with the same user: /metrics shows one hash per worker, and the alert
+        naming w2 with that hash cleans w2's session only."""
+        async with serving_workers(socket_dir, "w1", "w2") as workers:
+            for registry in workers.values():
+                await add_agents(registry, "greedy@example.com", 60)
+            sidecar = SidecarSource(socket_dir, timeout=5.0)
+            source = private_ids(sidecar, UserIdHasher.from_file(key_file))
+            try:
+                snapshot = await source.snapshot()
+                assert snapshot.workers is not None
+                labels = {(w.worker, s.user_id) for w in snapshot.workers for s in w.sessions}
+                label = UserIdHasher(KEY)("greedy@example.com")
+                assert labels == {("w1", label), ("w2", label)}
+                (decision,) = await Remediator(source).handle(
+                    payload(label, labels={"worker": "w2"})
+                )
+                assert decision.outcome == Outcome.CLEANED
+                assert workers["w2"].get_session("greedy@example.com") is None
+                assert workers["w1"].get_session("greedy@example.com").agent_count == 60
+            finally:
+                await sidecar.close()
