@@ -7,6 +7,7 @@ import errno
 import hmac
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape as html_escape
@@ -159,7 +160,7 @@ def create_app(
     app[SOURCE] = source
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    router = _router(settings, auth)
+    router = _router(settings, auth, guard.watcher if guard is not None else None)
     app[REMEDIATOR] = Remediator(
         source, settings.remediation_policy(), on_decision=count, router=router
     )
@@ -179,9 +180,12 @@ def create_app(
     return app
 
 
-def _router(settings: Settings, auth: _WebhookAuth) -> InstanceRouter:
+def _router(
+    settings: Settings, auth: _WebhookAuth, web_config: WebConfigWatcher | None
+) -> InstanceRouter:
     if settings.peers is None or settings.instance is None:
         return InstanceRouter(settings.instance)
+    tls = web_config is not None and web_config.tls
     forwarder = Forwarder(
         settings.instance,
         path=WEBHOOK_PATH,
@@ -190,6 +194,13 @@ def _router(settings: Settings, auth: _WebhookAuth) -> InstanceRouter:
         max_request_bytes=settings.webhook_max_body_bytes,  # every peer shares our limit
         # A peer answers one short decision per alert it was sent: bounded like a request.
         max_response_bytes=2 * settings.webhook_max_body_bytes,
+        # Peers serve the same web config: HTTPS when it says so, with its newest files.
+        scheme="https" if tls else "http",
+        ssl_context=(
+            ReloadingSSLContext(web_config.peer_context, ssl.PROTOCOL_TLS_CLIENT)
+            if web_config is not None and tls
+            else None
+        ),
     )
     return InstanceRouter(settings.instance, Peers(settings.peers, settings.instance), forwarder)
 

@@ -13,7 +13,12 @@ import aiohttp
 import pytest
 import trustme
 
-from .conftest import Pki, basic, bcrypt_hash, get
+from agent_registry_exporter.demo.fleet import LocalFleet
+from agent_registry_exporter.sources import UserIdHasher
+
+from ..conftest import add_agents
+from ..test_remediation import payload
+from .conftest import WEBHOOK_TOKEN, Pki, basic, bcrypt_hash, get
 
 TLS = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
 MTLS = TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"
@@ -174,3 +179,41 @@ class TestReload:
 
         await eventually(refusal_logged)
         assert (await get(f"{server.url}/metrics", pki.client_context()))[0] == 200
+
+
+class TestReplicas:
+    @pytest.mark.parametrize("config", [TLS, MTLS], ids=["tls", "mutual-tls"])
+    async def test_alert_for_a_peer_is_forwarded_over_tls(self, pki, config) -> None:
+        """Replicas sharing one web config (and HMAC key) forward over HTTPS, presenting their
+        own certificate when the port requires one; the owner cleans its session."""
+        hosts = ("127.0.0.2", "127.0.0.3")
+        pki.server_cert("server", *hosts)
+        key = pki.dir / "hmac.key"
+        key.write_text("a key shared by every replica")
+        settings = {"web_config_file": pki.write(config), "user_id_hmac_key_file": key}
+        fleet = LocalFleet(
+            hosts, WEBHOOK_TOKEN, settings={**settings, "forward_timeout_seconds": 5}
+        )
+        await fleet.start()
+        try:
+            a, b = fleet.replicas
+            leaky = await add_agents(b.registry, "leaky", 60)
+            label = UserIdHasher(key.read_bytes())("leaky")
+            body = payload(label, instance=b.address).model_dump_json(by_alias=True)
+            client = pki.client_context("prometheus") if config == MTLS else pki.client_context()
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"https://{a.address}/webhook/alertmanager",
+                    data=body,
+                    headers={"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+                    ssl=client,
+                ) as resp,
+            ):
+                assert resp.status == 200, await resp.text()
+                (answer,) = (await resp.json())["alerts"]
+            assert (answer["outcome"], answer["peer_outcome"]) == ("forwarded", "cleaned")
+            assert {agent.closes for agent in leaky} == {1}
+            assert b.outcomes(label) == ["cleaned"]
+        finally:
+            await fleet.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..remediation.policy import TokenBucket
 from ..webconfig import WebConfig, WebConfigError, load_web_config
-from .tls import server_ssl_context
+from .tls import peer_ssl_context, server_ssl_context
 
 __all__ = ["ActiveWebConfig", "WebConfigWatcher"]
 
@@ -31,6 +31,8 @@ class ActiveWebConfig:
 
     config: WebConfig
     ssl_context: ssl.SSLContext | None
+    # The client side for forwarding to peer replicas, when TLS is on.
+    peer_context: ssl.SSLContext | None
     headers: Mapping[str, str]
     users: Mapping[str, str]
     rate_limit: TokenBucket | None
@@ -43,12 +45,14 @@ class ActiveWebConfig:
         tls = config.tls_server_config
         try:
             ssl_context = server_ssl_context(tls) if tls.enabled else None
+            peer_context = peer_ssl_context(tls) if tls.enabled else None
         except WebConfigError as exc:
             raise WebConfigError(f"web config {path}: {exc}") from None
         limit = config.rate_limit
         return cls(
             config=config,
             ssl_context=ssl_context,
+            peer_context=peer_context,
             headers=config.http_server_config.headers.as_dict(),
             users={u: h.get_secret_value() for u, h in config.basic_auth_users.items()},
             rate_limit=(
@@ -101,6 +105,12 @@ class WebConfigWatcher:
     def ssl_context(self) -> ssl.SSLContext:
         """The newest server context (for each new connection)."""
         context = self.current().ssl_context
+        assert context is not None, "TLS is off: no context to give"
+        return context
+
+    def peer_context(self) -> ssl.SSLContext:
+        """The newest client context for forwarding to peers (for each new connection)."""
+        context = self.current().peer_context
         assert context is not None, "TLS is off: no context to give"
         return context
 

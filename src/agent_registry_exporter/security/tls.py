@@ -11,7 +11,7 @@ from typing import Any
 
 from ..webconfig import TLSServerConfig, WebConfigError, error_reason
 
-__all__ = ["ReloadingSSLContext", "server_ssl_context"]
+__all__ = ["ReloadingSSLContext", "peer_ssl_context", "server_ssl_context"]
 
 
 def server_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
@@ -45,6 +45,31 @@ def server_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     if tls.ecdh_curve is not None:
         ctx.set_ecdh_curve(tls.ecdh_curve)
+    return ctx
+
+
+def peer_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
+    """The client side for forwarding alerts to peer replicas over the same TLS.
+
+    Replicas serve the certificate of one Secret: a peer is trusted when it presents a
+    certificate chaining to ours, or to the client CA. Peers are dialled by pod IP, which a
+    Service's certificate does not name, so the name is not checked; the address itself
+    comes from the current peers only. When the port requires client certificates, ours is
+    presented.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version, ctx.maximum_version = tls.versions
+    # Our own certificate (or its issuer) as a trust anchor, though it is no root.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.load_verify_locations(cadata=_pem(tls.cert, tls.cert_file, "cert", "CERTIFICATE"))
+    if tls.client_ca_file is not None:
+        ctx.load_verify_locations(cafile=tls.client_ca_file)
+    elif tls.client_ca is not None:
+        ctx.load_verify_locations(cadata=tls.client_ca)
+    if tls.verify_mode != ssl.CERT_NONE:
+        _load_certificate(ctx, tls)
     return ctx
 
 
@@ -83,7 +108,7 @@ def _pem(inline: str | None, file: str | None, key: str, kind: str) -> str:
 
 
 class ReloadingSSLContext(ssl.SSLContext):
-    """A server context that builds each connection from `current()`'s context.
+    """A context that builds each connection from `current()`'s context.
 
     asyncio creates every connection's TLS object through `wrap_bio` of the context the
     server was started with; delegating that call swaps everything per connection
@@ -93,12 +118,16 @@ class ReloadingSSLContext(ssl.SSLContext):
 
     _current: Callable[[], ssl.SSLContext]
 
-    def __new__(cls, current: Callable[[], ssl.SSLContext]) -> ReloadingSSLContext:
-        self = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
+    def __new__(
+        cls, current: Callable[[], ssl.SSLContext], protocol: int = ssl.PROTOCOL_TLS_SERVER
+    ) -> ReloadingSSLContext:
+        self = super().__new__(cls, protocol)
         self._current = current
         return self
 
-    def __init__(self, current: Callable[[], ssl.SSLContext]) -> None:
+    def __init__(
+        self, current: Callable[[], ssl.SSLContext], protocol: int = ssl.PROTOCOL_TLS_SERVER
+    ) -> None:
         # SSLContext takes its arguments in __new__.
         pass
 
