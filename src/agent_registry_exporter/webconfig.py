@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -93,6 +94,13 @@ _VERIFY_MODES = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
+# Names a key accepts: (what they are, the names, how an error points to the right ones).
+_NAMES: dict[str, tuple[str, Mapping[str, object], str]] = {
+    "min_version": ("TLS version", _VERSIONS, f"; one of {', '.join(_VERSIONS)}"),
+    "max_version": ("TLS version", _VERSIONS, f"; one of {', '.join(_VERSIONS)}"),
+    "cipher_suites": ("cipher", _CIPHERS, " (names as in Go's tls.CipherSuites)"),
+    "curve_preferences": ("curve", _CURVES, f"; one of {', '.join(_CURVES)}"),
+}
 _BCRYPT = re.compile(r"\$2[aby]?\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -142,27 +150,13 @@ class TLSServerConfig(_Section):
         base = (info.context or {}).get("base_dir")
         return str(Path(base, value)) if value is not None and base is not None else value
 
-    @field_validator("min_version", "max_version")
+    @field_validator("min_version", "max_version", "cipher_suites", "curve_preferences")
     @classmethod
-    def _known_version(cls, value: str) -> str:
-        if value not in _VERSIONS:
-            raise ValueError(f"unknown TLS version {value!r}; one of {', '.join(_VERSIONS)}")
-        return value
-
-    @field_validator("cipher_suites")
-    @classmethod
-    def _known_ciphers(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if name not in _CIPHERS:
-                raise ValueError(f"unknown cipher {name!r} (names as in Go's tls.CipherSuites)")
-        return value
-
-    @field_validator("curve_preferences")
-    @classmethod
-    def _known_curves(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if name not in _CURVES:
-                raise ValueError(f"unknown curve {name!r}; one of {', '.join(_CURVES)}")
+    def _known_names(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        what, known, hint = _NAMES[str(info.field_name)]
+        for name in [value] if isinstance(value, str) else value:
+            if name not in known:
+                raise ValueError(f"unknown {what} {name!r}{hint}")
         return value
 
     @property
