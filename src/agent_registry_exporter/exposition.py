@@ -286,7 +286,10 @@ def _render_families(parts: Sequence[_Part], export_session_age: bool) -> list[b
         }
         if export_session_age:
             values["agent_registry_user_session_age_seconds"] = [now - ts for ts in part.created]
-        columns.append((part.worker, [_escape(user_id) for user_id in part.user_ids], values))
+        ids: Sequence[str] = part.user_ids
+        if (label := part.snapshot.user_label) is not None:
+            ids = [label(user_id) for user_id in ids]
+        columns.append((part.worker, [_escape(user_id) for user_id in ids], values))
     chunks: list[bytes] = []
     # Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
     for family, help_text, spec in families:

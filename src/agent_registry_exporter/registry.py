@@ -165,6 +165,9 @@ class RegistrySnapshot:
     # Sidecar mode: one snapshot per worker that answered (rendered side by side, never
     # merged); `sessions` then holds all of theirs, for counting.
     workers: tuple[RegistrySnapshot, ...] | None = None
+    # How a user id is written as a label value (private ids: a keyed hash); None: as is.
+    # Applied by the renderer to the ids it prints only, so the cost follows the output.
+    user_label: Callable[[str], str] | None = None
 
 
 class AgentRegistry:

@@ -19,6 +19,7 @@ from agent_registry_exporter import (
     create_app,
 )
 from agent_registry_exporter.cli import main
+from agent_registry_exporter.exposition import ExporterMetrics, render
 from agent_registry_exporter.remediation import Outcome, Remediator
 from agent_registry_exporter.server import WEBHOOK_PATH
 from agent_registry_exporter.settings import describe_validation_error
@@ -194,11 +195,13 @@ class TestSidecar:
             sidecar = SidecarSource(socket_dir, timeout=5.0)
             source = private_ids(sidecar, UserIdHasher.from_file(key_file))
             try:
-                snapshot = await source.snapshot()
-                assert snapshot.workers is not None
-                labels = {(w.worker, s.user_id) for w in snapshot.workers for s in w.sessions}
+                text = render(await source.snapshot(), ExporterMetrics("t"), openmetrics=False)
+                body = text.body.decode()
                 label = UserIdHasher(KEY)("greedy@example.com")
-                assert labels == {("w1", label), ("w2", label)}
+                assert "example.com" not in body
+                for worker in ("w1", "w2"):
+                    series = f'agent_registry_user_agents{{worker="{worker}",user_id="{label}"}} 60'
+                    assert series in body
                 (decision,) = await Remediator(source).handle(
                     payload(label, labels={"worker": "w2"})
                 )

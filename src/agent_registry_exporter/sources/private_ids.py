@@ -1,10 +1,11 @@
 """Private user ids: a source that exports a keyed hash instead of each user id.
 
 Every `user_id` label becomes `h:` plus 20 hex digits (80 bits) of HMAC-SHA256 under a key
-that only this process holds. Prometheus, Alertmanager, Grafana and their long-term storage
-see hashes only; an alert comes back with the hash, and this source maps it to the session
-it came from, from a map filled as the labels are rendered (or, on a miss, by hashing the
-current sessions again). No table of ids leaves the process.
+that only this process holds (the snapshot carries the hasher; the renderer applies it).
+Prometheus, Alertmanager, Grafana and their long-term storage see hashes only; an alert
+comes back with the hash, and this source maps it to the session it came from, from a map
+filled as the labels are rendered (or, on a miss, by hashing the current sessions again).
+No table of ids leaves the process.
 
 80 bits: the chance that two of n users share a label is about n^2 / 2^81, 4e-9 at a
 hundred million users (64 bits would be 3e-4 there). A shared label would merge two users'
@@ -16,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from prometheus_client.core import Metric
 
 from ..lifecycle import CleanupResult
-from ..registry import RegistrySnapshot, SessionLike
+from ..registry import RegistrySnapshot, SessionColumns
 from .protocol import RegistrySource, WorkerSources
 
 __all__ = [
@@ -92,53 +93,6 @@ def read_key_file(path: Path) -> bytes:
     return key
 
 
-class _HashedSession:
-    """A session seen through its hashed id; counts are read through, never copied."""
-
-    __slots__ = ("_label", "_session")
-
-    def __init__(self, session: SessionLike, label: Callable[[str], str]) -> None:
-        self._session = session
-        self._label = label
-
-    @property
-    def user_id(self) -> str:
-        return self._label(self._session.user_id)
-
-    @property
-    def agent_count(self) -> int:
-        return self._session.agent_count
-
-    @property
-    def created_timestamp(self) -> float:
-        return self._session.created_timestamp
-
-
-class _HashedSessions(Sequence[SessionLike]):
-    """The snapshot's sessions, hashed lazily: only the ids a render prints are hashed,
-    in the render's thread, never on the event loop."""
-
-    def __init__(self, sessions: Sequence[SessionLike], label: Callable[[str], str]) -> None:
-        self._sessions = sessions
-        self._label = label
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    @overload
-    def __getitem__(self, index: int) -> SessionLike: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[SessionLike]: ...
-    def __getitem__(self, index: int | slice) -> SessionLike | Sequence[SessionLike]:
-        if isinstance(index, slice):
-            return [_HashedSession(s, self._label) for s in self._sessions[index]]
-        return _HashedSession(self._sessions[index], self._label)
-
-    def __iter__(self) -> Iterator[SessionLike]:
-        label = self._label
-        return (_HashedSession(s, label) for s in self._sessions)
-
-
 def private_ids(source: RegistrySource, hasher: UserIdHasher) -> RegistrySource:
     """`source` with hashed ids; a sidecar's workers stay addressable one by one."""
     if isinstance(source, WorkerSources):
@@ -147,10 +101,12 @@ def private_ids(source: RegistrySource, hasher: UserIdHasher) -> RegistrySource:
 
 
 def _hashed(snapshot: RegistrySnapshot, label: Callable[[str], str]) -> RegistrySnapshot:
+    # The renderer applies the label to the ids it prints: a capped scrape hashes only the
+    # users it exports, in its worker thread; the sessions themselves stay as they are.
     workers = snapshot.workers
     return dataclasses.replace(
         snapshot,
-        sessions=_HashedSessions(snapshot.sessions, label),
+        user_label=label,
         workers=None if workers is None else tuple(_hashed(w, label) for w in workers),
     )
 
@@ -192,7 +148,12 @@ class PrivateIdSource:
             return known
         # Not rendered since the cache was emptied (or since a restart): hash the current
         # sessions again, off the loop, and look once more.
-        ids = [s.user_id for s in (await self.inner.snapshot()).sessions]
+        sessions = (await self.inner.snapshot()).sessions
+        ids = (
+            list(sessions.user_ids)
+            if isinstance(sessions, SessionColumns)
+            else [s.user_id for s in sessions]
+        )
         return await asyncio.to_thread(self._search, ids, label)
 
     def _search(self, ids: list[str], label: str) -> str | None:
