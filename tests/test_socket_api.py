@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -243,6 +244,21 @@ class TestCleanup:
         assert status == 413
         assert "too large" in answer["error"].lower()
         assert registry.get_session("greedy").agent_count == 60
+
+    async def test_compressed_body_is_refused_unread(self, registry, served, fill) -> None:
+        """A gzip body asking for an unconditional cleanup: 415, never inflated, nothing done."""
+        agents = await fill("calm", 2)
+        status, answer = await raw(
+            served.path,
+            "POST",
+            "/v1/users/calm/cleanup",
+            data=gzip.compress(b'{"if_violating": false}'),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+        assert status == 415
+        assert "send the body uncompressed" in answer["error"]
+        assert registry.get_session("calm").agent_count == 2
+        assert {a.closes for a in agents} == {0}
 
     async def test_conditional_cleanup_racing_registrations_loses_no_agent(
         self, registry, worker

@@ -27,7 +27,7 @@ from .artifacts import (
 from .lifecycle import Thresholds
 from .logs import configure_logging
 from .registry import AgentRegistry
-from .server import ExporterServer, ListenError, create_app, start_exporter
+from .server import ExporterServer, ListenError, start_exporter
 from .settings import (
     ENV_PREFIX,
     Settings,
@@ -229,11 +229,7 @@ async def _serve(settings: Settings, thresholds: Thresholds, demo: bool) -> None
 
 
 async def _sidecar(settings: Settings) -> None:
-    source = SidecarSource(settings.socket_dir)
-    server = ExporterServer(
-        create_app(source, settings), settings.listen_host, settings.listen_port
-    )
-    await server.start()
+    server = await start_exporter(SidecarSource(settings.socket_dir), settings)
     _log.info("gathering the workers serving a socket in %s", settings.socket_dir)
     await _run_until_signalled(server)
 

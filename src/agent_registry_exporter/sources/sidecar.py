@@ -66,6 +66,8 @@ class SidecarSource:
         self._health: dict[str, _Health] = {}
         self._removed = 0
         self._dir_problem: str | None = None
+        # Clients of workers that went away, closing; referenced until they are closed.
+        self._closing: set[asyncio.Task[None]] = set()
 
     # --- RegistrySource -------------------------------------------------------------------
 
@@ -91,7 +93,7 @@ class SidecarSource:
         }
 
     async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
-        raise WorkerError("?", "sidecar mode: the alert must name a worker")
+        raise LookupError("sidecar mode: a cleanup must name a worker (see `worker()`)")
 
     # --- WorkerSources ----------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class SidecarSource:
         for worker in self._workers.values():
             await worker.close()
         self._workers.clear()
+        await asyncio.gather(*self._closing)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -158,7 +161,9 @@ class SidecarSource:
         for name in set(self._workers) - set(found):
             worker = self._workers.pop(name)
             self._health.pop(name, None)
-            asyncio.get_running_loop().create_task(worker.close())
+            task = asyncio.get_running_loop().create_task(worker.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         for name, path in found.items():
             known = self._workers.get(name)
             if known is None or known.path != path:

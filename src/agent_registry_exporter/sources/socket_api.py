@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..memory import resident_memory_bytes
 from ..registry import AgentRegistry
+from ..serving import refuse_encoded_bodies
 from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
 
 __all__ = [
@@ -75,7 +76,9 @@ def socket_path(socket_dir: Path | str, worker: str) -> Path:
 
 def create_registry_app(registry: AgentRegistry, identity: WorkerIdentity) -> web.Application:
     """The registry API of one worker (served on its socket by `serve_registry`)."""
-    app = web.Application(client_max_size=_MAX_CLEANUP_BODY, middlewares=[_json_errors])
+    app = web.Application(
+        client_max_size=_MAX_CLEANUP_BODY, middlewares=[refuse_encoded_bodies, _json_errors]
+    )
     app[_REGISTRY] = registry
     app[_IDENTITY] = identity
     app[_ENCODING] = asyncio.Lock()
@@ -215,7 +218,10 @@ async def serve_registry(
     _prepare(path)
     identity = WorkerIdentity(worker=name, pid=os.getpid(), started_at=time.time())
     runner = web.AppRunner(
-        create_registry_app(registry, identity), access_log=None, handle_signals=False
+        create_registry_app(registry, identity),
+        access_log=None,
+        handle_signals=False,
+        auto_decompress=False,  # a body is never inflated (compressed ones are refused)
     )
     await runner.setup()
     try:
