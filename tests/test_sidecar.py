@@ -30,7 +30,7 @@ from agent_registry_exporter import (
     serve_registry,
 )
 from agent_registry_exporter.demo import free_port
-from agent_registry_exporter.sources import discover_workers
+from agent_registry_exporter.sources import WorkerError, WorkerSource, discover_workers
 
 from .conftest import add_agents, serving_workers
 from .test_exposition import PROMETHEUS_ACCEPT
@@ -331,3 +331,36 @@ def _status(url: str) -> int:
         return exc.code
     except OSError:
         return 0
+
+
+class TestPermissions:
+    def test_socket_the_sidecar_may_not_open_is_named_as_such(self, socket_dir) -> None:
+        """A sidecar outside the workers' group gets EACCES on the socket: the cause says so
+        and how to fix it (tried from a child process that is not root)."""
+        socket_dir.chmod(0o755)
+        path = socket_dir / "worker-w1.sock"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+            # As root the child drops to nobody; otherwise nobody may open the socket at all.
+            path.chmod(0o660 if os.getuid() == 0 else 0o000)
+            listener.listen()
+            read_end, write_end = os.pipe()
+            child = os.fork()
+            if child == 0:  # pragma: no cover - the child reports through the pipe
+                os.close(read_end)
+                cause = "no error"
+                try:
+                    if os.getuid() == 0:
+                        os.setgid(65534)
+                        os.setuid(65534)
+                    asyncio.run(WorkerSource("w1", path).identity())
+                except WorkerError as exc:
+                    cause = exc.cause
+                finally:
+                    os.write(write_end, cause.encode())
+                    os._exit(0)
+            os.close(write_end)
+            with os.fdopen(read_end) as pipe:
+                cause = pipe.read()
+            os.waitpid(child, 0)
+        assert cause.startswith("permission denied on the socket: run the sidecar in the")
