@@ -33,6 +33,7 @@ PER_WORKER = (
     "agent_registry_source_up",
     "agent_registry_source_scrape_duration_seconds",
     "agent_registry_cleaned_agents_alive",
+    "agent_registry_cleaned_agents_untracked_total",
     "agent_registry_resident_memory_bytes",
 )
 CORE_PANELS = {

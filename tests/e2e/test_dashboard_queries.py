@@ -41,6 +41,7 @@ EMBEDDED_PANELS = (CORE_PANELS - {"Firing alerts"}) | {
     "Users with the most agents, all workers of a pod",
     "Agents per worker",
     "Cleaned agents still alive",
+    "Cleaned agents not watched",
     "Resident memory against agents",
     "Bytes per agent",
 }
@@ -56,6 +57,7 @@ SIDECAR_PANELS = (
     "Agents per worker",
     "Dead worker sockets removed",
     "Cleaned agents still alive",
+    "Cleaned agents not watched",
     "Resident memory against agents",
     "Bytes per agent",
     "Exporters up",

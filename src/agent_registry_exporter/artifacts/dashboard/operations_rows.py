@@ -148,9 +148,29 @@ def memory(board: Dashboard) -> Dashboard:
                 "references them leak_grace_seconds after their cleanup.",
                 "none",
                 [query(f"agent_registry_cleaned_agents_alive{{{WORKER_SEL}}}", per_registry)],
-                w=8,
+                w=6,
                 h=8,
             ).min(0)
+        )
+        .with_panel(
+            graph_panel(
+                "Cleaned agents not watched",
+                "How many cleaned agents could not be watched for a leak (no weak reference "
+                "support, or over the tracking bound)? Those are missing from the count beside.",
+                "ops",
+                [
+                    query(
+                        rate(
+                            "agent_registry_cleaned_agents_untracked_total",
+                            "instance, worker",
+                            WORKER_SEL,
+                        ),
+                        per_registry,
+                    )
+                ],
+                w=6,
+                h=8,
+            )
         )
         .with_panel(
             graph_panel(
@@ -162,7 +182,7 @@ def memory(board: Dashboard) -> Dashboard:
                     query(REGISTRY_MEMORY, f"memory {per_registry}"),
                     query(f"agent_registry_agents{{{WORKER_SEL}}}", f"agents {per_registry}"),
                 ],
-                w=8,
+                w=6,
                 h=8,
             ).override_by_query(
                 "B",
@@ -184,7 +204,7 @@ def memory(board: Dashboard) -> Dashboard:
                         per_registry,
                     )
                 ],
-                w=8,
+                w=6,
                 h=8,
             )
         )
