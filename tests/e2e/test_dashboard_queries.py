@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 # export.
 EMBEDDED_PANELS = (CORE_PANELS - {"Firing alerts"}) | {
     "Exporters up",
+    "Failed renders",
     "Users with the most agents, all workers of a pod",
     "Agents per worker",
     "Cleaned agents still alive",

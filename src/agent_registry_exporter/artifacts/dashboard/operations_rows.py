@@ -224,7 +224,7 @@ def exporter(board: Dashboard) -> Dashboard:
                         f"agent_registry_exporter_scrape_duration_seconds{{{SEL}}}", "{{instance}}"
                     )
                 ],
-                w=8,
+                w=6,
                 h=7,
             )
         )
@@ -240,7 +240,22 @@ def exporter(board: Dashboard) -> Dashboard:
                         "{{instance}} {{worker}}",
                     )
                 ],
-                w=8,
+                w=6,
+                h=7,
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Failed renders",
+                "Did any /metrics render fail (answered 500, the scrape lost)?",
+                "ops",
+                [
+                    query(
+                        rate("agent_registry_exporter_render_failures_total", "instance"),
+                        "{{instance}}",
+                    )
+                ],
+                w=6,
                 h=7,
             )
         )
@@ -250,7 +265,7 @@ def exporter(board: Dashboard) -> Dashboard:
                 "Which scrape targets answer? 0 means nothing is monitored there.",
                 f"up{{{SEL}}}",
                 "{{instance}}",
-                w=8,
+                w=6,
                 h=7,
             )
         )
