@@ -1,6 +1,6 @@
-"""Three replicas like pods (127.0.0.2-4, one port), the real Prometheus scraping each, the
-real Alertmanager posting to a round-robin proxy (the Service): every leak is cleaned once,
-on the replica that holds it."""
+"""Three replicas like pods (127.0.0.2-4, one port), the real Prometheus scraping each, a
+pair of real Alertmanagers (unclustered: each delivers every notification) posting to a
+round-robin proxy (the Service): every leak is cleaned once, on the replica that holds it."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ async def fleet_stack(
         targets=fleet.targets,
         token=token,
         webhook_address=fleet.proxy.address,
+        alertmanager_pair=True,
     )
     previous = request.config.stash.get(STACK_KEY, None)
     try:
@@ -79,8 +80,9 @@ def closes(agents: list[RecordingAgent]) -> set[int]:
 
 
 async def test_every_leak_is_cleaned_once_on_the_replica_that_holds_it(fleet_stack) -> None:
-    """Leaks on all three replicas (one user id leaking on one, healthy on two): each leaking
-    session cleaned exactly once by its owner, every healthy one untouched."""
+    """Leaks on all three replicas (one user id leaking on one, healthy on two), every alert
+    delivered twice: each leaking session cleaned exactly once by its owner, the second
+    delivery deduped there, every healthy one untouched."""
     replicas = fleet_stack.replicas
     leaks: dict[str, tuple[Replica, list[RecordingAgent]]] = {}
     healthy: list[tuple[Replica, str, list[RecordingAgent]]] = []
@@ -107,7 +109,13 @@ async def test_every_leak_is_cleaned_once_on_the_replica_that_holds_it(fleet_sta
     async def resolved() -> bool:
         return not await fleet_stack.prometheus_fires_for(set(leaks))
 
+    def both_deliveries_answered() -> bool:
+        # The pair's second delivery of each alert is a duplicate: at the owner, directly or
+        # forwarded, or at a replica still forwarding the first.
+        return all(any("duplicate" in o for o in fleet_stack.outcomes(u).values()) for u in leaks)
+
     await eventually(resolved, 30, "the leak alerts resolved")
+    await eventually(both_deliveries_answered, 30, "each second delivery deduped by its owner")
     for user, (owner, agents) in leaks.items():
         assert closes(agents) == {1}, user
         assert [where for where, _ in fleet_stack.fleet.cleaned(user)] == [owner.address], (

@@ -154,12 +154,15 @@ class LocalStack:
     `agent-registry-exporter`; the webhook goes to `webhook_address`, by default the first.
     With `access`, both reach them over HTTPS (and Prometheus with basic auth);
     `extra_scrape_configs` add jobs.
+    With `alertmanager_pair`, Prometheus sends to a second, unclustered Alertmanager too
+    (an HA pair whose gossip never dedupes: every notification is delivered twice).
     """
 
     workdir: Path
     targets: list[str]
     token: str
     webhook_address: str | None = None
+    alertmanager_pair: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
     interval: str = "1s"
     rule_options: RuleOptions = field(
@@ -175,6 +178,7 @@ class LocalStack:
     extra_scrape_configs: list[dict[str, Any]] = field(default_factory=list)
     prometheus: ManagedProcess | None = None
     alertmanager: ManagedProcess | None = None
+    partner: ManagedProcess | None = None
 
     @property
     def prometheus_url(self) -> str:
@@ -194,6 +198,8 @@ class LocalStack:
         token_file.chmod(0o600)
         try:
             self.alertmanager = self._start_alertmanager(token_file)
+            if self.alertmanager_pair:
+                self.partner = self._start_alertmanager(token_file, "alertmanager-1")
             self.prometheus = self._start_prometheus()
         except BaseException:
             self.stop()
@@ -201,11 +207,11 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop both processes (Prometheus first, so no alert is sent to a dead receiver)."""
-        for proc in (self.prometheus, self.alertmanager):
+        for proc in (self.prometheus, self.alertmanager, self.partner):
             if proc is not None:
                 proc.stop()
 
-    def _start_alertmanager(self, token_file: Path) -> ManagedProcess:
+    def _start_alertmanager(self, token_file: Path, name: str = "alertmanager") -> ManagedProcess:
         route = AlertmanagerRoute(
             webhook_url=f"{'https' if self.access else 'http'}://"
             f"{self.webhook_address or self.targets[0]}/webhook/alertmanager",
@@ -217,10 +223,10 @@ class LocalStack:
         )
         config = self._write("alertmanager.yml", render_alertmanager_config(route))
         return self._spawn(
-            "alertmanager",
+            name,
             "prometheus-alertmanager",
             f"--config.file={config}",
-            f"--storage.path={self.workdir / 'alertmanager-data'}",
+            f"--storage.path={self.workdir / f'{name}-data'}",
             "--cluster.listen-address=",  # no HA gossip: a single local instance
         )
 
@@ -234,7 +240,7 @@ class LocalStack:
                 "rule_files": [str(rules)],
                 "alerting": {
                     "alertmanagers": [
-                        {"static_configs": [{"targets": [self.alertmanager.address]}]}
+                        {"static_configs": [{"targets": self._alertmanager_addresses()}]}
                     ]
                 },
                 "scrape_configs": [
@@ -255,6 +261,9 @@ class LocalStack:
             # Re-send firing alerts every interval instead of every minute.
             f"--rules.alert.resend-delay={self.interval}",
         )
+
+    def _alertmanager_addresses(self) -> list[str]:
+        return [am.address for am in (self.alertmanager, self.partner) if am is not None]
 
     def _write(self, name: str, config: dict[str, Any]) -> Path:
         path = self.workdir / name
@@ -293,7 +302,7 @@ class LocalStack:
     def diagnostics(self) -> str:
         """Logs and alerts of both processes, for a failed test's report."""
         parts = []
-        for proc in (self.prometheus, self.alertmanager):
+        for proc in (self.prometheus, self.alertmanager, self.partner):
             if proc is not None:
                 parts.append(f"--- {proc.name} log (tail) ---\n{proc.log_tail()}")
         for name, fetch in (
