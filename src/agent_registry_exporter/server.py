@@ -17,7 +17,7 @@ from aiohttp import hdrs, web
 from pydantic import ValidationError
 
 from . import __version__
-from .exposition import ExporterMetrics, render, wants_gzip, wants_openmetrics
+from .exposition import ExporterMetrics, Renderer, wants_gzip, wants_openmetrics
 from .logs.lines import show_decisions
 from .registry import AgentRegistry
 from .remediation import (
@@ -100,6 +100,7 @@ _RENDER_SLOTS = web.AppKey("render_slots", asyncio.Semaphore)
 _RENDER_HEALTH = web.AppKey("render_health", _RenderHealth)
 _CONNECTIONS = web.AppKey("connections", ConnectionLimiter)
 WEB_CONFIG = web.AppKey("web_config", WebConfigWatcher)
+_RENDERER = web.AppKey("renderer", Renderer)
 
 
 def create_app(
@@ -172,6 +173,7 @@ def create_app(
         # Sidecar mode: each worker's health is scraped beside its registry.
         metrics.registry.register(source)
         app.on_cleanup.append(lambda _: source.close())
+    app[_RENDERER] = Renderer()
     app.router.add_get("/", _landing)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post(WEBHOOK_PATH, _webhook)
@@ -245,7 +247,7 @@ async def _landing(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
-async def _metrics(request: web.Request) -> web.Response:
+async def _metrics(request: web.Request) -> web.StreamResponse:
     app = request.app
     accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
     gzipped = wants_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
@@ -255,7 +257,7 @@ async def _metrics(request: web.Request) -> web.Response:
         snapshot = await app[SOURCE].snapshot()
         try:
             rendered = await asyncio.to_thread(
-                render,
+                app[_RENDERER].render,
                 snapshot,
                 app[METRICS],
                 openmetrics=wants_openmetrics(accept),
@@ -273,7 +275,14 @@ async def _metrics(request: web.Request) -> web.Response:
     headers = {hdrs.CONTENT_TYPE: rendered.content_type, hdrs.VARY: "Accept, Accept-Encoding"}
     if rendered.gzipped:
         headers[hdrs.CONTENT_ENCODING] = "gzip"
-    return web.Response(body=rendered.body, headers=headers)
+    # Sent piece by piece: joining them would copy the whole body once more.
+    response = web.StreamResponse(headers=headers)
+    response.content_length = rendered.size
+    await response.prepare(request)
+    for part in rendered.parts:
+        await response.write(part)
+    await response.write_eof()
+    return response
 
 
 async def _healthy(request: web.Request) -> web.Response:

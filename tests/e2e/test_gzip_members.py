@@ -1,0 +1,42 @@
+"""Prometheus reads a scrape body made of many gzip members, cached ones spliced in."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .conftest import Harness, eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
+
+USERS = 3000  # about six chunks of 512: each family is several gzip members
+
+
+async def value(h: Harness, expr: str) -> float | None:
+    result = await asyncio.to_thread(h.stack.query, expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+async def test_every_member_of_a_multi_member_body_is_scraped(harness, registry) -> None:
+    """All users of every chunk reach Prometheus, and a change in one chunk shows up."""
+    for n in range(USERS):
+        await registry.register_user_agent(f"member-user-{n:05d}", "a", object())
+    selector = f'{{instance="{harness.instance}"}}'
+    count_created = f"count(agent_registry_user_session_created_timestamp_seconds{selector})"
+    agents = f"sum(agent_registry_user_agents{selector})"
+
+    async def all_users_scraped() -> bool:
+        return await value(harness, count_created) == USERS and (
+            await value(harness, agents) == USERS
+        )
+
+    await eventually(all_users_scraped, 60, f"{USERS} users' series in Prometheus")
+    # One user late in the order changes: its chunk is re-rendered, the others are reused.
+    await registry.register_user_agent(f"member-user-{USERS - 7:05d}", "b", object())
+
+    async def change_scraped() -> bool:
+        return await value(harness, agents) == USERS + 1
+
+    await eventually(change_scraped, 60, "the changed user's new count in Prometheus")
+    assert await value(harness, count_created) == USERS

@@ -1,0 +1,247 @@
+"""Rendering only what changed: whatever the history, the body is a full render's body."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import uuid
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
+from agent_registry_exporter.exposition import ExporterMetrics, Renderer, render
+from agent_registry_exporter.rendering import select_indexes, spans
+
+from .conftest import T0
+
+OWN = b"# HELP process_"  # the exporter's own figures move between renders: compared apart
+
+
+def registry_part(rendered) -> bytes:
+    body = gzip.decompress(rendered.body) if rendered.gzipped else rendered.body
+    return body.split(OWN)[0]
+
+
+def snapshot_of(rows: dict[str, SessionRow], now: float = T0) -> RegistrySnapshot:
+    return RegistrySnapshot(taken_at=now, thresholds=Thresholds(), sessions=list(rows.values()))
+
+
+ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=6)
+change = st.one_of(
+    st.tuples(st.just("add"), ids, st.integers(0, 80), st.floats(0, 200_000)),
+    st.tuples(st.just("remove"), st.integers(0, 1000)),
+    st.tuples(st.just("count"), st.integers(0, 1000), st.integers(0, 80)),
+    st.tuples(st.just("recreate"), st.integers(0, 1000), st.floats(0, 200_000)),
+    st.tuples(
+        st.just("render"),
+        st.booleans(),
+        st.booleans(),
+        st.sampled_from([3, 10, 1000]),
+        st.booleans(),
+    ),
+)
+
+
+class TestSameBodyAsAFullRender:
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(change, max_size=60))
+    def test_any_sequence_of_changes_renders_a_full_renders_body(self, changes) -> None:
+        """After adds, removals, count changes and re-created sessions, byte for byte."""
+        rows: dict[str, SessionRow] = {}
+        renderer = Renderer(chunk_users=2)  # tiny chunks: boundaries everywhere
+        metrics = ExporterMetrics("1")
+        now = T0
+        for op, *args in [*changes, ("render", True, True, 1000, True)]:
+            keys = list(rows)
+            if op == "add" and args[0] not in rows:
+                rows[args[0]] = SessionRow(args[0], args[1], T0 - args[2])
+            elif op == "remove" and keys:
+                del rows[keys[args[0] % len(keys)]]
+            elif op == "count" and keys:
+                user = keys[args[0] % len(keys)]
+                rows[user] = rows[user]._replace(agent_count=args[1])
+            elif op == "recreate" and keys:
+                user = keys[args[0] % len(keys)]
+                del rows[user]
+                rows[user] = SessionRow(user, 1, T0 - args[1])
+            elif op == "render":
+                openmetrics, gzipped, cap, age = args
+                now += 15
+                options = dict(
+                    openmetrics=openmetrics,
+                    gzipped=gzipped,
+                    max_user_series=cap,
+                    export_session_age=age,
+                )
+                snapshot = snapshot_of(rows, now)
+                ours = renderer.render(snapshot, metrics, **options)
+                full = render(snapshot, metrics, **options)
+                assert registry_part(ours) == registry_part(full)
+
+    def test_prometheus_client_parses_a_multi_member_body(self) -> None:
+        """Several gzip members decode, and parse as OpenMetrics, to every user's series."""
+        rows = {f"u{n}": SessionRow(f"u{n}", n % 7, T0 - n) for n in range(300)}
+        renderer = Renderer(chunk_users=16)
+        metrics = ExporterMetrics("1")
+        renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        rows["u5"] = rows["u5"]._replace(agent_count=40)
+        rendered = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        assert rendered.body.count(b"\x1f\x8b\x08") > 10  # many members
+        families = {f.name: f for f in parse_om(gzip.decompress(rendered.body).decode())}
+        agents = {
+            s.labels["user_id"]: s.value for s in families["agent_registry_user_agents"].samples
+        }
+        assert len(agents) == 300
+        assert agents["u5"] == 40
+
+
+class TestEncodings:
+    def test_text_format_gzip_is_a_single_member(self) -> None:
+        """curl --compressed reads only the first member: text-format scrapes get one."""
+        rows = {f"u{n}": SessionRow(f"u{n}", 1, T0) for n in range(500)}
+        renderer = Renderer(chunk_users=16)
+        for _ in range(2):
+            rendered = renderer.render(
+                snapshot_of(rows), ExporterMetrics("1"), openmetrics=False, gzipped=True
+            )
+        first = zlib.decompressobj(31)
+        text = first.decompress(rendered.body)
+        assert first.eof
+        assert first.unused_data == b""
+        assert text.count(b"agent_registry_user_agents{") == 500
+
+    def test_a_render_racing_another_starts_afresh_and_is_still_exact(self) -> None:
+        """While one render holds the cache, a second renders without it, same body."""
+        rows = {f"u{n}": SessionRow(f"u{n}", n % 5, T0 - n) for n in range(200)}
+        renderer = Renderer(chunk_users=16)
+        metrics = ExporterMetrics("1")
+        options = {"openmetrics": True, "gzipped": True}
+        renderer.render(snapshot_of(rows), metrics, **options)
+        held = {key: chunk.agents_data for key, chunk in renderer._members.chunks.items()}
+        rows["u3"] = rows["u3"]._replace(agent_count=44)
+        with renderer._members.lock:
+            racing = renderer.render(snapshot_of(rows), metrics, **options)
+        untouched = {key: chunk.agents_data for key, chunk in renderer._members.chunks.items()}
+        assert untouched == held  # the holder's cache was not touched
+        assert registry_part(racing) == registry_part(render(snapshot_of(rows), metrics, **options))
+
+
+class TestReuse:
+    def rows(self, n: int) -> dict[str, SessionRow]:
+        rng = random.Random(7)
+        return {
+            uid: SessionRow(uid, rng.randint(0, 9), T0 - rng.random() * 80_000)
+            for uid in (str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(n))
+        }
+
+    def test_unchanged_users_send_the_same_members_again(self) -> None:
+        """A second scrape of an unchanged registry reuses every cached member as it is."""
+        rows = self.rows(3000)
+        renderer = Renderer(chunk_users=64)
+        metrics = ExporterMetrics("1")
+        first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        reused = {id(p) for p in first.parts} & {id(p) for p in second.parts}
+        chunks = len(renderer._members.chunks)
+        assert chunks > 10
+        assert len(reused) == 2 * chunks
+
+    def test_one_changed_user_re_renders_one_chunk(self) -> None:
+        """A count change re-encodes the agent lines of that user's chunk, nothing else."""
+        rows = self.rows(3000)
+        renderer = Renderer(chunk_users=64)
+        metrics = ExporterMetrics("1")
+        first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        user = list(rows)[1234]
+        rows[user] = rows[user]._replace(agent_count=99)
+        second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        reused = {id(p) for p in first.parts} & {id(p) for p in second.parts}
+        assert len(reused) == 2 * len(renderer._members.chunks) - 1
+
+    def test_cache_holds_at_most_the_stable_families_of_one_body(self) -> None:
+        """Cached bytes never exceed the body: old chunks are dropped at each render."""
+        rows = self.rows(2000)
+        renderer = Renderer(chunk_users=64)
+        metrics = ExporterMetrics("1")
+        for step in range(5):
+            for user in list(rows)[step::7]:
+                rows[user] = rows[user]._replace(agent_count=step)
+            rendered = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+            assert 0 < renderer.cached_bytes < rendered.size
+
+    def test_chunk_length_must_be_a_power_of_two(self) -> None:
+        """Boundaries are a hash mask: other lengths are refused."""
+        with pytest.raises(ValueError, match="power of two"):
+            Renderer(chunk_users=100)
+
+
+class TestSpans:
+    def test_removing_a_user_changes_only_its_chunk(self) -> None:
+        """Content-defined boundaries: the chunks after a removal do not shift."""
+        users = [f"user-{n}" for n in range(5000)]
+        before = {tuple(users[lo:hi]) for lo, hi in spans(users, 32)}
+        del users[2500]
+        after = {tuple(users[lo:hi]) for lo, hi in spans(users, 32)}
+        assert len(after - before) <= 2  # its chunk, or the two it joins
+        assert sum(len(c) for c in after) == len(users)
+
+
+class TestSelection:
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 120) | st.integers(250, 600),
+                st.sampled_from([0.0, 3600.0]) | st.floats(0, 300_000),
+            ),
+            max_size=60,
+        ),
+        st.integers(1, 70),
+        st.booleans(),
+        st.sampled_from([1, 50]),
+    )
+    def test_selection_is_the_top_by_pressure_with_ties_by_position(
+        self, users, keep, in_creation_order, agents_per_user
+    ) -> None:
+        """The fast selection equals sorting every user by pressure, earliest first on ties."""
+        if in_creation_order:  # the registry's usual order, which takes the fast path
+            users = sorted(users, key=lambda u: -u[1])
+        counts = [c for c, _ in users]
+        created = [T0 - age for _, age in users]
+        limits = Thresholds(agents_per_user=agents_per_user)
+        expected = by_sorting_everyone(counts, created, keep, limits)
+        assert select_indexes(counts, created, T0, limits, keep) == expected
+
+    @pytest.mark.parametrize("in_creation_order", [True, False])
+    def test_a_few_violators_among_many_users_are_found(self, in_creation_order) -> None:
+        """Many users, a handful over the agent limit: every one of them is kept."""
+        rng = random.Random(3)
+        ages = [rng.random() * 80_000 for _ in range(20_000)]
+        if in_creation_order:
+            ages.sort(reverse=True)
+        counts = [rng.randint(0, 10) for _ in ages]
+        for i in rng.sample(range(len(ages)), 40):
+            counts[i] = rng.choice([51, 60, 75, 300])
+        created = [T0 - age for age in ages]
+        chosen = select_indexes(counts, created, T0, Thresholds(), 1000)
+        assert chosen == by_sorting_everyone(counts, created, 1000)
+        assert {i for i, n in enumerate(counts) if n > 50} <= set(chosen)
+
+
+def by_sorting_everyone(
+    counts: list[int], created: list[float], keep: int, limits: Thresholds | None = None
+) -> list[int]:
+    """The reference: every user's pressure, sorted, earliest position first on ties."""
+    limits = limits or Thresholds()
+
+    def pressure(i: int) -> float:
+        return max(
+            counts[i] * (1.0 / limits.agents_per_user),
+            (T0 - created[i]) * (1.0 / limits.session_age_seconds),
+        )
+
+    return sorted(sorted(range(len(counts)), key=pressure, reverse=True)[:keep])
