@@ -6,6 +6,7 @@ import gzip
 import random
 import uuid
 import zlib
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -26,8 +27,23 @@ def registry_part(rendered) -> bytes:
     return body.split(OWN)[0]
 
 
+def member_chunks(renderer: Renderer) -> dict:
+    """The gzip-member chunks an in-process (single registry) renderer keeps."""
+    return renderer._members.by_worker[None].chunks
+
+
 def snapshot_of(rows: dict[str, SessionRow], now: float = T0) -> RegistrySnapshot:
     return RegistrySnapshot(taken_at=now, thresholds=Thresholds(), sessions=list(rows.values()))
+
+
+def sidecar_snapshot_of(rows: dict[str, SessionRow], now: float) -> RegistrySnapshot:
+    """Two workers sharing the users, named to try the label escaping (and a stray %)."""
+    listed = list(rows.values())
+    workers = tuple(
+        replace(snapshot_of({r.user_id: r for r in listed[n::2]}, now), worker=name)
+        for n, name in enumerate(['w"1%d', "w2"])
+    )
+    return replace(snapshot_of(rows, now), workers=workers)
 
 
 ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=6)
@@ -42,6 +58,7 @@ change = st.one_of(
         st.booleans(),
         st.sampled_from([3, 10, 1000]),
         st.booleans(),
+        st.booleans(),
     ),
 )
 
@@ -50,12 +67,16 @@ class TestSameBodyAsAFullRender:
     @settings(max_examples=100, deadline=None)
     @given(st.lists(change, max_size=60))
     def test_any_sequence_of_changes_renders_a_full_renders_body(self, changes) -> None:
-        """After adds, removals, count changes and re-created sessions, byte for byte."""
+        """After adds, removals, count changes and re-created sessions, byte for byte.
+
+        Renders alternate between formats, encodings, caps, with and without the age family,
+        and between one registry and a sidecar's two workers.
+        """
         rows: dict[str, SessionRow] = {}
         renderer = Renderer(chunk_users=2)  # tiny chunks: boundaries everywhere
         metrics = ExporterMetrics("1")
         now = T0
-        for op, *args in [*changes, ("render", True, True, 1000, True)]:
+        for op, *args in [*changes, ("render", True, True, 1000, True, False)]:
             keys = list(rows)
             if op == "add" and args[0] not in rows:
                 rows[args[0]] = SessionRow(args[0], args[1], T0 - args[2])
@@ -69,7 +90,7 @@ class TestSameBodyAsAFullRender:
                 del rows[user]
                 rows[user] = SessionRow(user, 1, T0 - args[1])
             elif op == "render":
-                openmetrics, gzipped, cap, age = args
+                openmetrics, gzipped, cap, age, sidecar = args
                 now += 15
                 options = dict(
                     openmetrics=openmetrics,
@@ -77,7 +98,7 @@ class TestSameBodyAsAFullRender:
                     max_user_series=cap,
                     export_session_age=age,
                 )
-                snapshot = snapshot_of(rows, now)
+                snapshot = (sidecar_snapshot_of if sidecar else snapshot_of)(rows, now)
                 ours = renderer.render(snapshot, metrics, **options)
                 full = render(snapshot, metrics, **options)
                 assert registry_part(ours) == registry_part(full)
@@ -121,11 +142,11 @@ class TestEncodings:
         metrics = ExporterMetrics("1")
         options = {"openmetrics": True, "gzipped": True}
         renderer.render(snapshot_of(rows), metrics, **options)
-        held = {key: chunk.agents_data for key, chunk in renderer._members.chunks.items()}
+        held = {key: chunk.agents_data for key, chunk in member_chunks(renderer).items()}
         rows["u3"] = rows["u3"]._replace(agent_count=44)
         with renderer._members.lock:
             racing = renderer.render(snapshot_of(rows), metrics, **options)
-        untouched = {key: chunk.agents_data for key, chunk in renderer._members.chunks.items()}
+        untouched = {key: chunk.agents_data for key, chunk in member_chunks(renderer).items()}
         assert untouched == held  # the holder's cache was not touched
         assert registry_part(racing) == registry_part(render(snapshot_of(rows), metrics, **options))
 
@@ -146,7 +167,7 @@ class TestReuse:
         first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
         second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
         reused = {id(p) for p in first.parts} & {id(p) for p in second.parts}
-        chunks = len(renderer._members.chunks)
+        chunks = len(member_chunks(renderer))
         assert chunks > 10
         assert len(reused) == 2 * chunks
 
@@ -160,7 +181,7 @@ class TestReuse:
         rows[user] = rows[user]._replace(agent_count=99)
         second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
         reused = {id(p) for p in first.parts} & {id(p) for p in second.parts}
-        assert len(reused) == 2 * len(renderer._members.chunks) - 1
+        assert len(reused) == 2 * len(member_chunks(renderer)) - 1
 
     def test_cache_holds_at_most_the_stable_families_of_one_body(self) -> None:
         """Cached bytes never exceed the body: old chunks are dropped at each render."""
