@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Required, TypedDict, Unpack
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, ProcessCollector
 from prometheus_client import generate_latest as _generate_text
@@ -40,6 +41,7 @@ __all__ = [
     "OPENMETRICS_CONTENT_TYPE",
     "TEXT_CONTENT_TYPE",
     "ExporterMetrics",
+    "RenderOptions",
     "Rendered",
     "Renderer",
     "render",
@@ -318,24 +320,20 @@ class Renderer:
         )
 
 
+class RenderOptions(TypedDict, total=False):
+    """`Renderer.render`'s keyword options."""
+
+    openmetrics: Required[bool]
+    gzipped: bool
+    max_user_series: int
+    export_session_age: bool
+
+
 def render(
-    snapshot: RegistrySnapshot,
-    metrics: ExporterMetrics,
-    *,
-    openmetrics: bool,
-    gzipped: bool = False,
-    max_user_series: int = 10_000,
-    export_session_age: bool = True,
+    snapshot: RegistrySnapshot, metrics: ExporterMetrics, **options: Unpack[RenderOptions]
 ) -> Rendered:
     """A full render, remembering nothing (the server keeps a `Renderer` instead)."""
-    return Renderer().render(
-        snapshot,
-        metrics,
-        openmetrics=openmetrics,
-        gzipped=gzipped,
-        max_user_series=max_user_series,
-        export_session_age=export_session_age,
-    )
+    return Renderer().render(snapshot, metrics, **options)
 
 
 def _header(name: str, help_text: str) -> str:
