@@ -6,6 +6,7 @@ import gzip
 import random
 import uuid
 import zlib
+from array import array
 from dataclasses import replace
 
 import pytest
@@ -15,6 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
 from agent_registry_exporter.exposition import ExporterMetrics, Renderer, render
+from agent_registry_exporter.registry import SessionColumns
 from agent_registry_exporter.rendering import select_indexes, spans
 
 from .conftest import T0
@@ -149,6 +151,27 @@ class TestEncodings:
         untouched = {key: chunk.agents_data for key, chunk in member_chunks(renderer).items()}
         assert untouched == held  # the holder's cache was not touched
         assert registry_part(racing) == registry_part(render(snapshot_of(rows), metrics, **options))
+
+
+class TestColumns:
+    def test_a_workers_columns_render_as_its_rows_do(self) -> None:
+        """A sidecar worker's packed columns (arrays) give the rows' body, cached or not."""
+        rows = {f"u{n}": SessionRow(f"u{n}", n % 9, T0 - 7 * n) for n in range(500)}
+        listed = list(rows.values())
+        columns = SessionColumns(
+            [r.user_id for r in listed],
+            array("q", [r.agent_count for r in listed]),
+            array("d", [r.created_timestamp for r in listed]),
+        )
+        metrics = ExporterMetrics("1")
+        options = {"openmetrics": True, "gzipped": True, "max_user_series": 100}
+        renderer = Renderer(chunk_users=16)
+        by_columns = replace(snapshot_of(rows), sessions=columns)
+        for _ in range(2):
+            ours = renderer.render(by_columns, metrics, **options)
+            assert registry_part(ours) == registry_part(
+                render(snapshot_of(rows), metrics, **options)
+            )
 
 
 class TestReuse:
