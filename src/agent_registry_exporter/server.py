@@ -278,10 +278,14 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     # Sent piece by piece: joining them would copy the whole body once more.
     response = web.StreamResponse(headers=headers)
     response.content_length = rendered.size
-    await response.prepare(request)
-    for part in rendered.parts:
-        await response.write(part)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        for part in rendered.parts:
+            await response.write(part)
+        await response.write_eof()
+    except ConnectionError:
+        # The scraper hung up (its timeout, a restart): routine, and nobody left to answer.
+        _log.debug("scraper of /metrics hung up before the end of the body")
     return response
 
 
