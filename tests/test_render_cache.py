@@ -174,6 +174,39 @@ class TestColumns:
             )
 
 
+class TestPrivateIds:
+    def test_a_new_label_function_relabels_every_user(self) -> None:
+        """A new hashing key (a new label function) never leaves an old label cached."""
+        rows = {f"u{n}": SessionRow(f"u{n}", n % 4, T0 - n) for n in range(300)}
+        renderer = Renderer(chunk_users=16)
+        metrics = ExporterMetrics("1")
+        options = {"openmetrics": True, "gzipped": True}
+        old_key = replace(snapshot_of(rows), user_label=lambda user: "h:old-" + user)
+        new_key = replace(snapshot_of(rows), user_label=lambda user: "h:new-" + user)
+        renderer.render(old_key, metrics, **options)
+        ours = registry_part(renderer.render(new_key, metrics, **options))
+        assert ours == registry_part(render(new_key, metrics, **options))
+        assert b"h:old-" not in ours
+
+    def test_only_changed_chunks_hash_their_ids_again(self) -> None:
+        """Unchanged users are not hashed again at the next scrape."""
+        rows = {f"u{n}": SessionRow(f"u{n}", 1, T0) for n in range(300)}
+        hashed: list[str] = []
+
+        def label(user: str) -> str:
+            hashed.append(user)
+            return "h:" + user
+
+        renderer = Renderer(chunk_users=16)
+        metrics = ExporterMetrics("1")
+        renderer.render(replace(snapshot_of(rows), user_label=label), metrics, openmetrics=True)
+        assert len(hashed) == 300
+        del rows["u150"]
+        hashed.clear()
+        renderer.render(replace(snapshot_of(rows), user_label=label), metrics, openmetrics=True)
+        assert 0 < len(hashed) < 100  # the removed user's chunk only
+
+
 class TestReuse:
     def rows(self, n: int) -> dict[str, SessionRow]:
         rng = random.Random(7)
