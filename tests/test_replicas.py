@@ -190,12 +190,37 @@ class TestNeverAnOpenRelay:
             text
         )
 
-    async def test_forwarded_request_is_never_forwarded_again(self, fleet) -> None:
-        """With the hop header, an alert naming another replica is answered, not forwarded."""
+    async def test_peer_host_on_another_port_is_never_contacted(self, fleet) -> None:
+        """b's address with a port other than the exporter's is no peer: nothing connects."""
+        connections = 0
+
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            writer.close()
+
+        host = fleet["b"].address.rsplit(":", 1)[0]
+        listener = await asyncio.start_server(accepted, host, 0)
+        elsewhere = f"{host}:{listener.sockets[0].getsockname()[1]}"
+        try:
+            await add_agents(fleet["b"].registry, "leaky", 60)
+            status, body = await fleet.post("a", alerts_for("leaky", instance=elsewhere))
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+        assert (status, body["alerts"][0]["outcome"]) == (200, "unknown_instance")
+        assert connections == 0
+        assert fleet["b"].registry.get_session("leaky").agent_count == 60
+
+    @pytest.mark.parametrize("hop", ["1", "0", "", "no", "1, 1"])
+    async def test_forwarded_request_is_never_forwarded_again(self, fleet, hop) -> None:
+        """With the hop header (whatever its value), an alert naming another replica is
+        answered, not forwarded."""
         agents = await add_agents(fleet["b"].registry, "leaky", 60)
         body = alerts_for("leaky", instance=fleet["b"].address)
 
-        status, answer = await fleet.post("a", body, {HOP_HEADER: "1"})
+        status, answer = await fleet.post("a", body, {HOP_HEADER: hop})
 
         assert status == 200
         assert answer["alerts"][0]["outcome"] == "other_instance"

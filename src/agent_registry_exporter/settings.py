@@ -91,8 +91,9 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(default=1 << 20, gt=0)
     instance: str | None = Field(
         default=_POLICY.instance,
-        description="the `instance` label Prometheus gives this replica; alerts naming another"
-        " instance are not acted on here. Unset: every alert is for this replica.",
+        description="the `instance` label Prometheus gives this replica (in Kubernetes"
+        " $(POD_IP):8464); alerts naming another instance are forwarded to it when it is a"
+        " peer, and never acted on here. Unset: every alert is for this replica.",
     )
     peers: str | None = Field(
         default=None,
