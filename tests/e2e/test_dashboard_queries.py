@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 EMBEDDED_PANELS = (CORE_PANELS - {"Firing alerts"}) | {
     "Exporters up",
     "Failed renders",
+    "Requests refused for their credentials",
     "Users with the most agents, all workers of a pod",
     "Agents per worker",
     "Cleaned agents still alive",

@@ -260,13 +260,29 @@ def exporter(board: Dashboard) -> Dashboard:
             )
         )
         .with_panel(
+            graph_panel(
+                "Requests refused for their credentials",
+                "Which requests did the exporter refuse for their credentials, by reason? A "
+                "steady rate: a scraper with a stale password or token, or someone probing.",
+                "reqps",
+                [
+                    query(
+                        rate("agent_registry_exporter_auth_failures_total", "instance, reason"),
+                        "{{reason}} on {{instance}}",
+                    )
+                ],
+                w=6,
+                h=7,
+            )
+        )
+        .with_panel(
             stat_panel(
                 "Exporters up",
                 "Which scrape targets answer? 0 means nothing is monitored there.",
                 f"up{{{SEL}}}",
                 "{{instance}}",
-                w=6,
-                h=7,
+                w=24,
+                h=4,
             )
         )
     )

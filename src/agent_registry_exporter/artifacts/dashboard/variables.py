@@ -66,6 +66,9 @@ def variables(board: Dashboard) -> Dashboard:
             .label("User (regex)")
             .default_value(".*")
             .current(model.VariableOption(text=".*", value=".*"))
-            .description("Optional: a user id or regex to narrow the per-user panels.")
+            .description(
+                "Optional: a user id or regex to narrow the per-user panels (with private "
+                "user ids, its h:... label: agent-registry-exporter user-id-label)."
+            )
         )
     )
