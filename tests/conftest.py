@@ -155,3 +155,28 @@ async def loopback_exporter(registry: AgentRegistry, **settings: Any) -> Exporte
 def console_script() -> str:
     """The installed `agent-registry-exporter` command of this environment."""
     return str(Path(sys.executable).parent / "agent-registry-exporter")
+
+
+class CountingListener:
+    """A TCP listener that only counts who connects (proof that nobody was contacted)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.port = 0
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def counting_listener(host: str, port: int = 0) -> AsyncIterator[CountingListener]:
+    """Listen on `host:port` (0: any free port) while the block runs."""
+    listener = CountingListener()
+    server = await asyncio.start_server(listener._accepted, host, port)
+    listener.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield listener
+    finally:
+        server.close()
+        await server.wait_closed()

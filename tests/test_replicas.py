@@ -16,7 +16,7 @@ from agent_registry_exporter import SidecarSource
 from agent_registry_exporter.demo.fleet import LocalFleet, Replica
 from agent_registry_exporter.remediation import HOP_HEADER
 
-from .conftest import RecordingAgent, add_agents, serving_workers
+from .conftest import RecordingAgent, add_agents, counting_listener, serving_workers
 from .test_remediation import payload
 
 TOKEN = "fleet-t0ken"
@@ -161,29 +161,18 @@ class TestForwarding:
 class TestNeverAnOpenRelay:
     async def test_forged_instance_is_never_contacted(self, fleet) -> None:
         """instance=127.0.0.9:<port> (a listener the test owns): no connection, 200, counted."""
-        connections = 0
-
-        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal connections
-            connections += 1
-            writer.close()
-
-        listener = await asyncio.start_server(accepted, "127.0.0.9", 0)
-        port = listener.sockets[0].getsockname()[1]
-        try:
+        async with counting_listener("127.0.0.9") as listener:
+            port = listener.port
             await add_agents(fleet["a"].registry, "leaky", 60)
             forged = alerts_for("leaky", instance=f"127.0.0.9:{port}")
             status, body = await fleet.post("a", forged)
-        finally:
-            listener.close()
-            await listener.wait_closed()
 
         assert status == 200
         (answer,) = body["alerts"]
         assert answer["outcome"] == "unknown_instance"
         assert f"127.0.0.9:{port}" in answer["detail"]
         assert fleet["a"].address in answer["detail"]
-        assert connections == 0
+        assert listener.connections == 0
         assert fleet["a"].registry.get_session("leaky").agent_count == 60
         text = await fleet.metrics("a")
         assert 'agent_registry_cleanups_total{result="unknown_instance",trigger="webhook"} 1.0' in (
@@ -192,25 +181,14 @@ class TestNeverAnOpenRelay:
 
     async def test_peer_host_on_another_port_is_never_contacted(self, fleet) -> None:
         """b's address with a port other than the exporter's is no peer: nothing connects."""
-        connections = 0
-
-        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal connections
-            connections += 1
-            writer.close()
-
         host = fleet["b"].address.rsplit(":", 1)[0]
-        listener = await asyncio.start_server(accepted, host, 0)
-        elsewhere = f"{host}:{listener.sockets[0].getsockname()[1]}"
-        try:
+        async with counting_listener(host) as listener:
+            elsewhere = f"{host}:{listener.port}"
             await add_agents(fleet["b"].registry, "leaky", 60)
             status, body = await fleet.post("a", alerts_for("leaky", instance=elsewhere))
-        finally:
-            listener.close()
-            await listener.wait_closed()
 
         assert (status, body["alerts"][0]["outcome"]) == (200, "unknown_instance")
-        assert connections == 0
+        assert listener.connections == 0
         assert fleet["b"].registry.get_session("leaky").agent_count == 60
 
     @pytest.mark.parametrize("hop", ["1", "0", "", "no", "1, 1"])

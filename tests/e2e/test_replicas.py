@@ -17,7 +17,7 @@ from aiohttp import ClientSession
 from agent_registry_exporter.demo.fleet import LocalFleet, Replica
 from agent_registry_exporter.demo.stack import LocalStack, missing_binaries
 
-from ..conftest import RecordingAgent, add_agents
+from ..conftest import RecordingAgent, add_agents, counting_listener
 from .conftest import STACK_KEY, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -134,14 +134,6 @@ async def test_every_leak_is_cleaned_once_on_the_replica_that_holds_it(fleet_sta
 async def test_forged_instance_is_never_contacted(fleet_stack) -> None:
     """An alert forged into Alertmanager for 127.0.0.9:<port> (a listener the test owns):
     answered unknown_instance, no connection to it, nothing cleaned."""
-    connections = 0
-
-    def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        writer.close()
-
-    listener = await asyncio.start_server(accepted, "127.0.0.9", fleet_stack.port)
     victims = [await add_agents(r.registry, "forged-victim", 5) for r in fleet_stack.replicas]
     now = datetime.now(UTC)
     forged = [
@@ -160,21 +152,16 @@ async def test_forged_instance_is_never_contacted(fleet_stack) -> None:
         }
     ]
     url = f"{fleet_stack.stack.alertmanager_url}/api/v2/alerts"
-    try:
+
+    def answered() -> bool:
+        return any("unknown_instance" in o for o in fleet_stack.outcomes("forged-victim").values())
+
+    async with counting_listener("127.0.0.9", fleet_stack.port) as listener:
         async with ClientSession() as http, http.post(url, json=forged) as resp:
             assert resp.status == 200, await resp.text()
-
-        def answered() -> bool:
-            return any(
-                "unknown_instance" in o for o in fleet_stack.outcomes("forged-victim").values()
-            )
-
         await eventually(answered, 30, "the forged alert answered unknown_instance")
-    finally:
-        listener.close()
-        await listener.wait_closed()
 
-    assert connections == 0
+    assert listener.connections == 0
     assert all(closes(agents) == {0} for agents in victims)
     assert all(
         set(o) <= {"unknown_instance", "duplicate"}
