@@ -153,6 +153,13 @@ class TestRefusals:
             k: (1.0 if k == reason else 0.0) for k in after
         }
 
+    async def test_oversized_credentials_are_refused_before_any_check(self, client) -> None:
+        """A 64 KiB Authorization header is refused by the HTTP parser: no bcrypt, no 200."""
+        huge = basic("alice", "x" * 48_000)
+        resp = await client.get("/metrics", headers=huge)
+        assert resp.status in (400, 431)
+        assert guard_of(client.app).checker.bcrypt_runs == 0
+
     async def test_wrong_webhook_token_is_counted(self, client) -> None:
         """The webhook's own refusals are auth failures too."""
         resp = await client.post(WEBHOOK_PATH, data=b"{}", headers={"Authorization": "Bearer x"})

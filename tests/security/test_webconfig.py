@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from agent_registry_exporter import Settings
+from agent_registry_exporter.cli import main
 from agent_registry_exporter.security import ActiveWebConfig
 from agent_registry_exporter.settings import describe_validation_error
 from agent_registry_exporter.webconfig import WebConfigError, load_web_config
@@ -145,3 +146,21 @@ def test_readme_shows_the_committed_example() -> None:
         b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "basic_auth_users" in b
     ]
     assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())
+
+
+class TestCommandLine:
+    @pytest.mark.parametrize("command", ["serve", "sidecar"])
+    def test_check_config_names_the_bad_key(self, pki: Pki, command: str, capsys) -> None:
+        """`--web-config-file` with a bad file: exit 2, the setting and the key named."""
+        path = placed(pki, "bad-unknown-tls-key.yml")
+        assert main([command, "--web-config-file", str(path), "--check-config"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "invalid setting web_config_file (AGENT_REGISTRY_EXPORTER_WEB_CONFIG_FILE): "
+            f"web config {path}: tls_server_config.client_auth: unknown key"
+        )
+
+    def test_check_config_accepts_the_docs_example(self, pki: Pki, capsys) -> None:
+        """exporter-toolkit's documented example passes `serve --check-config`."""
+        path = placed(pki, "good-exporter-toolkit-docs-example.yml")
+        assert main(["serve", "--web-config-file", str(path), "--check-config"]) == 0
+        assert "configuration is valid" in capsys.readouterr().out
