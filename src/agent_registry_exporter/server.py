@@ -30,7 +30,13 @@ from .remediation import (
     Remediator,
     WebhookPayload,
 )
-from .security import AuthFailure, PortGuard, ReloadingSSLContext, WebConfigWatcher
+from .security import (
+    AuthFailure,
+    HandshakeBoundSite,
+    PortGuard,
+    ReloadingSSLContext,
+    WebConfigWatcher,
+)
 from .serving import BoundedRunner, ConnectionLimiter, refuse_encoded_bodies
 from .serving.limits import LISTEN_BACKLOG, descriptor_bound
 from .settings import ENV_PREFIX, Settings
@@ -457,12 +463,14 @@ class ExporterServer:
             shutdown_timeout=settings.shutdown_grace_seconds,
         )
         await runner.setup()
-        site = web.TCPSite(
+        site = HandshakeBoundSite(
             runner,
             self.host,
             self._requested_port,
             backlog=LISTEN_BACKLOG,
             ssl_context=self._ssl_context(),
+            # A TLS client must finish its handshake as fast as its request headers.
+            handshake_timeout=settings.idle_timeout_seconds,
         )
         try:
             await site.start()

@@ -67,6 +67,17 @@ class TestTlsOnly:
         assert (await get(f"{server.url}/-/healthy", pki.client_context()))[0] == 200
 
 
+    async def test_silent_client_is_dropped_at_the_handshake_bound(self, pki, serve) -> None:
+        """A TCP client that never starts its handshake is closed after idle_timeout_seconds
+        (1 s here), long before asyncio's own 60 s."""
+        server = await serve(web_config_file=pki.write(TLS), idle_timeout_seconds=1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            assert await asyncio.wait_for(reader.read(), timeout=30) == b""
+        finally:
+            writer.close()
+
+
 class TestClientCertificates:
     async def test_client_without_a_certificate_is_refused(self, pki, serve) -> None:
         """RequireAndVerifyClientCert: no certificate, no answer (probes included)."""
