@@ -66,7 +66,6 @@ class TestTlsOnly:
             await get(f"{server.url}/-/healthy", old)
         assert (await get(f"{server.url}/-/healthy", pki.client_context()))[0] == 200
 
-
     async def test_silent_client_is_dropped_at_the_handshake_bound(self, pki, serve) -> None:
         """A TCP client that never starts its handshake is closed after idle_timeout_seconds
         (1 s here), long before asyncio's own 60 s."""
