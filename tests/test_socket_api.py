@@ -132,6 +132,39 @@ class TestSnapshot:
         assert list(snapshot.sessions) == []
         assert snapshot.thresholds == Thresholds()
 
+    async def test_concurrent_snapshot_requests_each_get_a_whole_snapshot(
+        self, registry, served
+    ) -> None:
+        """Twenty at once while agents come and go: each answer decodes and is consistent."""
+        for n in range(300):
+            await add_agents(registry, f"u{n}", 2)
+        clients = [WorkerSource("w1", served.path, timeout=30) for _ in range(20)]
+
+        async def churn() -> None:
+            for n in range(300):
+                await registry.register_user_agent(f"u{n}", "extra", RecordingAgent())
+                await asyncio.sleep(0)
+
+        try:
+            *snapshots, _ = await asyncio.gather(*(c.snapshot() for c in clients), churn())
+        finally:
+            for client in clients:
+                await client.close()
+        for snapshot in snapshots:
+            assert len(snapshot.sessions) == 300
+            assert {s.agent_count for s in snapshot.sessions} <= {2, 3}
+
+    async def test_slow_client_does_not_hold_up_the_sidecar(self, served, worker) -> None:
+        """A peer that sends half a request and stalls: the sidecar is still answered."""
+        _, writer = await asyncio.open_unix_connection(str(served.path))
+        writer.write(b"GET /v1/snapshot HTTP/1.1\r\nHost: w")
+        await writer.drain()
+        try:
+            assert (await asyncio.wait_for(worker.identity(), 10)).worker == "w1"
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
 
 class TestUser:
     @pytest.mark.parametrize("user", HOSTILE_IDS)
