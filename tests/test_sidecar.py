@@ -30,7 +30,12 @@ from agent_registry_exporter import (
     serve_registry,
 )
 from agent_registry_exporter.demo import free_port
-from agent_registry_exporter.sources import WorkerError, WorkerSource, discover_workers
+from agent_registry_exporter.sources import (
+    WorkerError,
+    WorkerSource,
+    discover_workers,
+    worker_client,
+)
 
 from .conftest import add_agents, serving_workers
 from .test_exposition import PROMETHEUS_ACCEPT
@@ -236,6 +241,27 @@ class TestPartialFailure:
         assert got[("agent_registry_source_up", (("worker", "slow"),))] == 0
         assert got[("agent_registry_source_scrape_duration_seconds", (("worker", "slow"),))] >= 0.5
         assert got[("agent_registry_agents", (("worker", "a"),))] == 4
+
+    async def test_endless_answer_is_cut_at_the_bound(
+        self, socket_dir, workers, source, monkeypatch, caplog
+    ) -> None:
+        """A socket streaming a never-ending 'snapshot': read up to the bound, then down."""
+        monkeypatch.setattr(worker_client, "MAX_ANSWER_BYTES", 1 << 20)
+
+        async def endless(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/vnd.agent-registry.snapshot.v1"}
+            )
+            await response.prepare(request)
+            while True:
+                await response.write(b"A" * 65536)
+
+        async with FakeWorker(socket_dir / "worker-flood.sock", endless):
+            snapshot = await source.snapshot()
+        assert [p.worker for p in snapshot.workers or ()] == ["a", "b", "c"]
+        up = {s.labels["worker"]: s.value for s in next(iter(source.collect())).samples}
+        assert up == {"a": 1, "b": 1, "c": 1, "flood": 0}
+        assert f"answers more than {1 << 20} bytes" in caplog.text
 
     async def test_socket_answering_something_else_is_named_once(
         self, socket_dir, workers, source, caplog

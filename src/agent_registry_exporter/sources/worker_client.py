@@ -23,8 +23,10 @@ from .snapshot_codec import (
     decode_snapshot,
 )
 
-__all__ = ["WorkerError", "WorkerSource"]
+__all__ = ["MAX_ANSWER_BYTES", "WorkerError", "WorkerSource"]
 
+# Far beyond any snapshot (100,000 users encode to about 3 MB).
+MAX_ANSWER_BYTES = 1 << 30
 _CLEANUP_FIELDS = frozenset(f.name for f in dataclasses.fields(CleanupResult))
 
 
@@ -109,8 +111,10 @@ class WorkerSource:
         url = URL(f"http://worker-{self.worker}{path}", encoded=True)
         try:
             async with self._client().request(method, url, **kwargs) as resp:
-                data = await resp.read()
                 status, received = resp.status, resp.content_type
+                data = await self._read_bounded(resp)
+        except WorkerError:
+            raise
         except Exception as exc:
             raise _translate(self, exc) from None
         if status == 200 and received == content_type:
@@ -129,6 +133,19 @@ class WorkerSource:
         raise self._error(
             f"answers something else: HTTP {status} {received or 'without a content type'}"
         )
+
+    async def _read_bounded(self, resp: aiohttp.ClientResponse) -> bytes:
+        # A socket answering something else may stream without end: read only so much.
+        limit = MAX_ANSWER_BYTES
+        if resp.content_length is not None and resp.content_length > limit:
+            raise self._error(f"answers {resp.content_length} bytes, more than {limit}")
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise self._error(f"answers more than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _error(self, cause: str, *, refused: bool = False) -> WorkerError:
         return WorkerError(self.worker, cause, refused=refused)
