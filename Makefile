@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scrape.py
 	$(BIN)/python benchmarks/sidecar.py
 	cd benchmarks && ../$(BIN)/python render.py --sizes $(RENDER_SIZES) --stock
+	$(BIN)/python benchmarks/hostile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

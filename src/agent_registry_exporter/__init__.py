@@ -17,7 +17,7 @@ from .registry import (
     SessionRow,
     UserAgentSession,
 )
-from .server import ExporterServer, create_app, start_exporter
+from .server import ExporterServer, ListenError, create_app, start_exporter
 from .settings import Settings
 from .sources import InProcessSource, RegistrySocket, RegistrySource, SidecarSource, serve_registry
 
@@ -29,6 +29,7 @@ __all__ = [
     "DuplicateAgentError",
     "ExporterServer",
     "InProcessSource",
+    "ListenError",
     "RegistrySnapshot",
     "RegistrySocket",
     "RegistrySource",
