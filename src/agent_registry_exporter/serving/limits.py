@@ -96,8 +96,11 @@ class ConnectionLimiter:
         open_ = [h for h in current if h not in self._closing]
         if len(open_) <= self.limit:
             return
-        for handler in open_:  # oldest first: the server keeps them in accept order
-            if handler is not newcomer and handler not in self._busy:
+        # Oldest first (the server keeps them in accept order), and only from the older half:
+        # a connection just accepted has not had its request read yet, and must survive the
+        # accept bursts that follow it until it has.
+        for handler in open_[: len(open_) - self.limit // 2]:
+            if handler not in self._busy:
                 self._closing.add(handler)
                 self.evicted += 1
                 handler.force_close()
