@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ CUSTOM = (
     "alertmanagerconfig.yaml",
 )
 PORT = Settings().listen_port
+
+
+@pytest.fixture
+def changed_default() -> Iterator[None]:
+    """Thresholds' agents_per_user default is 51 during the test, as if edited in the code."""
+    field = Thresholds.model_fields["agents_per_user"]
+    original = field.default
+    field.default = original + 1
+    Thresholds.model_rebuild(force=True)
+    try:
+        assert Thresholds().agents_per_user == original + 1
+        yield
+    finally:
+        field.default = original
+        Thresholds.model_rebuild(force=True)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +108,11 @@ class TestRendering:
         assert stale == [], f"deploy/kubernetes/ is stale ({', '.join(stale)}): run `make rules`"
         assert sorted(p.name for p in DEPLOY.glob("*.yaml")) == sorted(FILES)
 
-    def test_a_changed_threshold_changes_the_prometheus_rule_and_the_drift_check_names_it(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    def test_a_changed_threshold_default_changes_the_prometheus_rule_and_drift_names_it(
+        self, tmp_path: Path, changed_default: None
     ) -> None:
-        """Another agents_per_user reaches the PrometheusRule, so the drift test above fails."""
-        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_AGENTS_PER_USER", "51")
+        """`make rules` after raising agents_per_user's default rewrites only the
+        PrometheusRule, so the drift test above fails until the files are regenerated."""
         assert main(["kubernetes", "--output-dir", str(tmp_path)]) == 0
         written = {p.name: p.read_text() for p in tmp_path.iterdir()}
         assert drifted(written) == ["prometheusrule.yaml"]
