@@ -11,7 +11,7 @@ import contextlib
 import logging
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..lifecycle import CleanupResult, Thresholds
-from ..registry import RegistrySnapshot
+from ..registry import RegistrySnapshot, SessionColumns, SessionLike
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
 
@@ -36,6 +36,18 @@ class _Health:
     duration: float = 0.0
     refused_in_a_row: int = 0
     problem: str | None = None
+
+
+def _all_sessions(parts: tuple[RegistrySnapshot, ...]) -> Sequence[SessionLike]:
+    """Every worker's sessions in one sequence (for counting), without a row per user."""
+    columns = [p.sessions for p in parts]
+    if all(isinstance(c, SessionColumns) for c in columns):
+        return SessionColumns(
+            [user_id for c in columns for user_id in c.user_ids],  # type: ignore[attr-defined]
+            [n for c in columns for n in c.agent_counts],  # type: ignore[attr-defined]
+            [t for c in columns for t in c.created_timestamps],  # type: ignore[attr-defined]
+        )
+    return [s for c in columns for s in c]
 
 
 def discover_workers(socket_dir: Path) -> dict[str, Path]:
@@ -79,7 +91,7 @@ class SidecarSource:
         return RegistrySnapshot(
             taken_at=time.time(),
             thresholds=parts[0].thresholds if parts else Thresholds(),
-            sessions=[s for part in parts for s in part.sessions],
+            sessions=_all_sessions(parts),
             workers=parts,
         )
 

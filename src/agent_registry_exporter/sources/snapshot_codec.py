@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..lifecycle import Thresholds
-from ..registry import RegistrySnapshot, SessionColumns, SessionLike
+from ..registry import RegistrySnapshot, SessionColumns, SessionLike, agent_counts
 
 __all__ = [
     "API_VERSION",
@@ -101,7 +101,7 @@ async def encode_snapshot(snapshot: RegistrySnapshot, identity: WorkerIdentity) 
         user_ids = [s.user_id for s in part]
         lengths.append(_packed("I", list(map(len, user_ids))))
         ids.append("".join(user_ids).encode("utf-8", _ERRORS))
-        counts.append(_packed("q", [s.agent_count for s in part]))
+        counts.append(_packed("q", agent_counts(part)))
         created.append(_packed("d", [s.created_timestamp for s in part]))
     header = {
         "api": API_VERSION,
