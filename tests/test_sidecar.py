@@ -124,6 +124,15 @@ class TestDiscovery:
 
 
 class TestGathering:
+    async def test_sessions_of_all_workers_are_counted_side_by_side(self, workers, source) -> None:
+        """The combined sessions (what the circuit breaker counts) hold each worker's rows."""
+        await add_agents(workers["a"], "shared", 3)
+        await add_agents(workers["b"], "shared", 4)
+        await add_agents(workers["b"], "solo", 1)
+        snapshot = await source.snapshot()
+        rows = sorted((s.user_id, s.agent_count) for s in snapshot.sessions)
+        assert rows == [("shared", 3), ("shared", 4), ("solo", 1)]
+
     async def test_every_registry_family_carries_the_worker_label(
         self, aiohttp_client, workers, source
     ) -> None:
