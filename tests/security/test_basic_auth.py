@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,20 @@ class TestCost:
         assert (await client.get("/metrics", headers=ALICE)).status == 401
         new = basic("alice", "new-password")
         assert (await client.get("/metrics", headers=new)).status == 200
+
+    async def test_rewrite_keeping_size_and_mtime_is_picked_up(self, client, web_config) -> None:
+        """A new hash of the same length, the file's timestamps put back: still reloaded."""
+        assert (await client.get("/metrics", headers=ALICE)).status == 200
+        before = os.stat(web_config)
+        web_config.write_text(
+            web_config.read_text().replace(
+                web_config.read_text().split("alice: ")[1].split("\n")[0], bcrypt_hash("rotated!!")
+            )
+        )
+        os.utime(web_config, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(web_config).st_size == before.st_size
+        assert (await client.get("/metrics", headers=ALICE)).status == 401
+        assert (await client.get("/metrics", headers=basic("alice", "rotated!!"))).status == 200
 
 
 class TestRateLimit:

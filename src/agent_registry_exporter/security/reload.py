@@ -1,14 +1,14 @@
 """The web config in force, and its reload when the file or a file it names changes.
 
-Checked on each new connection and each request (a few `stat` calls), as exporter-toolkit
-re-reads its file per request: no restart, no signal, no background task. A broken new
-file keeps the last good config, and the log says why.
+Checked on each new connection and each request (the few small files read and digested),
+as exporter-toolkit re-reads its file per request: no restart, no signal, no background
+task. A broken new file keeps the last good config, and the log says why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ __all__ = ["ActiveWebConfig", "WebConfigWatcher"]
 
 _log = logging.getLogger(__name__)
 
-_Signature = tuple[tuple[int, int, int] | None, ...]
+_Signature = tuple[bytes | None, ...]
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,13 @@ def _files(path: Path, config: WebConfig) -> tuple[Path, ...]:
 
 
 def _signature(files: tuple[Path, ...]) -> _Signature:
-    def one(file: Path) -> tuple[int, int, int] | None:
+    def one(file: Path) -> bytes | None:
         try:
-            # Follows symlinks: a Kubernetes secret volume swaps a `..data` link.
-            st = os.stat(file)
+            # By content, not timestamps: a rewrite within one clock tick, or one keeping its
+            # size and mtime, is still a change. Follows symlinks (a Secret's `..data`).
+            return hashlib.blake2b(file.read_bytes(), digest_size=16).digest()
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     return tuple(one(f) for f in files)
 
