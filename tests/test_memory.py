@@ -8,9 +8,10 @@ from dataclasses import replace
 from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_registry_exporter import Settings, start_exporter
+from agent_registry_exporter import Settings, serve_registry, start_exporter
 from agent_registry_exporter.exposition import ExporterMetrics, render
 from agent_registry_exporter.memory import CleanedAgentTracker, resident_memory_bytes
+from agent_registry_exporter.sources import WorkerSource
 
 from .conftest import FakeClock, RecordingAgent
 
@@ -73,6 +74,28 @@ class TestCleanedAgentsAlive:
         await registry.lifecycle_manager.trigger_cleanup("u1")
         snapshot = registry.snapshot()
         assert snapshot.cleaned_agents_untracked == 2
+
+
+class TestSidecarWorker:
+    async def test_a_workers_snapshot_carries_its_leaks_with_its_grace_and_its_memory(
+        self, registry, clock, fill, socket_dir
+    ) -> None:
+        """serve_registry(leak_grace_seconds=...) counts held agents; RSS travels along."""
+        agents = await fill("u1", 2)
+        await registry.lifecycle_manager.trigger_cleanup("u1")
+        clock.advance(31)
+        handle = await serve_registry(registry, socket_dir, worker="w1", leak_grace_seconds=30)
+        client = WorkerSource("w1", handle.path, timeout=10)
+        try:
+            snapshot = await client.snapshot()
+        finally:
+            await client.close()
+            await handle.stop()
+        assert snapshot.cleaned_agents_alive == 2
+        assert snapshot.cleaned_agents_untracked == 0
+        assert snapshot.resident_memory_bytes is not None
+        assert snapshot.resident_memory_bytes > 1 << 20
+        assert len(agents) == 2
 
 
 class TestTrackerBound:

@@ -57,6 +57,7 @@ _REGISTRY = web.AppKey("registry", AgentRegistry)
 _IDENTITY = web.AppKey("identity", WorkerIdentity)
 # One snapshot encoding at a time: a burst of requests queues instead of stalling the loop.
 _ENCODING = web.AppKey("encoding", asyncio.Lock)
+_LEAK_GRACE = web.AppKey("leak_grace_seconds", float)
 
 
 class _CleanupRequest(BaseModel):
@@ -74,7 +75,9 @@ def socket_path(socket_dir: Path | str, worker: str) -> Path:
     return Path(socket_dir) / f"worker-{worker}.sock"
 
 
-def create_registry_app(registry: AgentRegistry, identity: WorkerIdentity) -> web.Application:
+def create_registry_app(
+    registry: AgentRegistry, identity: WorkerIdentity, *, leak_grace_seconds: float = 60.0
+) -> web.Application:
     """The registry API of one worker (served on its socket by `serve_registry`)."""
     app = web.Application(
         client_max_size=_MAX_CLEANUP_BODY, middlewares=[refuse_encoded_bodies, _json_errors]
@@ -82,6 +85,7 @@ def create_registry_app(registry: AgentRegistry, identity: WorkerIdentity) -> we
     app[_REGISTRY] = registry
     app[_IDENTITY] = identity
     app[_ENCODING] = asyncio.Lock()
+    app[_LEAK_GRACE] = leak_grace_seconds
     app.router.add_get(f"/{API_VERSION}/", _identity)
     app.router.add_get(f"/{API_VERSION}/snapshot", _snapshot)
     app.router.add_get(f"/{API_VERSION}/users/{{user_id}}", _user)
@@ -141,7 +145,8 @@ async def _snapshot(request: web.Request) -> web.Response:
     async with app[_ENCODING]:
         # Taken once the lock is ours, so a queued request does not send stale data.
         snapshot = dataclasses.replace(
-            app[_REGISTRY].snapshot(), resident_memory_bytes=resident_memory_bytes()
+            app[_REGISTRY].snapshot(leak_grace_seconds=app[_LEAK_GRACE]),
+            resident_memory_bytes=resident_memory_bytes(),
         )
         body = await encode_snapshot(snapshot, app[_IDENTITY])
     return web.Response(body=body, content_type=SNAPSHOT_CONTENT_TYPE)
@@ -199,11 +204,14 @@ async def serve_registry(
     socket_dir: Path | str | None = None,
     *,
     worker: str | None = None,
+    leak_grace_seconds: float = 60.0,
 ) -> RegistrySocket:
     """Serve `registry` on `<socket_dir>/worker-<worker>.sock` for the sidecar (mode 0660).
 
     `worker` defaults to the process id; `socket_dir` to `$AGENT_REGISTRY_EXPORTER_SOCKET_DIR`,
     else `/run/agent-registry` (created if missing). Runs on the caller's event loop.
+    Cleaned agents still alive `leak_grace_seconds` after their cleanup are counted in the
+    worker, where they live (the sidecar's own setting applies to embedded mode only).
     """
     name = str(os.getpid()) if worker is None else worker
     if not _WORKER_NAME.fullmatch(name):
@@ -218,7 +226,7 @@ async def serve_registry(
     _prepare(path)
     identity = WorkerIdentity(worker=name, pid=os.getpid(), started_at=time.time())
     runner = web.AppRunner(
-        create_registry_app(registry, identity),
+        create_registry_app(registry, identity, leak_grace_seconds=leak_grace_seconds),
         access_log=None,
         handle_signals=False,
         auto_decompress=False,  # a body is never inflated (compressed ones are refused)
