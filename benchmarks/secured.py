@@ -29,10 +29,7 @@ from pathlib import Path
 
 import bcrypt
 import trustme
-from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
-from scrape import HEADERS, StockCollector, build_registry
+from scrape import HEADERS, build_registry, start_stock
 
 from agent_registry_exporter import AgentRegistry, Settings, start_exporter
 
@@ -90,13 +87,7 @@ def secured_files(workdir: Path) -> tuple[Path, Path, ssl.SSLContext]:
 
 async def bench(users: int, repeat: int, workdir: Path) -> dict[str, float]:
     registry: AgentRegistry = await build_registry(users)
-    stock_registry = CollectorRegistry()
-    stock_registry.register(StockCollector(registry))  # type: ignore[arg-type]
-    app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(stock_registry))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner, _ = await start_stock(registry)
     results = {"users": float(users)}
     _, results["stock"] = await timed(
         Scraper("127.0.0.1", runner.addresses[0][1], None, False), max(1, repeat // 2)
