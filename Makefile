@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 DEBIAN_TOOLS := prometheus prometheus-alertmanager
+# The container test runs the image's Python (3.11, see the Dockerfile) as other users: Debian's.
+DEBIAN_PYTHON := python3.11-venv
 
-.PHONY: demo test lint typecheck pytest tools rules dashboard bench clean
+.PHONY: demo test lint typecheck pytest tools pytest-tools rules dashboard bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,14 @@ tools:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS) >/dev/null; \
 	fi
 
+pytest-tools: tools
+	@if ! /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "Debian's Python 3.11 with venv missing: sudo apt-get install -y --no-install-recommends $(DEBIAN_PYTHON)"; exit 1; fi; \
+	  echo "installing $(DEBIAN_PYTHON) from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PYTHON) >/dev/null; \
+	fi
+
 demo: $(STAMP)
 	@$(MAKE) --no-print-directory tools || echo "continuing without Prometheus/Alertmanager: the exporter runs alone"
 	$(BIN)/agent-registry-exporter demo
@@ -37,7 +47,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) tools
+pytest: $(STAMP) pytest-tools
 	$(BIN)/pytest
 
 test: lint typecheck pytest
