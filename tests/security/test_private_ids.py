@@ -94,6 +94,21 @@ class TestExport:
             assert len(small) <= 2
         assert small(f"u{0}") == fresh("u0")
 
+    async def test_searching_for_a_hash_does_not_churn_the_cache(self) -> None:
+        """A hash not in the cache is searched among the sessions without evicting the labels
+        already cached (the renderer re-hashes only changed chunks, so an evicted label
+        would stay missing), and the one found is remembered."""
+        registry = AgentRegistry()
+        for n in range(1, 5):
+            await registry.register_user_agent(f"u{n}", "agent", object())
+        hasher = UserIdHasher(KEY, cache_size=3)
+        cached = hasher("u0")
+        wanted = hasher.digest("u4")
+        result = await PrivateIdSource(InProcessSource(registry), hasher).monitor_user(wanted)
+        assert result["status"] == "healthy"
+        assert hasher.known(cached) == "u0"
+        assert hasher.known(wanted) == "u4"
+
 
 class TestRemediation:
     async def test_alert_with_the_hash_cleans_the_right_user(

@@ -60,15 +60,24 @@ class UserIdHasher:
     def __call__(self, user_id: str) -> str:
         label = self._labels.get(user_id)
         if label is None:
-            digest = hmac.digest(self._key, user_id.encode(), "sha256")
-            label = PREFIX + digest.hex()[:_HEX_DIGITS]
-            if len(self._labels) >= self._cache_size:
-                # Cheaper than an LRU on the scrape path; the next render refills it.
-                self._labels.clear()
-                self._ids.clear()
-            self._labels[user_id] = label
-            self._ids[label] = user_id
+            label = self.digest(user_id)
+            self.remember(user_id, label)
         return label
+
+    def digest(self, user_id: str) -> str:
+        """The label of `user_id`, computed (the cache neither read nor filled)."""
+        return PREFIX + hmac.digest(self._key, user_id.encode(), "sha256").hex()[:_HEX_DIGITS]
+
+    def remember(self, user_id: str, label: str) -> None:
+        """Cache `label` as the label of `user_id`, both ways."""
+        if len(self._labels) >= self._cache_size:
+            # Cheaper than an LRU on the scrape path. The renderer hashes only the users of
+            # chunks that changed, so a label emptied here comes back through `_resolve`'s
+            # search, which remembers the one it finds.
+            self._labels.clear()
+            self._ids.clear()
+        self._labels[user_id] = label
+        self._ids[label] = user_id
 
     def __len__(self) -> int:
         """Ids cached now."""
@@ -157,8 +166,11 @@ class PrivateIdSource:
         return await asyncio.to_thread(self._search, ids, label)
 
     def _search(self, ids: list[str], label: str) -> str | None:
+        # Plain digests: a search through every session must not churn the bounded cache.
+        digest = self.hasher.digest
         for user_id in ids:
-            if self.hasher(user_id) == label:
+            if digest(user_id) == label:
+                self.hasher.remember(user_id, label)
                 return user_id
         return None
 
