@@ -213,8 +213,13 @@ class Remediator:
     def _route_to_workers(self, batch: _Batch) -> None:
         """Give each local candidate the registry its `worker` label names, or decide why not."""
         kept = []
+        # One lookup per worker named: in sidecar mode each one lists the socket directory.
+        sources: dict[str | None, RegistrySource | str] = {}
         for cand in batch.candidates:
-            source = self._worker_source(cand.alert.labels.get("worker"))
+            worker = cand.alert.labels.get("worker")
+            if worker not in sources:
+                sources[worker] = self._worker_source(worker)
+            source = sources[worker]
             if isinstance(source, str):
                 batch.decisions[cand.index] = _decision(cand.alert, Outcome.UNKNOWN_WORKER, source)
             else:

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..lifecycle import CleanupResult, Thresholds
-from ..registry import RegistrySnapshot, SessionColumns, SessionLike
+from ..registry import RegistrySnapshot, SessionLike
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
 
@@ -38,16 +39,35 @@ class _Health:
     problem: str | None = None
 
 
-def _all_sessions(parts: tuple[RegistrySnapshot, ...]) -> Sequence[SessionLike]:
-    """Every worker's sessions in one sequence (for counting), without a row per user."""
-    columns = [p.sessions for p in parts]
-    if all(isinstance(c, SessionColumns) for c in columns):
-        return SessionColumns(
-            [user_id for c in columns for user_id in c.user_ids],  # type: ignore[attr-defined]
-            [n for c in columns for n in c.agent_counts],  # type: ignore[attr-defined]
-            [t for c in columns for t in c.created_timestamps],  # type: ignore[attr-defined]
-        )
-    return [s for c in columns for s in c]
+class _AllWorkersSessions(Sequence[SessionLike]):
+    """Every worker's sessions side by side (what the breaker counts), read through the
+    workers' own columns: nothing is copied at a scrape, which never reads it."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: tuple[RegistrySnapshot, ...]) -> None:
+        self._parts = tuple(p.sessions for p in parts)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._parts))
+
+    def __iter__(self) -> Iterator[SessionLike]:
+        return itertools.chain.from_iterable(self._parts)
+
+    @overload
+    def __getitem__(self, index: int) -> SessionLike: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[SessionLike]: ...
+    def __getitem__(self, index: int | slice) -> SessionLike | Sequence[SessionLike]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if index < 0:
+            index += len(self)
+        for part in self._parts:
+            if 0 <= index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError("session index out of range")
 
 
 def discover_workers(socket_dir: Path) -> dict[str, Path]:
@@ -91,7 +111,7 @@ class SidecarSource:
         return RegistrySnapshot(
             taken_at=time.time(),
             thresholds=parts[0].thresholds if parts else Thresholds(),
-            sessions=_all_sessions(parts),
+            sessions=_AllWorkersSessions(parts),
             workers=parts,
         )
 
