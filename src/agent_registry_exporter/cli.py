@@ -270,11 +270,7 @@ def _how_to_set(setting: str) -> str:
 
 def _print_labels(settings: Settings, user_ids: Sequence[str]) -> int:
     if settings.user_id_hmac_key_file is None:
-        print(
-            "user-id-label needs --user-id-hmac-key-file "
-            "(or AGENT_REGISTRY_EXPORTER_USER_ID_HMAC_KEY_FILE)",
-            file=sys.stderr,
-        )
+        print(f"user-id-label needs {_how_to_set('user_id_hmac_key_file')}", file=sys.stderr)
         return 2
     label = UserIdHasher.from_file(settings.user_id_hmac_key_file)
     ids = user_ids or (line.rstrip("\n") for line in sys.stdin)

@@ -45,7 +45,6 @@ __all__ = [
     "Rendered",
     "Renderer",
     "render",
-    "select_sessions",
     "wants_gzip",
     "wants_openmetrics",
 ]
@@ -154,18 +153,6 @@ def _escape(value: str) -> str:
     if "\\" in value or '"' in value or "\n" in value:
         return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return value
-
-
-def select_sessions(
-    snapshot: RegistrySnapshot, counts: Sequence[int], max_user_series: int
-) -> list[int]:
-    """Indexes of the sessions to export when there are more than `max_user_series`.
-
-    Users are ranked by how close they are to a limit (their largest ratio of value to
-    limit), so every violating user is kept before any healthy one.
-    """
-    created = list(map(_CREATED, snapshot.sessions))
-    return select_indexes(counts, created, snapshot.taken_at, snapshot.thresholds, max_user_series)
 
 
 @dataclass(frozen=True, slots=True)

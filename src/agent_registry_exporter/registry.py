@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, overload
 
 from .lifecycle import AgentLifecycleManager, Thresholds
+from .memory import DEFAULT_LEAK_GRACE_SECONDS
 
 __all__ = [
     "AgentRegistry",
@@ -230,8 +231,7 @@ class AgentRegistry:
 
     async def detach_session(self, user_id: str) -> UserAgentSession | None:
         """Remove the user's session from the registry and hand it to the caller."""
-        async with self._lock:
-            return self._user_sessions.pop(user_id, None)
+        return (await self.detach_session_if(user_id, lambda _session: True))[1]
 
     async def detach_session_if(
         self, user_id: str, condition: Callable[[UserAgentSession], bool]
@@ -259,7 +259,9 @@ class AgentRegistry:
         """Every session, in creation order."""
         return tuple(self._user_sessions.values())
 
-    def snapshot(self, *, leak_grace_seconds: float = 60.0) -> RegistrySnapshot:
+    def snapshot(
+        self, *, leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS
+    ) -> RegistrySnapshot:
         """A snapshot for the exporter; cheap, call it on the event loop.
 
         Cleaned agents still alive `leak_grace_seconds` after their cleanup are counted here,

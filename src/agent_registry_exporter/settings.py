@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .lifecycle import Thresholds
+from .memory import DEFAULT_LEAK_GRACE_SECONDS
 from .remediation import RemediationPolicy, parse_peers, split_host_port
 from .security import ActiveWebConfig
 from .sources import DEFAULT_SOCKET_DIR
@@ -76,7 +77,7 @@ class Settings(BaseSettings):
         " timestamp, so turning it off saves a third of every scrape",
     )
     leak_grace_seconds: float = Field(
-        default=60.0,
+        default=DEFAULT_LEAK_GRACE_SECONDS,
         ge=0,
         description="a cleaned agent still alive this long after its cleanup counts as not freed",
     )

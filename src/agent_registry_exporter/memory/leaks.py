@@ -18,6 +18,9 @@ __all__ = ["CleanedAgentTracker"]
 # About 250 bytes per watched agent: 10,000 is a few MB, and that many leaked agents is
 # already an unmistakable leak; beyond it agents are counted as untracked.
 DEFAULT_MAX_TRACKED = 10_000
+# How long a cleaned agent may stay alive before it counts as not freed (setting
+# leak_grace_seconds): long enough for a full garbage collection of reference cycles.
+DEFAULT_LEAK_GRACE_SECONDS = 60.0
 
 
 class CleanedAgentTracker:

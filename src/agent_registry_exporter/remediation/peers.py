@@ -126,7 +126,6 @@ class Peers:
         self._current = PeerSet(frozenset(), "not resolved yet")
         self._resolved_at: float | None = None
         self._lock = asyncio.Lock()
-        self.resolutions = 0
 
     async def lookup(self, instances: Iterable[str]) -> PeerSet:
         """The peers, re-resolved first when stale or when one of `instances` is unknown."""
@@ -139,7 +138,6 @@ class Peers:
             return self._current
 
     async def _refresh(self) -> None:
-        self.resolutions += 1
         found: set[str] = set()
         failures: list[str] = []
         for host, entry_port in self._entries:

@@ -61,8 +61,6 @@ class ConnectionLimiter:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.evicted = 0
-        self.refused = 0
         self._busy: set[RequestHandler] = set()
         # Closed by us, until aiohttp forgets them (a close completes on the next loop turn).
         self._closing: set[RequestHandler] = set()
@@ -102,11 +100,9 @@ class ConnectionLimiter:
         for handler in open_[: len(open_) - self.limit // 2]:
             if handler not in self._busy:
                 self._closing.add(handler)
-                self.evicted += 1
                 handler.force_close()
                 return
         self._closing.add(newcomer)
-        self.refused += 1
         transport.write(_BUSY)
         # After aiohttp has finished setting the connection up, which this call is part of.
         asyncio.get_running_loop().call_soon(newcomer.force_close)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..lifecycle import CleanupResult
+from ..memory import DEFAULT_LEAK_GRACE_SECONDS
 from ..registry import AgentRegistry, RegistrySnapshot
 
 __all__ = ["InProcessSource"]
@@ -13,7 +14,9 @@ __all__ = ["InProcessSource"]
 class InProcessSource:
     """A registry living in the same process (the embedded "sidecar server")."""
 
-    def __init__(self, registry: AgentRegistry, *, leak_grace_seconds: float = 60.0) -> None:
+    def __init__(
+        self, registry: AgentRegistry, *, leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS
+    ) -> None:
         self.registry = registry
         self.leak_grace_seconds = leak_grace_seconds
 

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..memory import resident_memory_bytes
+from ..memory import DEFAULT_LEAK_GRACE_SECONDS, resident_memory_bytes
 from ..registry import AgentRegistry
 from ..serving import refuse_encoded_bodies
 from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
@@ -76,7 +76,10 @@ def socket_path(socket_dir: Path | str, worker: str) -> Path:
 
 
 def create_registry_app(
-    registry: AgentRegistry, identity: WorkerIdentity, *, leak_grace_seconds: float = 60.0
+    registry: AgentRegistry,
+    identity: WorkerIdentity,
+    *,
+    leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS,
 ) -> web.Application:
     """The registry API of one worker (served on its socket by `serve_registry`)."""
     app = web.Application(
@@ -204,7 +207,7 @@ async def serve_registry(
     socket_dir: Path | str | None = None,
     *,
     worker: str | None = None,
-    leak_grace_seconds: float = 60.0,
+    leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS,
 ) -> RegistrySocket:
     """Serve `registry` on `<socket_dir>/worker-<worker>.sock` for the sidecar (mode 0660).
 
