@@ -45,8 +45,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
-from agent_registry_exporter.exposition import ExporterMetrics, Renderer, render
-from agent_registry_exporter.rendering import select_indexes
+from agent_registry_exporter.exporting import select_indexes
+from agent_registry_exporter.exporting.renderer import ExporterMetrics, Renderer, render
 
 
 def users(n: int, rng: random.Random) -> dict[str, SessionRow]:

@@ -26,9 +26,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent_registry_exporter.demo.fleet import LocalFleet
-from agent_registry_exporter.demo.stack import LocalStack
 from agent_registry_exporter.demo.workload import DemoAgent
+from agent_registry_exporter.testing.fleet import LocalFleet
+from agent_registry_exporter.testing.stack import LocalStack
 
 LEAK_AGENTS = 60
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from scrape import HEADERS, StallMeter, build_registry, start_ours, start_stock
 
 from agent_registry_exporter import AgentRegistry, serve_registry
-from agent_registry_exporter.demo import free_port
 from agent_registry_exporter.sources import WorkerIdentity, encode_snapshot
+from agent_registry_exporter.testing import free_port
 
 
 @dataclass

@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
-from agent_registry_exporter.exposition import (
+from agent_registry_exporter.exporting.renderer import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     ExporterMetrics,

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, create_app
-from agent_registry_exporter.demo.stack import free_port
 from agent_registry_exporter.remediation import HOP_HEADER, Forwarder, Outcome
+from agent_registry_exporter.testing.stack import free_port
 
 from .conftest import add_agents
 from .test_remediation import payload

@@ -9,8 +9,9 @@ from aiohttp import ClientSession
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter import Settings, serve_registry, start_exporter
-from agent_registry_exporter.exposition import ExporterMetrics, render
-from agent_registry_exporter.memory import CleanedAgentTracker, resident_memory_bytes
+from agent_registry_exporter.common.process import resident_memory_bytes
+from agent_registry_exporter.exporting.renderer import ExporterMetrics, render
+from agent_registry_exporter.registry import CleanedAgentTracker
 from agent_registry_exporter.sources import WorkerSource
 
 from .conftest import FakeClock, RecordingAgent

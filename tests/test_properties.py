@@ -27,7 +27,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter import AgentRegistry, Thresholds, UserAgentSession
-from agent_registry_exporter.exposition import ExporterMetrics, render
+from agent_registry_exporter.exporting.renderer import ExporterMetrics, render
 
 from .conftest import FakeClock, RecordingAgent
 

@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 from agent_registry_exporter import RegistrySnapshot, Settings, SidecarSource
-from agent_registry_exporter.demo import free_port
 from agent_registry_exporter.sources import discover_workers
+from agent_registry_exporter.testing import free_port
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import ClientSession
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, start_exporter
-from agent_registry_exporter.lifecycle import CleanupResult
+from agent_registry_exporter.registry import CleanupResult
 from agent_registry_exporter.remediation import (
     Decision,
     Outcome,

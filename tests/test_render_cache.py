@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
-from agent_registry_exporter.exposition import ExporterMetrics, Renderer, render
+from agent_registry_exporter.exporting import select_indexes, spans
+from agent_registry_exporter.exporting.renderer import ExporterMetrics, Renderer, render
 from agent_registry_exporter.registry import SessionColumns
-from agent_registry_exporter.rendering import select_indexes, spans
 
 from .conftest import T0
 

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import ClientSession
 
 from agent_registry_exporter import SidecarSource
-from agent_registry_exporter.demo.fleet import LocalFleet, Replica
 from agent_registry_exporter.remediation import HOP_HEADER
+from agent_registry_exporter.testing.fleet import LocalFleet, Replica
 
 from .conftest import RecordingAgent, add_agents, counting_listener, serving_workers
 from .test_remediation import payload

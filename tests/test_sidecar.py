@@ -29,13 +29,13 @@ from agent_registry_exporter import (
     create_app,
     serve_registry,
 )
-from agent_registry_exporter.demo import free_port
 from agent_registry_exporter.sources import (
     WorkerError,
     WorkerSource,
     discover_workers,
     worker_client,
 )
+from agent_registry_exporter.testing import free_port
 
 from .conftest import add_agents, serving_workers
 from .test_exposition import PROMETHEUS_ACCEPT

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__
+from ._meta import __version__
 from .artifacts import (
     KubernetesOptions,
     RuleOptions,
@@ -24,10 +24,9 @@ from .artifacts import (
     render_kubernetes_files,
     render_rules_yaml,
 )
-from .lifecycle import Thresholds
-from .logs import configure_logging
-from .registry import AgentRegistry
-from .server import ExporterServer, ListenError, start_exporter
+from .common import configure_logging
+from .http.server import ExporterServer, ListenError, start_exporter
+from .registry import AgentRegistry, Thresholds
 from .settings import (
     ENV_PREFIX,
     Settings,

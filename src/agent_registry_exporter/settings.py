@@ -12,10 +12,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .lifecycle import Thresholds
-from .memory import DEFAULT_LEAK_GRACE_SECONDS
+from .http.security import ActiveWebConfig
+from .registry import DEFAULT_LEAK_GRACE_SECONDS, Thresholds
 from .remediation import RemediationPolicy, parse_peers, split_host_port
-from .security import ActiveWebConfig
 from .sources import DEFAULT_SOCKET_DIR
 from .sources.private_ids import read_key_file
 

@@ -18,14 +18,14 @@ import pytest
 import pytest_asyncio
 
 from agent_registry_exporter import AgentRegistry, CleanupResult, InProcessSource, Settings
-from agent_registry_exporter.demo.stack import (
+from agent_registry_exporter.http.server import ExporterServer, create_app
+from agent_registry_exporter.remediation import Decision
+from agent_registry_exporter.testing.stack import (
     LocalStack,
     ManagedProcess,
     free_port,
     missing_binaries,
 )
-from agent_registry_exporter.remediation import Decision
-from agent_registry_exporter.server import ExporterServer, create_app
 
 STACK_KEY = pytest.StashKey["LocalStack"]()
 

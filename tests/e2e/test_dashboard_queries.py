@@ -22,9 +22,9 @@ from aiohttp import ClientSession
 from agent_registry_exporter import AgentRegistry, Settings, SidecarSource
 from agent_registry_exporter.artifacts.dashboard import render_dashboard
 from agent_registry_exporter.demo import populate
-from agent_registry_exporter.demo.fleet import LocalFleet
-from agent_registry_exporter.demo.stack import LocalStack, free_port, get_json
-from agent_registry_exporter.server import ExporterServer, create_app
+from agent_registry_exporter.http.server import ExporterServer, create_app
+from agent_registry_exporter.testing.fleet import LocalFleet
+from agent_registry_exporter.testing.stack import LocalStack, free_port, get_json
 
 from ..conftest import add_agents, serving_workers
 from ..test_dashboard import CORE_PANELS, data_panels, substitute

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import ClientSession
 
-from agent_registry_exporter.demo.fleet import LocalFleet, Replica
-from agent_registry_exporter.demo.stack import LocalStack, missing_binaries
+from agent_registry_exporter.testing.fleet import LocalFleet, Replica
+from agent_registry_exporter.testing.stack import LocalStack, missing_binaries
 
 from ..conftest import RecordingAgent, add_agents, counting_listener
 from .conftest import STACK_KEY, eventually

@@ -18,9 +18,9 @@ import pytest_asyncio
 import trustme
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings
-from agent_registry_exporter.demo.stack import JOB, ExporterAccess, LocalStack, free_port
+from agent_registry_exporter.http.server import ExporterServer, create_app
 from agent_registry_exporter.remediation import Decision
-from agent_registry_exporter.server import ExporterServer, create_app
+from agent_registry_exporter.testing.stack import JOB, ExporterAccess, LocalStack, free_port
 
 from ..conftest import add_agents
 from .conftest import eventually

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_registry_exporter.demo.stack import LocalStack, ManagedProcess, free_port
 from agent_registry_exporter.sources import discover_workers
+from agent_registry_exporter.testing.stack import LocalStack, ManagedProcess, free_port
 
 pytestmark = pytest.mark.e2e
 

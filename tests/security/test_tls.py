@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 import trustme
 
-from agent_registry_exporter.demo.fleet import LocalFleet
 from agent_registry_exporter.sources import UserIdHasher
+from agent_registry_exporter.testing.fleet import LocalFleet
 
 from ..conftest import add_agents
 from ..test_remediation import payload

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 
 from agent_registry_exporter import Settings
 from agent_registry_exporter.cli import main
-from agent_registry_exporter.security import ActiveWebConfig
+from agent_registry_exporter.http.security import ActiveWebConfig
+from agent_registry_exporter.http.security.webconfig import WebConfigError, load_web_config
 from agent_registry_exporter.settings import describe_validation_error
-from agent_registry_exporter.webconfig import WebConfigError, load_web_config
 
 from ..conftest import DATA
 from .conftest import Pki

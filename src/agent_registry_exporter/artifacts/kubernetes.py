@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from .. import __version__
-from ..lifecycle import Thresholds
+from .._meta import __version__
+from ..registry import Thresholds
 from ..settings import ENV_PREFIX, Settings
 from .alertmanager_route import RECEIVER, AlertmanagerRoute, render_alertmanager_config
 from .rules import RuleOptions, render_rules

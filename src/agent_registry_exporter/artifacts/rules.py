@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ..lifecycle import Thresholds
+from ..registry import Thresholds
 
 __all__ = ["GROUP_NAME", "RuleOptions", "render_rules", "render_rules_yaml"]
 

@@ -1,8 +1,15 @@
 """The demo: a simulated workload and a local Prometheus/Alertmanager stack wired to it;
 a local replica fleet behind a round-robin proxy (the Kubernetes Service stand-in)."""
 
-from .fleet import LocalFleet, Replica, RoundRobinProxy, free_port_on
-from .stack import INSTALL_HINT, LocalStack, ManagedProcess, free_port, get_json, missing_binaries
+from ..testing.fleet import LocalFleet, Replica, RoundRobinProxy, free_port_on
+from ..testing.stack import (
+    INSTALL_HINT,
+    LocalStack,
+    ManagedProcess,
+    free_port,
+    get_json,
+    missing_binaries,
+)
 from .workload import DemoAgent, SimulatedBackend, WorkloadShape, populate, run_demo
 
 __all__ = [

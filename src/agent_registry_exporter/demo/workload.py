@@ -17,13 +17,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from ..lifecycle import Thresholds
-from ..registry import AgentRegistry
+from ..http.server import ExporterServer, create_app
+from ..registry import AgentRegistry, Thresholds
 from ..remediation import Decision, Outcome
-from ..server import ExporterServer, create_app
 from ..settings import Settings
 from ..sources import InProcessSource, RegistrySource, SidecarSource, serve_registry
-from .stack import INSTALL_HINT, LocalStack, free_port, missing_binaries
+from ..testing.stack import INSTALL_HINT, LocalStack, free_port, missing_binaries
 
 __all__ = ["DemoAgent", "SimulatedBackend", "WorkloadShape", "populate", "run_demo"]
 

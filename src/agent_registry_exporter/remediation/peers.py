@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._meta import logger_name
+
 __all__ = [
     "PeerSet",
     "Peers",
@@ -29,7 +31,7 @@ __all__ = [
     "system_resolver",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("remediation.peers"))
 
 # "No such name" means no peer right now (a headless Service with no ready pod), not a
 # resolver failure.

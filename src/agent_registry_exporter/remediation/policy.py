@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..lifecycle import CleanupResult
+from .._meta import logger_name
+from ..registry import CleanupResult
 from ..sources import RegistrySource, WorkerSources
 from .decision import Decision, Outcome
 from .decision import decision_for as _decision
@@ -23,7 +24,7 @@ from .routing import InstanceRouter
 
 __all__ = ["Decision", "Outcome", "RemediationPolicy", "Remediator", "TokenBucket"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("remediation.policy"))
 
 REMEDIATION_LABEL = "remediation"
 REMEDIATION_CLEANUP = "cleanup"

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._meta import logger_name
 from .decision import Decision, Outcome, decision_for
 from .forwarding import Forwarder
 from .payload import Alert, WebhookPayload
@@ -19,7 +20,7 @@ from .peers import Peers
 
 __all__ = ["InstanceRouter", "Routes"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("remediation.routing"))
 
 
 @dataclass

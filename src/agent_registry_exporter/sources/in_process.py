@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..lifecycle import CleanupResult
-from ..memory import DEFAULT_LEAK_GRACE_SECONDS
-from ..registry import AgentRegistry, RegistrySnapshot
+from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry, CleanupResult, RegistrySnapshot
 
 __all__ = ["InProcessSource"]
 

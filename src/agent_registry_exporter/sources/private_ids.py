@@ -23,8 +23,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from ..lifecycle import CleanupResult
-from ..registry import RegistrySnapshot, SessionColumns
+from ..registry import CleanupResult, RegistrySnapshot, SessionColumns
 from .protocol import RegistrySource, WorkerSources
 
 __all__ = [

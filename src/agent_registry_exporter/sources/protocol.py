@@ -7,8 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client.core import Metric
 
-from ..lifecycle import CleanupResult
-from ..registry import RegistrySnapshot
+from ..registry import CleanupResult, RegistrySnapshot
 
 __all__ = ["RegistrySource", "WorkerSources"]
 

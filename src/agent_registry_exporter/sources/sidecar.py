@@ -19,14 +19,14 @@ from typing import Any, overload
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..lifecycle import CleanupResult, Thresholds
-from ..registry import RegistrySnapshot, SessionLike
+from .._meta import logger_name
+from ..registry import CleanupResult, RegistrySnapshot, SessionLike, Thresholds
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
 
 __all__ = ["SidecarSource", "discover_workers"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("sources.sidecar"))
 
 _PREFIX, _SUFFIX = socket_path("", "*").name.split("*")
 

@@ -25,8 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..lifecycle import Thresholds
-from ..registry import RegistrySnapshot, SessionColumns, SessionLike, agent_counts
+from ..registry import RegistrySnapshot, SessionColumns, SessionLike, Thresholds, agent_counts
 
 __all__ = [
     "API_VERSION",

@@ -28,9 +28,10 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..memory import DEFAULT_LEAK_GRACE_SECONDS, resident_memory_bytes
-from ..registry import AgentRegistry
-from ..serving import refuse_encoded_bodies
+from .._meta import logger_name
+from ..common.process import resident_memory_bytes
+from ..http.limits import refuse_encoded_bodies
+from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry
 from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
     "socket_path",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("sources.socket_api"))
 
 SOCKET_DIR_ENV = "AGENT_REGISTRY_EXPORTER_SOCKET_DIR"
 DEFAULT_SOCKET_DIR = Path("/run/agent-registry")

@@ -13,8 +13,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from ..lifecycle import CleanupResult
-from ..registry import RegistrySnapshot
+from ..registry import CleanupResult, RegistrySnapshot
 from .snapshot_codec import (
     API_VERSION,
     SNAPSHOT_CONTENT_TYPE,

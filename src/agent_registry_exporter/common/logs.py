@@ -7,16 +7,10 @@ import logging
 import sys
 from typing import IO, Any, Literal
 
+from .._meta import LOGGER, LOGGER_NAMES
+
 __all__ = ["LOGGER", "LOGGER_NAMES", "configure_logging"]
 
-# Every logger of the package is a child of this one.
-LOGGER = "agent_registry_exporter"
-LOGGER_NAMES = {
-    f"{LOGGER}.remediation.policy": "one line per webhook decision; late cleanups; the breaker",
-    f"{LOGGER}.lifecycle": "each cleanup: agents closed, errors, sessions left alone",
-    f"{LOGGER}.server": "listening, render failures, token reloads, shutdown and what it left",
-    f"{LOGGER}.serving.limits": "connection cap lowered to fit the open-file limit",
-}
 
 LogFormat = Literal["auto", "json", "text"]
 

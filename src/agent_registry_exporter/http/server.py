@@ -16,11 +16,11 @@ from typing import Any
 from aiohttp import hdrs, web
 from pydantic import ValidationError
 
-from . import __version__
-from .exposition import ExporterMetrics, Renderer, wants_gzip, wants_openmetrics
-from .logs.lines import show_decisions
-from .registry import AgentRegistry
-from .remediation import (
+from .._meta import __version__, logger_name
+from ..common.logs import show_decisions
+from ..exporting.renderer import ExporterMetrics, Renderer, wants_gzip, wants_openmetrics
+from ..registry import AgentRegistry
+from ..remediation import (
     HOP_HEADER,
     Decision,
     Forwarder,
@@ -30,6 +30,21 @@ from .remediation import (
     Remediator,
     WebhookPayload,
 )
+from ..settings import ENV_PREFIX, Settings
+from ..sources import (
+    InProcessSource,
+    RegistrySource,
+    UserIdHasher,
+    WorkerSources,
+    private_ids,
+)
+from .limits import (
+    LISTEN_BACKLOG,
+    BoundedRunner,
+    ConnectionLimiter,
+    descriptor_bound,
+    refuse_encoded_bodies,
+)
 from .security import (
     AuthFailure,
     HandshakeBoundSite,
@@ -37,20 +52,10 @@ from .security import (
     ReloadingSSLContext,
     WebConfigWatcher,
 )
-from .serving import BoundedRunner, ConnectionLimiter, refuse_encoded_bodies
-from .serving.limits import LISTEN_BACKLOG, descriptor_bound
-from .settings import ENV_PREFIX, Settings
-from .sources import (
-    InProcessSource,
-    RegistrySource,
-    UserIdHasher,
-    WorkerSources,
-    private_ids,
-)
 
 __all__ = ["ExporterServer", "ListenError", "create_app", "start_exporter"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("server"))
 
 WEBHOOK_PATH = "/webhook/alertmanager"
 # Two renders at once at most: a burst of scrapes queues instead of piling up threads.

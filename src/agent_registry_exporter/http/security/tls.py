@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..webconfig import TLSServerConfig, WebConfigError, error_reason
+from .webconfig import TLSServerConfig, WebConfigError, error_reason
 
 __all__ = ["HandshakeBoundSite", "ReloadingSSLContext", "peer_ssl_context", "server_ssl_context"]
 

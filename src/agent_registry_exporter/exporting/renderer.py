@@ -22,8 +22,8 @@ from prometheus_client.openmetrics.exposition import (
     generate_latest as _untyped_generate_openmetrics,
 )
 
-from .registry import RegistrySnapshot, SessionColumns
-from .rendering import (
+from ..registry import RegistrySnapshot, SessionColumns
+from . import (
     DEFAULT_CHUNK_USERS,
     BodyParts,
     Chunk,

@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..remediation.policy import TokenBucket
-from ..webconfig import WebConfig, WebConfigError, load_web_config
+from ..._meta import logger_name
+from ...remediation.policy import TokenBucket
 from .tls import peer_ssl_context, server_ssl_context
+from .webconfig import WebConfig, WebConfigError, load_web_config
 
 __all__ = ["ActiveWebConfig", "WebConfigWatcher"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("security.reload"))
 
 _Signature = tuple[bytes | None, ...]
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..http.server import ExporterServer, create_app
 from ..registry import AgentRegistry
 from ..remediation import Decision
-from ..server import ExporterServer, create_app
 from ..settings import Settings
 from ..sources import InProcessSource, RegistrySource
 

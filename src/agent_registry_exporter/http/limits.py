@@ -10,6 +10,8 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 
+from .._meta import logger_name
+
 __all__ = [
     "LISTEN_BACKLOG",
     "BoundedRunner",
@@ -18,7 +20,7 @@ __all__ = [
     "refuse_encoded_bodies",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("serving.limits"))
 
 # Sockets the kernel queues for accept; the loop accepts up to this many in one go.
 LISTEN_BACKLOG = 128

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from itertools import compress, count, islice, repeat
 
-from ..lifecycle import Thresholds
+from ..registry import Thresholds
 
 __all__ = ["select_indexes"]
 

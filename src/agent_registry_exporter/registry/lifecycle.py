@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .memory import CleanedAgentTracker
+from .._meta import logger_name
+from .cleaned import CleanedAgentTracker
 
 if TYPE_CHECKING:
     from .registry import AgentRegistry, UserAgentSession
 
 __all__ = ["AgentLifecycleManager", "CleanupResult", "Thresholds"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(logger_name("lifecycle"))
 
 # Tried in this order; the first one an agent has is the one awaited.
 _CLOSE_METHODS = ("aclose", "close", "cleanup")

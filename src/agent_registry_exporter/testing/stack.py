@@ -22,7 +22,7 @@ import yaml
 
 from ..artifacts.alertmanager_route import AlertmanagerRoute, render_alertmanager_config
 from ..artifacts.rules import RuleOptions, render_rules
-from ..lifecycle import Thresholds
+from ..registry import Thresholds
 
 __all__ = [
     "BINARIES",

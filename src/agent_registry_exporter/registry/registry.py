@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, overload
 
+from .cleaned import DEFAULT_LEAK_GRACE_SECONDS
 from .lifecycle import AgentLifecycleManager, Thresholds
-from .memory import DEFAULT_LEAK_GRACE_SECONDS
 
 __all__ = [
     "AgentRegistry",

@@ -1,0 +1,21 @@
+"""The supported test harness: local Prometheus and Alertmanager processes, a local replica
+fleet behind a round-robin proxy (the Kubernetes Service stand-in), ports, waiting helpers.
+
+The project's tests and its demo both use it; so may a backend's own tests.
+"""
+
+from .fleet import LocalFleet, Replica, RoundRobinProxy, free_port_on
+from .stack import INSTALL_HINT, LocalStack, ManagedProcess, free_port, get_json, missing_binaries
+
+__all__ = [
+    "INSTALL_HINT",
+    "LocalFleet",
+    "LocalStack",
+    "ManagedProcess",
+    "Replica",
+    "RoundRobinProxy",
+    "free_port",
+    "free_port_on",
+    "get_json",
+    "missing_binaries",
+]
