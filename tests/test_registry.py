@@ -117,6 +117,56 @@ class TestMonitorStatuses:
         assert "boom" in result["error"]
 
 
+class TestSeedDict:
+    async def test_warning_dict_is_the_seed_systems_key_for_key(self, registry, fill) -> None:
+        """status, user_id, metrics, issues: in that order, plain str and list, nothing more."""
+        await fill("u1", 60, age_hours=26)
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert list(result) == ["status", "user_id", "metrics", "issues"]
+        assert type(result["status"]) is str
+        assert type(result["issues"]) is list
+        session = registry.get_session("u1")
+        assert json.dumps(result) == json.dumps(
+            {
+                "status": "warning",
+                "user_id": "u1",
+                "metrics": session.get_metrics(),
+                "issues": ["Too many agents: 60", "Session too old: 26.0h"],
+            }
+        )
+
+    @pytest.mark.parametrize("status", ["no_session", "no_registry"])
+    async def test_dict_without_a_session_is_empty_but_complete(self, registry, status) -> None:
+        """No session (or no registry): empty metrics and issues, no error key."""
+        manager = registry.lifecycle_manager if status == "no_session" else AgentLifecycleManager()
+        result = await manager.monitor_memory_usage("ghost")
+        assert json.dumps(result) == json.dumps(
+            {"status": status, "user_id": "ghost", "metrics": {}, "issues": []}
+        )
+
+    async def test_error_dict_adds_the_error_last(self, registry, fill, monkeypatch) -> None:
+        """A failed check: the four keys, then `error` naming the exception."""
+
+        def broken(*_: Any) -> Any:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(registry, "get_session", broken)
+        result = await registry.lifecycle_manager.monitor_memory_usage("u1")
+        assert json.dumps(result) == json.dumps(
+            {"status": "error", "user_id": "u1", "metrics": {}, "issues": [],
+             "error": "RuntimeError: boom"}
+        )  # fmt: skip
+
+    async def test_report_holds_each_users_seed_dict(self, registry, fill) -> None:
+        """monitor_all_users' `users` are the very dicts monitor_memory_usage answers."""
+        await fill("u1", 60)
+        report = await registry.monitor_all_users()
+        assert report["users"] == {
+            "u1": await registry.lifecycle_manager.monitor_memory_usage("u1")
+        }
+        assert list(report) == ["total_users", "total_agents", "global_issues", "users"]
+
+
 class TestThresholdValidation:
     @pytest.mark.parametrize("field", ["agents_per_user", "session_age_seconds", "total_agents"])
     @pytest.mark.parametrize("value", [0, -1])

@@ -1,4 +1,4 @@
-"""Thresholds and the lifecycle manager that checks sessions against them and cleans up."""
+"""The lifecycle manager: checks sessions against the thresholds and cleans them up."""
 
 from __future__ import annotations
 
@@ -10,17 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Protocol
 
 from .._meta import logger_name
 from .cleaned import CleanedAgentTracker
+from .monitoring import MonitorResult, Status
+from .sessions import Clock, UserAgentSession
+from .thresholds import Thresholds
 
-if TYPE_CHECKING:
-    from .registry import AgentRegistry, UserAgentSession
-
-__all__ = ["AgentLifecycleManager", "CleanupResult", "Thresholds"]
+__all__ = ["AgentLifecycleManager", "CleanupResult", "SessionStore"]
 
 _log = logging.getLogger(logger_name("lifecycle"))
 
@@ -29,31 +27,6 @@ _CLOSE_METHODS = ("aclose", "close", "cleanup")
 # Synchronous closes run on threads, at most this many at once per manager. A thread whose
 # close outlives the per-agent timeout gives its slot back and is left to finish alone.
 _CLOSE_THREADS = 16
-
-
-class Thresholds(BaseModel):
-    """Limits a session may reach; each one is exceeded only when strictly greater."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    agents_per_user: int = Field(default=50, gt=0, description="agents in one user's session")
-    session_age_seconds: float = Field(default=24 * 3600, gt=0, description="age of a session")
-    total_agents: int = Field(default=500, gt=0, description="agents in one registry")
-
-    def user_issues(self, agent_count: int, uptime_seconds: float) -> list[str]:
-        """The issue strings for one session, in the seed system's exact wording."""
-        issues = []
-        if agent_count > self.agents_per_user:
-            issues.append(f"Too many agents: {agent_count}")
-        if uptime_seconds > self.session_age_seconds:
-            issues.append(f"Session too old: {uptime_seconds / 3600:.1f}h")
-        return issues
-
-    def total_issues(self, total_agents: int) -> list[str]:
-        """The issue strings for a whole registry."""
-        if total_agents > self.total_agents:
-            return [f"Too many agents in total: {total_agents}"]
-        return []
 
 
 @dataclass
@@ -75,6 +48,22 @@ class CleanupResult:
         return not self.errors
 
 
+class SessionStore(Protocol):
+    """What the lifecycle manager reads and changes of a registry (`AgentRegistry` is one):
+    the manager owns no sessions, and the registry builds its manager without a cycle."""
+
+    @property
+    def thresholds(self) -> Thresholds: ...
+    @property
+    def clock(self) -> Clock: ...
+    def get_session(self, user_id: str) -> UserAgentSession | None: ...
+    def sessions(self) -> Sequence[UserAgentSession]: ...
+    async def detach_session_if(
+        self, user_id: str, condition: Callable[[UserAgentSession], bool]
+    ) -> tuple[bool, UserAgentSession | None]: ...
+    async def unregister_user_agent(self, user_id: str, agent_id: str) -> Any | None: ...
+
+
 @dataclass(eq=False)
 class _Closing:
     """One cleanup in progress: whose session, and how many of its agents are still closing."""
@@ -90,7 +79,7 @@ class AgentLifecycleManager:
     """
 
     def __init__(
-        self, registry: AgentRegistry | None = None, *, agent_close_timeout: float = 5.0
+        self, registry: SessionStore | None = None, *, agent_close_timeout: float = 5.0
     ) -> None:
         if agent_close_timeout <= 0:
             raise ValueError("agent_close_timeout must be greater than 0")
@@ -105,37 +94,29 @@ class AgentLifecycleManager:
         self._closing: set[_Closing] = set()
 
     async def monitor_memory_usage(self, user_id: str) -> dict[str, Any]:
-        """Check one user's session; never raises (a failure is `status: 'error'`)."""
+        """Check one user's session; never raises (a failure is `status: 'error'`).
+
+        The seed system's dict: `MonitorResult.as_dict()` of `monitor_user(user_id)`.
+        """
+        return (await self.monitor_user(user_id)).as_dict()
+
+    async def monitor_user(self, user_id: str) -> MonitorResult:
+        """Check one user's session; never raises (a failure is `Status.ERROR`)."""
         if self.registry is None:
-            return {"status": "no_registry", "user_id": user_id, "metrics": {}, "issues": []}
+            return MonitorResult(Status.NO_REGISTRY, user_id)
         try:
             session = self.registry.get_session(user_id)
             if session is None:
-                return {"status": "no_session", "user_id": user_id, "metrics": {}, "issues": []}
+                return MonitorResult(Status.NO_SESSION, user_id)
             return self.evaluate(session)
         except Exception as exc:
             _log.exception("monitoring user %r failed", user_id)
-            return {
-                "status": "error",
-                "user_id": user_id,
-                "metrics": {},
-                "issues": [],
-                "error": f"{type(exc).__name__}: {exc}",
-            }
+            return MonitorResult.failed(user_id, f"{type(exc).__name__}: {exc}")
 
-    def evaluate(self, session: UserAgentSession) -> dict[str, Any]:
+    def evaluate(self, session: UserAgentSession) -> MonitorResult:
         """The monitoring result for a session the caller already holds."""
         assert self.registry is not None
-        metrics = session.get_metrics()
-        issues = self.registry.thresholds.user_issues(
-            metrics["agent_count"], metrics["uptime_seconds"]
-        )
-        return {
-            "status": "warning" if issues else "healthy",
-            "user_id": session.user_id,
-            "metrics": metrics,
-            "issues": issues,
-        }
+        return MonitorResult.of_session(session, self.registry.thresholds)
 
     async def monitor_all_users(self) -> dict[str, Any]:
         """Check every session; `global_issues` holds every user's issues and the total's."""
@@ -147,9 +128,9 @@ class AgentLifecycleManager:
         # No await inside the loop: the report is one consistent moment of the registry.
         for session in self.registry.sessions():
             result = self.evaluate(session)
-            users[session.user_id] = result
-            global_issues.extend(result["issues"])
-            total_agents += result["metrics"]["agent_count"]
+            users[session.user_id] = result.as_dict()
+            global_issues.extend(result.issues)
+            total_agents += result.metrics["agent_count"]
         global_issues.extend(self.registry.thresholds.total_issues(total_agents))
         return {
             "total_users": len(users),
