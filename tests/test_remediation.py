@@ -8,9 +8,17 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession
 
-from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, start_exporter
+from agent_registry_exporter import (
+    AgentRegistry,
+    InProcessSource,
+    MonitorResult,
+    Settings,
+    Status,
+    start_exporter,
+)
 from agent_registry_exporter.registry import CleanupResult
 from agent_registry_exporter.remediation import (
     Decision,
@@ -82,6 +90,58 @@ class FlakySource(InProcessSource):
         if self.calls <= self.failures:
             raise ConnectionError("registry API unavailable")
         return await super().cleanup_user(user_id, if_violating=if_violating)
+
+
+class AnsweringSource(InProcessSource):
+    """A source whose monitoring answers whatever the test says (a third party's source)."""
+
+    def __init__(self, registry: AgentRegistry, answer: Any) -> None:
+        super().__init__(registry)
+        self.answer = answer
+
+    async def monitor_user(self, user_id: str) -> Any:
+        return self.answer
+
+
+class TestVerification:
+    @pytest.mark.parametrize(
+        ("result", "outcome", "detail"),
+        [
+            (MonitorResult(Status.HEALTHY, "leaky"), "not_violating", "no threshold exceeded"),
+            (MonitorResult(Status.NO_SESSION, "leaky"), "no_session", "has no session"),
+            (MonitorResult(Status.NO_REGISTRY, "leaky"), "error", "answered 'no_registry'"),
+            (MonitorResult.failed("leaky", "worker w1: gone"), "error", "worker w1: gone"),
+        ],
+        ids=["healthy", "no_session", "no_registry", "error"],
+    )
+    async def test_only_a_warning_is_cleaned(self, registry, result, outcome, detail) -> None:
+        """The policy acts on Status.WARNING alone; each other status says why not."""
+        await leak(registry, "leaky", 60)
+        remediator = Remediator(AnsweringSource(registry, result))
+        (decision,) = await remediator.handle(payload("leaky"))
+        assert decision.outcome.value == outcome
+        assert detail in decision.detail
+        assert registry.get_session("leaky").agent_count == 60
+
+    async def test_warning_is_cleaned(self, registry) -> None:
+        """Status.WARNING: the cleanup runs (and re-checks under the registry lock)."""
+        await leak(registry, "leaky", 60)
+        warning = MonitorResult(Status.WARNING, "leaky", issues=("Too many agents: 60",))
+        remediator = Remediator(AnsweringSource(registry, warning))
+        assert outcomes(await remediator.handle(payload("leaky"))) == ["cleaned"]
+        assert registry.get_session("leaky") is None
+
+    async def test_source_still_answering_a_dict_is_an_error_naming_the_change(
+        self, registry
+    ) -> None:
+        """A third-party source not migrated yet: nothing cleaned, the detail says what to do."""
+        await leak(registry, "leaky", 60)
+        old = {"status": "warning", "user_id": "leaky", "metrics": {}, "issues": []}
+        remediator = Remediator(AnsweringSource(registry, old))
+        (decision,) = await remediator.handle(payload("leaky"))
+        assert decision.outcome is Outcome.ERROR
+        assert "monitor_user answered a dict, not a MonitorResult" in decision.detail
+        assert registry.get_session("leaky").agent_count == 60
 
 
 class TestTokenBucket:

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from agent_registry_exporter import AgentRegistry, RegistrySocket, Thresholds, serve_registry
+from agent_registry_exporter import (
+    AgentRegistry,
+    MonitorResult,
+    RegistrySocket,
+    Status,
+    Thresholds,
+    serve_registry,
+)
 from agent_registry_exporter.sources import WorkerError, WorkerSource, socket_path
 
 from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once
+from .test_sidecar import FakeWorker
 
 HOSTILE_IDS = ["a/b", "50%", "x y?z#w", 'quo"te\\', "new\nline", "nul\x00byte", "..", "héllo 🦜"]
 
@@ -173,19 +182,74 @@ class TestUser:
         await add_agents(registry, user, 3)
         await add_agents(registry, user + "x", 1)
         result = await worker.monitor_user(user)
-        assert result["status"] == "healthy"
-        assert (result["user_id"], result["metrics"]["agent_count"]) == (user, 3)
+        assert result.status is Status.HEALTHY
+        assert (result.user_id, result.metrics["agent_count"]) == (user, 3)
 
     async def test_violating_user_reports_its_issues(self, registry, worker) -> None:
-        """The monitor_memory_usage result, issue strings included."""
+        """The worker's check as a MonitorResult, issue strings included."""
         await add_agents(registry, "big", 51, age_hours=26)
         result = await worker.monitor_user("big")
-        assert result["status"] == "warning"
-        assert result["issues"] == ["Too many agents: 51", "Session too old: 26.0h"]
+        assert result.status is Status.WARNING
+        assert result.issues == ("Too many agents: 51", "Session too old: 26.0h")
 
     async def test_unknown_user_has_no_session(self, worker) -> None:
         """An id nobody registered: no_session, and nothing is created."""
-        assert (await worker.monitor_user("ghost"))["status"] == "no_session"
+        assert (await worker.monitor_user("ghost")).status is Status.NO_SESSION
+
+    async def test_wire_format_is_the_seed_dict(self, registry, served, fill) -> None:
+        """Over the socket the answer stays monitor_memory_usage's dict: old sidecars read it."""
+        await fill("big", 51)
+        status, body = await raw(served.path, "GET", "/v1/users/big")
+        assert status == 200
+        assert body == await registry.lifecycle_manager.monitor_memory_usage("big")
+
+    async def test_old_workers_answer_is_read(self, socket_dir) -> None:
+        """A worker of an earlier release answers the same dict: the sidecar reads it."""
+        seed = {"status": "warning", "user_id": "big", "metrics": {"agent_count": 51},
+                "issues": ["Too many agents: 51"]}  # fmt: skip
+
+        async def answer(request: web.Request) -> web.Response:
+            return web.json_response(seed)
+
+        path = socket_path(socket_dir, "old")
+        async with FakeWorker(path, answer):
+            client = WorkerSource("old", path, timeout=10)
+            try:
+                result = await client.monitor_user("big")
+            finally:
+                await client.close()
+        assert result == MonitorResult(
+            Status.WARNING, "big", {"agent_count": 51}, ("Too many agents: 51",)
+        )
+
+    @pytest.mark.parametrize(
+        ("body", "problem"),
+        [
+            ({"status": "fine", "user_id": "u1"}, "unknown status 'fine'"),
+            ({"user_id": "u1"}, "no status"),
+            ({"status": "warning", "user_id": "u1", "issues": "many"}, "issues is not a list"),
+        ],
+    )
+    async def test_answer_that_is_no_monitoring_result_is_an_error_status(
+        self, socket_dir, body, problem
+    ) -> None:
+        """Something else on the socket: status error naming the worker and the problem."""
+
+        async def answer(request: web.Request) -> web.Response:
+            return web.json_response(body)
+
+        path = socket_path(socket_dir, "odd")
+        async with FakeWorker(path, answer):
+            client = WorkerSource("odd", path, timeout=10)
+            try:
+                result = await client.monitor_user("u1")
+            finally:
+                await client.close()
+        assert result.status is Status.ERROR
+        assert result.user_id == "u1"
+        assert result.error is not None
+        assert "worker odd" in result.error
+        assert problem in result.error
 
     @pytest.mark.parametrize("segment", ["%FF", "%C3%28", "%ED%A0%80"])
     async def test_id_that_is_not_utf8_is_a_400(self, served, segment) -> None:
@@ -200,8 +264,9 @@ class TestUser:
         """monitor_user never raises: a dead worker is status 'error' naming the cause."""
         await served.stop()
         result = await worker.monitor_user("u1")
-        assert result["status"] == "error"
-        assert "w1" in result["error"]
+        assert result.status is Status.ERROR
+        assert result.error is not None
+        assert "w1" in result.error
 
 
 class TestCleanup:

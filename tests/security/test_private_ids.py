@@ -16,6 +16,7 @@ from agent_registry_exporter import (
     InProcessSource,
     Settings,
     SidecarSource,
+    Status,
     create_app,
 )
 from agent_registry_exporter.cli import main
@@ -105,7 +106,7 @@ class TestExport:
         cached = hasher("u0")
         wanted = hasher.digest("u4")
         result = await PrivateIdSource(InProcessSource(registry), hasher).monitor_user(wanted)
-        assert result["status"] == "healthy"
+        assert result.status is Status.HEALTHY
         assert hasher.known(cached) == "u0"
         assert hasher.known(wanted) == "u4"
 
@@ -158,8 +159,9 @@ class TestRemediation:
         source = PrivateIdSource(InProcessSource(registry), UserIdHasher(KEY))
         label = UserIdHasher(KEY)("leaky")
         result = await source.monitor_user(label)
-        assert result["status"] == "warning"
-        assert "leaky" not in json.dumps(result)
+        assert result.status is Status.WARNING
+        assert (result.user_id, result.metrics["user_id"]) == (label, label)
+        assert "leaky" not in json.dumps(result.as_dict())
 
 
 class TestKeyAndCli:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .._meta import logger_name
-from ..registry import CleanupResult
+from ..registry import CleanupResult, MonitorResult, Status
 from ..sources import RegistrySource, WorkerSources
 from .decision import Decision, Outcome
 from .decision import decision_for as _decision
@@ -249,17 +249,10 @@ class Remediator:
                 await asyncio.sleep(0)  # an in-process check never suspends; let scrapes in
             assert cand.source is not None
             result = await cand.source.monitor_user(cand.user_id)
-            status = result.get("status")
-            if status == "warning":
+            if isinstance(result, MonitorResult) and result.violating:
                 violating.append(cand)
                 continue
-            if status == "no_session":
-                outcome, detail = Outcome.NO_SESSION, "the registry has no session for this user"
-            elif status == "healthy":
-                outcome, detail = Outcome.NOT_VIOLATING, "the registry sees no threshold exceeded"
-            else:
-                outcome, detail = Outcome.ERROR, f"monitoring answered {status!r}"
-            batch.decisions[cand.index] = _decision(cand.alert, outcome, detail)
+            batch.decisions[cand.index] = _decision(cand.alert, *_not_violating(result))
         return violating
 
     async def _apply_breaker(self, batch: _Batch, violating: list[_Candidate]) -> list[_Candidate]:
@@ -389,6 +382,24 @@ class Remediator:
         _log.info("remediation decision", extra={"fields": fields})
         if self._on_decision is not None:
             self._on_decision(decision)
+
+
+def _not_violating(result: MonitorResult) -> tuple[Outcome, str]:
+    """Why a user's check does not allow a cleanup: the outcome and its detail."""
+    if not isinstance(result, MonitorResult):  # a source written before MonitorResult
+        return Outcome.ERROR, (
+            f"monitor_user answered a {type(result).__name__}, not a MonitorResult"
+            " (see the CHANGELOG's migration notes)"
+        )
+    match result.status:
+        case Status.NO_SESSION:
+            return Outcome.NO_SESSION, "the registry has no session for this user"
+        case Status.HEALTHY:
+            return Outcome.NOT_VIOLATING, "the registry sees no threshold exceeded"
+        case Status.ERROR:
+            return Outcome.ERROR, f"monitoring failed: {result.error}"
+        case _:
+            return Outcome.ERROR, f"monitoring answered {result.status.value!r}"
 
 
 def _from_result(alert: Alert, result: CleanupResult | tuple[Outcome, str]) -> Decision:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry, CleanupResult, RegistrySnapshot
+from ..registry import (
+    DEFAULT_LEAK_GRACE_SECONDS,
+    AgentRegistry,
+    CleanupResult,
+    MonitorResult,
+    RegistrySnapshot,
+)
 
 __all__ = ["InProcessSource"]
 
@@ -21,8 +25,8 @@ class InProcessSource:
     async def snapshot(self) -> RegistrySnapshot:
         return self.registry.snapshot(leak_grace_seconds=self.leak_grace_seconds)
 
-    async def monitor_user(self, user_id: str) -> dict[str, Any]:
-        return await self.registry.lifecycle_manager.monitor_memory_usage(user_id)
+    async def monitor_user(self, user_id: str) -> MonitorResult:
+        return await self.registry.lifecycle_manager.monitor_user(user_id)
 
     async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
         return await self.registry.lifecycle_manager.trigger_cleanup(

@@ -19,11 +19,10 @@ import dataclasses
 import hmac
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.core import Metric
 
-from ..registry import CleanupResult, RegistrySnapshot, SessionColumns
+from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionColumns, Status
 from .protocol import RegistrySource, WorkerSources
 
 __all__ = [
@@ -129,16 +128,15 @@ class PrivateIdSource:
     async def snapshot(self) -> RegistrySnapshot:
         return _hashed(await self.inner.snapshot(), self.hasher)
 
-    async def monitor_user(self, user_id: str) -> dict[str, Any]:
+    async def monitor_user(self, user_id: str) -> MonitorResult:
         real = await self._resolve(user_id)
         if real is None:
-            return {"status": "no_session", "user_id": user_id, "metrics": {}, "issues": []}
-        result = dict(await self.inner.monitor_user(real))
-        result["user_id"] = user_id
-        metrics = result.get("metrics")
-        if isinstance(metrics, dict) and "user_id" in metrics:
-            result["metrics"] = {**metrics, "user_id": user_id}
-        return result
+            return MonitorResult(Status.NO_SESSION, user_id)
+        result = await self.inner.monitor_user(real)
+        metrics = result.metrics
+        if "user_id" in metrics:
+            metrics = {**metrics, "user_id": user_id}
+        return dataclasses.replace(result, user_id=user_id, metrics=metrics)
 
     async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
         real = await self._resolve(user_id)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from prometheus_client.core import Metric
 
-from ..registry import CleanupResult, RegistrySnapshot
+from ..registry import CleanupResult, MonitorResult, RegistrySnapshot
 
 __all__ = ["RegistrySource", "WorkerSources"]
 
@@ -19,8 +19,9 @@ class RegistrySource(Protocol):
         """The sessions and thresholds to render."""
         ...
 
-    async def monitor_user(self, user_id: str) -> dict[str, Any]:
-        """The lifecycle manager's `monitor_memory_usage` result for one user."""
+    async def monitor_user(self, user_id: str) -> MonitorResult:
+        """The lifecycle manager's check of one user; never raises (a failure is
+        `Status.ERROR` with `error` saying why)."""
         ...
 
     async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:

@@ -15,12 +15,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import overload
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .._meta import logger_name
-from ..registry import CleanupResult, RegistrySnapshot, SessionLike, Thresholds
+from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionLike, Thresholds
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
 
@@ -115,14 +115,8 @@ class SidecarSource:
             workers=parts,
         )
 
-    async def monitor_user(self, user_id: str) -> dict[str, Any]:
-        return {
-            "status": "error",
-            "user_id": user_id,
-            "metrics": {},
-            "issues": [],
-            "error": "sidecar mode: the alert must name a worker",
-        }
+    async def monitor_user(self, user_id: str) -> MonitorResult:
+        return MonitorResult.failed(user_id, "sidecar mode: the alert must name a worker")
 
     async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
         raise LookupError("sidecar mode: a cleanup must name a worker (see `worker()`)")

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from ..registry import CleanupResult, RegistrySnapshot
+from ..registry import CleanupResult, MonitorResult, RegistrySnapshot
 from .snapshot_codec import (
     API_VERSION,
     SNAPSHOT_CONTENT_TYPE,
@@ -79,13 +79,20 @@ class WorkerSource:
         # Labelled with the socket's name, the one alerts route back by.
         return dataclasses.replace(snapshot, worker=self.worker)
 
-    async def monitor_user(self, user_id: str) -> dict[str, Any]:
-        """`monitor_memory_usage` on the worker; never raises (a failure is `status: 'error'`)."""
+    async def monitor_user(self, user_id: str) -> MonitorResult:
+        """The worker's check of one user; never raises (a failure is `Status.ERROR`).
+
+        The wire format is `monitor_memory_usage`'s dict, as it always was: workers and
+        sidecars of other releases understand each other.
+        """
         try:
-            return await self._json("GET", _user_path(user_id))
+            body = await self._json("GET", _user_path(user_id))
+            try:
+                return MonitorResult.from_dict(body)
+            except ValueError as exc:
+                raise self._error(f"answered an invalid monitoring result: {exc}") from None
         except WorkerError as exc:
-            return {"status": "error", "user_id": user_id, "metrics": {}, "issues": [],
-                    "error": str(exc)}  # fmt: skip
+            return MonitorResult.failed(user_id, str(exc))
 
     async def cleanup_user(self, user_id: str, *, if_violating: bool = True) -> CleanupResult:
         body = await self._json(
