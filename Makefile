@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
-DEBIAN_TOOLS := prometheus prometheus-alertmanager
+DEBIAN_TOOLS := prometheus prometheus-alertmanager curl
 # The container test runs the image's Python (3.11, see the Dockerfile) as other users: Debian's.
 DEBIAN_PYTHON := python3.11-venv
 
@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Prometheus and Alertmanager come from Debian's packages; installing them starts nothing.
+# Prometheus, Alertmanager and curl (a test reads a gzip scrape with it) come from Debian's
+# packages; installing them starts nothing.
 tools:
-	@missing=0; for b in prometheus promtool prometheus-alertmanager amtool; do \
+	@missing=0; for b in prometheus promtool prometheus-alertmanager amtool curl; do \
 	  command -v $$b >/dev/null || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" != 0 ]; then \
-	    echo "Prometheus/Alertmanager missing: run as root, or: sudo apt-get install -y --no-install-recommends $(DEBIAN_TOOLS)"; exit 1; fi; \
+	    echo "Prometheus/Alertmanager/curl missing: run as root, or: sudo apt-get install -y --no-install-recommends $(DEBIAN_TOOLS)"; exit 1; fi; \
 	  echo "installing $(DEBIAN_TOOLS) from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS) >/dev/null; \
 	fi

@@ -24,14 +24,30 @@ from .conftest import T0
 OWN = b"# HELP process_"  # the exporter's own figures move between renders: compared apart
 
 
+def single_member(body: bytes) -> bytes:
+    """The text of a gzip body that must be exactly one member (what curl reads whole)."""
+    stream = zlib.decompressobj(31)
+    text = stream.decompress(body)
+    assert stream.eof, "the gzip member does not end"
+    assert stream.unused_data == b"", "more than one gzip member"
+    return text
+
+
 def registry_part(rendered) -> bytes:
-    body = gzip.decompress(rendered.body) if rendered.gzipped else rendered.body
+    body = single_member(rendered.body) if rendered.gzipped else rendered.body
     return body.split(OWN)[0]
 
 
-def member_chunks(renderer: Renderer) -> dict:
-    """The gzip-member chunks an in-process (single registry) renderer keeps."""
-    return renderer._members.by_worker[None].chunks
+def deflated_chunks(renderer: Renderer) -> dict:
+    """The deflated chunks an in-process (single registry) renderer keeps."""
+    return renderer._deflated.by_worker[None].chunks
+
+
+def reused_pieces(first, second) -> set[int]:
+    """The pieces of `second` sent as they were in `first` (the fixed gzip header aside,
+    and single bytes, which Python shares)."""
+    ids = [{id(p) for p in body.parts[1:] if len(p) > 1} for body in (first, second)]
+    return ids[0] & ids[1]
 
 
 def snapshot_of(rows: dict[str, SessionRow], now: float = T0) -> RegistrySnapshot:
@@ -72,7 +88,7 @@ class TestSameBodyAsAFullRender:
         """After adds, removals, count changes and re-created sessions, byte for byte.
 
         Renders alternate between formats, encodings, caps, with and without the age family,
-        and between one registry and a sidecar's two workers.
+        and between one registry and a sidecar's two workers; every gzip body is one member.
         """
         rows: dict[str, SessionRow] = {}
         renderer = Renderer(chunk_users=2)  # tiny chunks: boundaries everywhere
@@ -105,16 +121,17 @@ class TestSameBodyAsAFullRender:
                 full = render(snapshot, metrics, **options)
                 assert registry_part(ours) == registry_part(full)
 
-    def test_prometheus_client_parses_a_multi_member_body(self) -> None:
-        """Several gzip members decode, and parse as OpenMetrics, to every user's series."""
+    def test_prometheus_client_parses_a_body_of_reused_pieces(self) -> None:
+        """Pieces compressed at an earlier scrape, spliced into one member, parse as
+        OpenMetrics to every user's series."""
         rows = {f"u{n}": SessionRow(f"u{n}", n % 7, T0 - n) for n in range(300)}
         renderer = Renderer(chunk_users=16)
         metrics = ExporterMetrics("1")
-        renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
         rows["u5"] = rows["u5"]._replace(agent_count=40)
         rendered = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
-        assert rendered.body.count(b"\x1f\x8b\x08") > 10  # many members
-        families = {f.name: f for f in parse_om(gzip.decompress(rendered.body).decode())}
+        assert len(reused_pieces(first, rendered)) > 10
+        families = {f.name: f for f in parse_om(single_member(rendered.body).decode())}
         agents = {
             s.labels["user_id"]: s.value for s in families["agent_registry_user_agents"].samples
         }
@@ -123,19 +140,19 @@ class TestSameBodyAsAFullRender:
 
 
 class TestEncodings:
-    def test_text_format_gzip_is_a_single_member(self) -> None:
-        """curl --compressed reads only the first member: text-format scrapes get one."""
+    @pytest.mark.parametrize("openmetrics", [False, True])
+    def test_gzip_is_a_single_member_in_both_formats(self, openmetrics) -> None:
+        """curl --compressed reads only the first member: every gzip scrape is one, cached
+        pieces included, and its trailer holds the CRC and length of the whole text."""
         rows = {f"u{n}": SessionRow(f"u{n}", 1, T0) for n in range(500)}
         renderer = Renderer(chunk_users=16)
         for _ in range(2):
             rendered = renderer.render(
-                snapshot_of(rows), ExporterMetrics("1"), openmetrics=False, gzipped=True
+                snapshot_of(rows), ExporterMetrics("1"), openmetrics=openmetrics, gzipped=True
             )
-        first = zlib.decompressobj(31)
-        text = first.decompress(rendered.body)
-        assert first.eof
-        assert first.unused_data == b""
+        text = single_member(rendered.body)
         assert text.count(b"agent_registry_user_agents{") == 500
+        assert gzip.decompress(rendered.body) == text  # checks the CRC-32 and the length
 
     def test_a_render_racing_another_starts_afresh_and_is_still_exact(self) -> None:
         """While one render holds the cache, a second renders without it, same body."""
@@ -144,11 +161,11 @@ class TestEncodings:
         metrics = ExporterMetrics("1")
         options = {"openmetrics": True, "gzipped": True}
         renderer.render(snapshot_of(rows), metrics, **options)
-        held = {key: chunk.agents_data for key, chunk in member_chunks(renderer).items()}
+        held = {key: chunk.agents_data for key, chunk in deflated_chunks(renderer).items()}
         rows["u3"] = rows["u3"]._replace(agent_count=44)
-        with renderer._members.lock:
+        with renderer._deflated.lock:
             racing = renderer.render(snapshot_of(rows), metrics, **options)
-        untouched = {key: chunk.agents_data for key, chunk in member_chunks(renderer).items()}
+        untouched = {key: chunk.agents_data for key, chunk in deflated_chunks(renderer).items()}
         assert untouched == held  # the holder's cache was not touched
         assert registry_part(racing) == registry_part(render(snapshot_of(rows), metrics, **options))
 
@@ -215,15 +232,15 @@ class TestReuse:
             for uid in (str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(n))
         }
 
-    def test_unchanged_users_send_the_same_members_again(self) -> None:
-        """A second scrape of an unchanged registry reuses every cached member as it is."""
+    def test_unchanged_users_send_the_same_pieces_again(self) -> None:
+        """A second scrape of an unchanged registry reuses every cached piece as it is."""
         rows = self.rows(3000)
         renderer = Renderer(chunk_users=64)
         metrics = ExporterMetrics("1")
         first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
         second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
-        reused = {id(p) for p in first.parts} & {id(p) for p in second.parts}
-        chunks = len(member_chunks(renderer))
+        reused = reused_pieces(first, second)
+        chunks = len(deflated_chunks(renderer))
         assert chunks > 10
         assert len(reused) == 2 * chunks
 
@@ -236,8 +253,8 @@ class TestReuse:
         user = list(rows)[1234]
         rows[user] = rows[user]._replace(agent_count=99)
         second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
-        reused = {id(p) for p in first.parts} & {id(p) for p in second.parts}
-        assert len(reused) == 2 * len(member_chunks(renderer)) - 1
+        reused = reused_pieces(first, second)
+        assert len(reused) == 2 * len(deflated_chunks(renderer)) - 1
 
     def test_cache_holds_at_most_the_stable_families_of_one_body(self) -> None:
         """Cached bytes never exceed the body: old chunks are dropped at each render."""

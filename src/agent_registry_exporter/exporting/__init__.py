@@ -1,20 +1,24 @@
-"""The renderer's internals: series-cap selection, reusable chunks, gzip members."""
+"""The renderer's internals: series-cap selection, reusable chunks, one gzip member."""
 
 from .chunks import DEFAULT_CHUNK_USERS, Chunk, ChunkCache, check_chunk_users, spans
-from .parts import GZIP_LEVEL, BodyParts, GzipMembers, GzipStream, PlainParts, gzip_member
+from .deflate import ZLIB, DeflateEngine, default_engine, engines
+from .parts import BodyParts, Deflated, GzipParts, PlainParts, deflate_piece
 from .selection import select_indexes
 
 __all__ = [
     "DEFAULT_CHUNK_USERS",
-    "GZIP_LEVEL",
+    "ZLIB",
     "BodyParts",
     "Chunk",
     "ChunkCache",
-    "GzipMembers",
-    "GzipStream",
+    "DeflateEngine",
+    "Deflated",
+    "GzipParts",
     "PlainParts",
     "check_chunk_users",
-    "gzip_member",
+    "default_engine",
+    "deflate_piece",
+    "engines",
     "select_indexes",
     "spans",
 ]

@@ -4,9 +4,9 @@ Chunk boundaries are content-defined: a chunk ends after a user whose id hashes 
 multiple of the average chunk length (or at four times that length). Adding, removing or
 re-ranking one user therefore changes only the chunk holding it, never shifts the others.
 A chunk keeps what its lines were made of (ids, counts, created timestamps); when those
-are equal at the next scrape, its encoded agent-count and created-timestamp text is reused
-as it is. (Boundaries follow Python's per-process string hash, so chunk layout differs
-between processes; the text never does.)
+are equal at the next scrape, its encoded agent-count and created-timestamp pieces (plain
+text, or deflate for gzip bodies) are reused as they are. (Boundaries follow Python's
+per-process string hash, so chunk layout differs between processes; the text never does.)
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, count
 from operator import not_
+from typing import Generic, TypeVar
 
 __all__ = ["DEFAULT_CHUNK_USERS", "Chunk", "ChunkCache", "check_chunk_users", "spans"]
 
 # About 6 KB of text per family. Measured at 100,000 random-UUID users with 1% of them
 # changed between scrapes: 64 re-renders half the agent-count family (512 re-rendered all
-# of it) for 0.1% more compressed bytes (every member restarts its dictionary).
+# of it) for 0.1% more compressed bytes (every piece restarts its dictionary).
 DEFAULT_CHUNK_USERS = 64
 
 
@@ -47,23 +48,22 @@ def spans(user_ids: Sequence[str], average: int = DEFAULT_CHUNK_USERS) -> Iterat
             lo = end
 
 
+P = TypeVar("P")  # an encoded piece: plain bytes, or deflate with its CRC
+
+
 @dataclass(slots=True, eq=False)
-class Chunk:
+class Chunk(Generic[P]):
     """Consecutive exported users and their encoded lines for the two stable families."""
 
     user_ids: list[str]
     labels: list[str]
-    counts: list[int] | None = None
-    created: list[float] | None = None
-    agents_data: bytes = b""
-    created_data: bytes = b""
-
-    @property
-    def cached_bytes(self) -> int:
-        return len(self.agents_data) + len(self.created_data)
+    counts: list[int]
+    created: list[float]
+    agents_data: P
+    created_data: P
 
 
-class ChunkCache:
+class ChunkCache(Generic[P]):
     """The chunks of the last render, keyed by their first user id.
 
     Bounded by construction: after a render it holds exactly that render's chunks, so its
@@ -71,13 +71,18 @@ class ChunkCache:
     """
 
     def __init__(
-        self, encode: Callable[[str], bytes], label: Callable[[str], str] | None = None
+        self,
+        encode: Callable[[str], P],
+        size: Callable[[P], int],
+        label: Callable[[str], str] | None = None,
     ) -> None:
         self.encode = encode
+        self.size = size  # bytes a piece holds
         # How ids became label values (private ids: a keyed hash); another one, another cache.
         self.label = label
-        self.chunks: dict[str, Chunk] = {}
+        self.chunks: dict[str, Chunk[P]] = {}
 
     @property
     def cached_bytes(self) -> int:
-        return sum(c.cached_bytes for c in self.chunks.values())
+        size = self.size
+        return sum(size(c.agents_data) + size(c.created_data) for c in self.chunks.values())

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Required, TypedDict, Unpack
+from typing import Generic, Required, TypedDict, TypeVar, Unpack
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, ProcessCollector
 from prometheus_client import generate_latest as _generate_text
@@ -28,11 +28,13 @@ from . import (
     BodyParts,
     Chunk,
     ChunkCache,
-    GzipMembers,
-    GzipStream,
+    Deflated,
+    DeflateEngine,
+    GzipParts,
     PlainParts,
     check_chunk_users,
-    gzip_member,
+    default_engine,
+    deflate_piece,
     select_indexes,
     spans,
 )
@@ -225,16 +227,20 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", _UNENCODABLE)
 
 
+P = TypeVar("P")
+
+
 @dataclass
-class _Caches:
-    """One kind of cached chunk (gzip members, or plain text), a cache per registry."""
+class _Caches(Generic[P]):
+    """One kind of cached chunk (deflate pieces, or plain text), a cache per registry."""
 
-    encode: Callable[[str], bytes]
+    encode: Callable[[str], P]
+    size: Callable[[P], int]
     lock: threading.Lock = field(default_factory=threading.Lock)
-    by_worker: dict[str | None, ChunkCache] = field(default_factory=dict)
+    by_worker: dict[str | None, ChunkCache[P]] = field(default_factory=dict)
 
-    def fresh(self) -> _Caches:
-        return _Caches(self.encode)
+    def fresh(self) -> _Caches[P]:
+        return _Caches(self.encode, self.size)
 
     @property
     def cached_bytes(self) -> int:
@@ -245,22 +251,27 @@ class Renderer:
     """Renders snapshots, reusing what did not change since its previous render.
 
     The agent-count and created-timestamp lines of a chunk of users are kept (encoded, and
-    for OpenMetrics scrapes as finished gzip members) and sent again while those users'
-    ids, counts and created timestamps are unchanged; the age family, which changes at
-    every scrape, is rendered each time. Whatever the history, the body decodes to exactly
-    what a fresh render of the same snapshot gives. One renderer serves one source (in
-    sidecar mode, a cache per worker).
+    for gzip scrapes as deflate pieces) and sent again while those users' ids, counts and
+    created timestamps are unchanged; the age family, which changes at every scrape, is
+    rendered each time. Whatever the history, the body decodes to exactly what a fresh
+    render of the same snapshot gives, and a gzip body is one gzip member. One renderer
+    serves one source (in sidecar mode, a cache per worker).
     """
 
-    def __init__(self, *, chunk_users: int = DEFAULT_CHUNK_USERS) -> None:
+    def __init__(
+        self, *, chunk_users: int = DEFAULT_CHUNK_USERS, engine: DeflateEngine | None = None
+    ) -> None:
         self.chunk_users = check_chunk_users(chunk_users)
-        self._members = _Caches(lambda text: gzip_member(_encode(text)))
-        self._text = _Caches(_encode)
+        self.engine = engine = default_engine() if engine is None else engine
+        self._deflated: _Caches[Deflated] = _Caches(
+            lambda text: deflate_piece(_encode(text), engine), _deflated_size
+        )
+        self._text: _Caches[bytes] = _Caches(_encode, len)
 
     @property
     def cached_bytes(self) -> int:
         """Encoded bytes held for reuse (at most the two stable families of each kind)."""
-        return self._members.cached_bytes + self._text.cached_bytes
+        return self._deflated.cached_bytes + self._text.cached_bytes
 
     def render(
         self,
@@ -280,31 +291,48 @@ class Renderer:
         started = time.perf_counter()
         snapshots = snapshot.workers if snapshot.workers is not None else (snapshot,)
         registries = [_Registry.of(one, max_user_series) for one in snapshots]
-        # Multi-member gzip only for OpenMetrics: Prometheus reads it, curl does not.
-        members = gzipped and openmetrics
-        caches = self._members if members else self._text
-        parts: BodyParts = GzipMembers() if members else GzipStream() if gzipped else PlainParts()
-        if not caches.lock.acquire(blocking=False):
-            caches = caches.fresh()  # a concurrent render: this one starts afresh
-            caches.lock.acquire()
-        try:
-            chunks = _refresh(caches, registries, self.chunk_users)
-            _write_families(parts, registries, chunks, export_session_age)
-        finally:
-            caches.lock.release()
-        parts.text(_encode(_registry_totals(registries, openmetrics)))
-        if openmetrics:
-            parts.text(_generate_openmetrics(metrics.registry).removesuffix(_EOF.encode()))
-            parts.text(_EOF.encode())
+        write = (registries, metrics, openmetrics, export_session_age)
+        if gzipped:
+            body = _write(self._deflated, GzipParts(self.engine), self.chunk_users, *write)
         else:
-            parts.text(_generate_text(metrics.registry))
-        body = tuple(parts.finish())
+            body = _write(self._text, PlainParts(), self.chunk_users, *write)
         metrics.scrape_duration.set(time.perf_counter() - started)
         return Rendered(
             parts=body,
             content_type=OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
             gzipped=gzipped,
         )
+
+
+def _deflated_size(piece: Deflated) -> int:
+    return len(piece.data)
+
+
+def _write(
+    caches: _Caches[P],
+    parts: BodyParts[P],
+    chunk_users: int,
+    registries: Sequence[_Registry],
+    metrics: ExporterMetrics,
+    openmetrics: bool,
+    export_session_age: bool,
+) -> tuple[bytes, ...]:
+    """The whole body into `parts`, the per-user families reusing `caches`."""
+    if not caches.lock.acquire(blocking=False):
+        caches = caches.fresh()  # a concurrent render: this one starts afresh
+        caches.lock.acquire()
+    try:
+        chunks = _refresh(caches, registries, chunk_users)
+        _write_families(parts, registries, chunks, export_session_age)
+    finally:
+        caches.lock.release()
+    parts.text(_encode(_registry_totals(registries, openmetrics)))
+    if openmetrics:
+        parts.text(_generate_openmetrics(metrics.registry).removesuffix(_EOF.encode()))
+        parts.text(_EOF.encode())
+    else:
+        parts.text(_generate_text(metrics.registry))
+    return tuple(parts.finish())
 
 
 class RenderOptions(TypedDict, total=False):
@@ -338,16 +366,16 @@ def _lines(line: str, labels: Sequence[str], values: Iterable[float]) -> str:
 
 
 def _refresh(
-    caches: _Caches, registries: Sequence[_Registry], chunk_users: int
-) -> list[list[Chunk]]:
+    caches: _Caches[P], registries: Sequence[_Registry], chunk_users: int
+) -> list[list[Chunk[P]]]:
     """Each registry's chunks for this render: reused where their users are unchanged."""
-    kept: dict[str | None, ChunkCache] = {}
+    kept: dict[str | None, ChunkCache[P]] = {}
     out = []
     for registry in registries:
         key, label = registry.snapshot.worker, registry.snapshot.user_label
         cache = caches.by_worker.get(key)
         if cache is None or cache.label is not label:  # a new key writes every label anew
-            cache = ChunkCache(caches.encode, label)
+            cache = ChunkCache(caches.encode, caches.size, label)
         kept[key] = cache
         out.append(_refresh_one(cache, registry, chunk_users))
     caches.by_worker = kept  # a worker gone since the last render takes its cache along
@@ -358,25 +386,36 @@ def _refresh(
 _COUNT, _SECONDS = "%d\n", "%.3f\n"
 
 
-def _refresh_one(cache: ChunkCache, registry: _Registry, chunk_users: int) -> list[Chunk]:
+def _refresh_one(cache: ChunkCache[P], registry: _Registry, chunk_users: int) -> list[Chunk[P]]:
     user_ids, counts, created = registry.user_ids, registry.counts, registry.created
     agents_line = registry.line(_AGENTS, _COUNT)
     created_line = registry.line(_CREATED_FAMILY, _SECONDS)
+    encode = cache.encode
     old, new = cache.chunks, {}
     chunks = []
     for lo, hi in spans(user_ids, chunk_users):
         ids = user_ids[lo:hi]
+        chunk_counts, chunk_created = counts[lo:hi], created[lo:hi]
         chunk = old.pop(ids[0], None)
         if chunk is None or chunk.user_ids != ids:
             # Private ids are hashed here, for the users printed and only when they change.
             shown = ids if cache.label is None else list(map(cache.label, ids))
-            chunk = Chunk(ids, [_escape(user_id) for user_id in shown])
-        if chunk.counts != (chunk_counts := counts[lo:hi]):
-            chunk.counts = chunk_counts
-            chunk.agents_data = cache.encode(_lines(agents_line, chunk.labels, chunk_counts))
-        if chunk.created != (chunk_created := created[lo:hi]):
-            chunk.created = chunk_created
-            chunk.created_data = cache.encode(_lines(created_line, chunk.labels, chunk_created))
+            labels = [_escape(user_id) for user_id in shown]
+            chunk = Chunk(
+                ids,
+                labels,
+                chunk_counts,
+                chunk_created,
+                encode(_lines(agents_line, labels, chunk_counts)),
+                encode(_lines(created_line, labels, chunk_created)),
+            )
+        else:
+            if chunk.counts != chunk_counts:
+                chunk.counts = chunk_counts
+                chunk.agents_data = encode(_lines(agents_line, chunk.labels, chunk_counts))
+            if chunk.created != chunk_created:
+                chunk.created = chunk_created
+                chunk.created_data = encode(_lines(created_line, chunk.labels, chunk_created))
         new[ids[0]] = chunk
         chunks.append(chunk)
     cache.chunks = new  # what was not reused is dropped here: the cache never outgrows a body
@@ -384,9 +423,9 @@ def _refresh_one(cache: ChunkCache, registry: _Registry, chunk_users: int) -> li
 
 
 def _write_families(
-    parts: BodyParts,
+    parts: BodyParts[P],
     registries: Sequence[_Registry],
-    chunks: Sequence[list[Chunk]],
+    chunks: Sequence[list[Chunk[P]]],
     export_session_age: bool,
 ) -> None:
     """The per-user families, streamed into `parts` chunk by chunk.
@@ -404,7 +443,6 @@ def _write_families(
         for registry, registry_chunks in zip(registries, chunks, strict=True):
             age_line, now = registry.line(_AGE, _SECONDS), registry.snapshot.taken_at
             for chunk in registry_chunks:
-                assert chunk.created is not None
                 ages = map(now.__sub__, chunk.created)
                 parts.text(_encode(_lines(age_line, chunk.labels, ages)))
     parts.text(_header(_CREATED_FAMILY, "Start of the user's session in Unix seconds.").encode())

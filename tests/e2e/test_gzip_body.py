@@ -1,4 +1,4 @@
-"""Prometheus reads a scrape body made of many gzip members, cached ones spliced in."""
+"""Prometheus reads a gzip body spliced from deflate pieces, cached ones reused, as one member."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .conftest import Harness, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
-USERS = 3000  # about six chunks of 512: each family is several gzip members
+USERS = 3000  # about 47 chunks of 64: each family is many deflate pieces in one member
 
 
 async def value(h: Harness, expr: str) -> float | None:
@@ -18,8 +18,9 @@ async def value(h: Harness, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-async def test_every_member_of_a_multi_member_body_is_scraped(harness, registry) -> None:
-    """All users of every chunk reach Prometheus, and a change in one chunk shows up."""
+async def test_every_piece_of_a_spliced_body_is_scraped(harness, registry) -> None:
+    """All users of every chunk reach Prometheus, and a change in one chunk shows up (the
+    other chunks' pieces are sent again as they were)."""
     for n in range(USERS):
         await registry.register_user_agent(f"member-user-{n:05d}", "a", object())
     selector = f'{{instance="{harness.instance}"}}'

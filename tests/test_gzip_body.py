@@ -1,0 +1,99 @@
+"""One gzip member from pieces deflated apart, and the CRC-32 arithmetic behind its trailer."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import zlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+from agent_registry_exporter.exporting import ZLIB, GzipParts, deflate_piece
+from agent_registry_exporter.exporting.crc import crc32_combine
+
+from .conftest import loopback_exporter
+
+texts = st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
+
+
+class TestCrc32Combine:
+    @settings(max_examples=300, deadline=None)
+    @given(first=texts, second=texts | st.integers(0, 70_000).map(bytes))
+    def test_combined_crc_is_the_crc_of_the_joined_texts(self, first, second) -> None:
+        """crc32_combine(crc(a), crc(b), len(b)) == crc(a + b), zero-length and long b too."""
+        combined = crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
+        assert combined == zlib.crc32(first + second)
+
+    def test_lengths_past_four_gigabytes_compose(self) -> None:
+        """A length past 2**32 is not cut to 32 bits: 2**32 + 1 bytes is 2**32, then 1."""
+        step = crc32_combine(crc32_combine(0x1234, 0, 1 << 32), 0, 1)
+        assert crc32_combine(0x1234, 0, (1 << 32) + 1) == step
+
+
+pieces = st.lists(st.tuples(st.booleans(), texts), max_size=12)
+
+
+class TestGzipParts:
+    @settings(max_examples=200, deadline=None)
+    @given(pieces=pieces)
+    def test_fresh_text_and_spliced_pieces_make_one_member(self, pieces) -> None:
+        """Any mix of fresh text and pieces deflated earlier decodes, as one gzip member
+        whose CRC and length check, to the texts joined in order."""
+        parts = GzipParts(ZLIB)
+        for cached, text in pieces:
+            if cached:
+                parts.cached(deflate_piece(text, ZLIB))
+            else:
+                parts.text(text)
+        body = b"".join(parts.finish())
+        stream = zlib.decompressobj(31)  # raises on a bad CRC-32 or length
+        assert stream.decompress(body) == b"".join(text for _, text in pieces)
+        assert stream.eof
+        assert stream.unused_data == b""
+
+    def test_text_after_a_piece_never_refers_back_across_it(self) -> None:
+        """Fresh text repeating what came before a piece still decodes to itself: the running
+        stream drops its history before each piece."""
+        line = b'agent_registry_user_agents{user_id="same-user"} 3\n' * 40
+        parts = GzipParts(ZLIB)
+        parts.text(line)
+        parts.cached(deflate_piece(b"x" * 5000, ZLIB))
+        parts.text(line)
+        body = b"".join(parts.finish())
+        assert zlib.decompress(body, 31) == line + b"x" * 5000 + line
+
+
+class TestCurl:
+    async def test_curl_compressed_reads_every_series_of_an_openmetrics_scrape(
+        self, registry
+    ) -> None:
+        """curl 7.88 reads only the first gzip member: the body must be one, cached pieces
+        included (the second scrape reuses them), for every user to come through."""
+        curl = shutil.which("curl")
+        assert curl, "curl is installed by `make test` (Debian package curl)"
+        for n in range(2000):
+            await registry.register_user_agent(f"curl-user-{n}", "a", object())
+        server = await loopback_exporter(registry)
+        try:
+            url = f"http://127.0.0.1:{server.port}/metrics"
+            for scrape in range(2):
+                if scrape:  # a change: one chunk re-rendered, the others reused
+                    await registry.register_user_agent("curl-user-7", "b", object())
+                done = await asyncio.create_subprocess_exec(
+                    curl, "--silent", "--show-error", "--fail", "--compressed",
+                    "-H", "Accept: application/openmetrics-text", url,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, err = await done.communicate()
+                assert done.returncode == 0, err
+                families = {f.name: f for f in parse_om(out.decode())}
+                agents = {
+                    s.labels["user_id"]: s.value
+                    for s in families["agent_registry_user_agents"].samples
+                }
+                assert len(agents) == 2000
+                assert agents["curl-user-7"] == 1 + scrape
+        finally:
+            await server.stop()
