@@ -24,8 +24,12 @@ from agent_registry_exporter import (
     serve_registry,
     start_exporter,
 )
+from agent_registry_exporter.exporting import ISAL, ZLIB
 
 DATA = Path(__file__).parent / "data"
+# Both deflate engines: ISA-L (a dependency: a test using it fails if it does not import)
+# and the standard library's zlib, the fallback. For `pytest.mark.parametrize("engine", ...)`.
+ENGINES = [pytest.param(ISAL, id="isal"), pytest.param(ZLIB, id="zlib")]
 # 2026-11-27T12:00:00Z: every test's "now" unless it moves the clock.
 T0 = 1_795_780_800.0
 

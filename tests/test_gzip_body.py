@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
-from agent_registry_exporter.exporting import ZLIB, GzipParts, deflate_piece
+from agent_registry_exporter.exporting import ISAL, GzipParts, deflate_piece
 from agent_registry_exporter.exporting.crc import crc32_combine
 
-from .conftest import loopback_exporter
+from .conftest import ENGINES, loopback_exporter
 
+registers = st.integers(0, 2**32 - 1)
 texts = st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
 
 
@@ -26,6 +30,13 @@ class TestCrc32Combine:
         combined = crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
         assert combined == zlib.crc32(first + second)
 
+    @settings(max_examples=300, deadline=None)
+    @given(crc1=registers, crc2=registers, len2=st.integers(0, 2**62))
+    def test_same_as_isal_for_any_crcs_and_length(self, crc1, crc2, len2) -> None:
+        """Equal to ISA-L's C crc32_combine, for any register values and any length."""
+        assert ISAL is not None, "isal does not import: `pip install isal`"
+        assert crc32_combine(crc1, crc2, len2) == ISAL.crc32_combine(crc1, crc2, len2)
+
     def test_lengths_past_four_gigabytes_compose(self) -> None:
         """A length past 2**32 is not cut to 32 bits: 2**32 + 1 bytes is 2**32, then 1."""
         step = crc32_combine(crc32_combine(0x1234, 0, 1 << 32), 0, 1)
@@ -35,16 +46,17 @@ class TestCrc32Combine:
 pieces = st.lists(st.tuples(st.booleans(), texts), max_size=12)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 class TestGzipParts:
     @settings(max_examples=200, deadline=None)
     @given(pieces=pieces)
-    def test_fresh_text_and_spliced_pieces_make_one_member(self, pieces) -> None:
+    def test_fresh_text_and_spliced_pieces_make_one_member(self, engine, pieces) -> None:
         """Any mix of fresh text and pieces deflated earlier decodes, as one gzip member
         whose CRC and length check, to the texts joined in order."""
-        parts = GzipParts(ZLIB)
+        parts = GzipParts(engine)
         for cached, text in pieces:
             if cached:
-                parts.cached(deflate_piece(text, ZLIB))
+                parts.cached(deflate_piece(text, engine))
             else:
                 parts.text(text)
         body = b"".join(parts.finish())
@@ -53,16 +65,35 @@ class TestGzipParts:
         assert stream.eof
         assert stream.unused_data == b""
 
-    def test_text_after_a_piece_never_refers_back_across_it(self) -> None:
+    def test_text_after_a_piece_never_refers_back_across_it(self, engine) -> None:
         """Fresh text repeating what came before a piece still decodes to itself: the running
         stream drops its history before each piece."""
         line = b'agent_registry_user_agents{user_id="same-user"} 3\n' * 40
-        parts = GzipParts(ZLIB)
+        parts = GzipParts(engine)
         parts.text(line)
-        parts.cached(deflate_piece(b"x" * 5000, ZLIB))
+        parts.cached(deflate_piece(b"x" * 5000, engine))
         parts.text(line)
         body = b"".join(parts.finish())
         assert zlib.decompress(body, 31) == line + b"x" * 5000 + line
+
+
+class TestEngines:
+    def test_isal_is_the_default_engine(self) -> None:
+        """ISA-L compresses wherever it imports."""
+        from agent_registry_exporter.exporting import default_engine
+
+        assert default_engine() is ISAL
+
+    def test_zlib_is_the_fallback_where_isal_does_not_import(self) -> None:
+        """Without isal (no wheel for the platform), the standard library's zlib renders."""
+        script = (
+            "import sys; sys.modules['isal'] = None\n"  # import isal now raises ImportError
+            "from agent_registry_exporter.exporting import default_engine, engines\n"
+            "print(default_engine().name, len(engines()))"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["zlib", "1"]
 
 
 class TestCurl:

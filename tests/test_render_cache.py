@@ -19,7 +19,7 @@ from agent_registry_exporter.exporting import select_indexes, spans
 from agent_registry_exporter.exporting.renderer import ExporterMetrics, Renderer, render
 from agent_registry_exporter.registry import SessionColumns
 
-from .conftest import T0
+from .conftest import ENGINES, T0
 
 OWN = b"# HELP process_"  # the exporter's own figures move between renders: compared apart
 
@@ -82,16 +82,17 @@ change = st.one_of(
 
 
 class TestSameBodyAsAFullRender:
+    @pytest.mark.parametrize("engine", ENGINES)
     @settings(max_examples=100, deadline=None)
     @given(st.lists(change, max_size=60))
-    def test_any_sequence_of_changes_renders_a_full_renders_body(self, changes) -> None:
+    def test_any_sequence_of_changes_renders_a_full_renders_body(self, engine, changes) -> None:
         """After adds, removals, count changes and re-created sessions, byte for byte.
 
         Renders alternate between formats, encodings, caps, with and without the age family,
         and between one registry and a sidecar's two workers; every gzip body is one member.
         """
         rows: dict[str, SessionRow] = {}
-        renderer = Renderer(chunk_users=2)  # tiny chunks: boundaries everywhere
+        renderer = Renderer(chunk_users=2, engine=engine)  # tiny chunks: boundaries everywhere
         metrics = ExporterMetrics("1")
         now = T0
         for op, *args in [*changes, ("render", True, True, 1000, True, False)]:
@@ -118,7 +119,7 @@ class TestSameBodyAsAFullRender:
                 )
                 snapshot = (sidecar_snapshot_of if sidecar else snapshot_of)(rows, now)
                 ours = renderer.render(snapshot, metrics, **options)
-                full = render(snapshot, metrics, **options)
+                full = render(snapshot, metrics, **options)  # default engine, nothing cached
                 assert registry_part(ours) == registry_part(full)
 
     def test_prometheus_client_parses_a_body_of_reused_pieces(self) -> None:
@@ -140,12 +141,13 @@ class TestSameBodyAsAFullRender:
 
 
 class TestEncodings:
+    @pytest.mark.parametrize("engine", ENGINES)
     @pytest.mark.parametrize("openmetrics", [False, True])
-    def test_gzip_is_a_single_member_in_both_formats(self, openmetrics) -> None:
+    def test_gzip_is_a_single_member_in_both_formats(self, engine, openmetrics) -> None:
         """curl --compressed reads only the first member: every gzip scrape is one, cached
         pieces included, and its trailer holds the CRC and length of the whole text."""
         rows = {f"u{n}": SessionRow(f"u{n}", 1, T0) for n in range(500)}
-        renderer = Renderer(chunk_users=16)
+        renderer = Renderer(chunk_users=16, engine=engine)
         for _ in range(2):
             rendered = renderer.render(
                 snapshot_of(rows), ExporterMetrics("1"), openmetrics=openmetrics, gzipped=True

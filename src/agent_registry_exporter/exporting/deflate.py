@@ -1,4 +1,11 @@
-"""Deflate engines: what compresses the body, and the CRC-32 functions its trailer needs."""
+"""Deflate engines: what compresses the body, and the CRC-32 functions its trailer needs.
+
+ISA-L (PyPI `isal`, Intel's assembly deflate) is the engine wherever it imports: measured on
+the chunks of a 100,000-user scrape at level 1 it compresses about 5x faster than zlib
+level 1, to slightly fewer bytes (`benchmarks/render.py` prints the comparison). The
+standard library's zlib is the fallback, with the same bytes format; it has no
+`crc32_combine`, so `crc.py` provides zlib's algorithm.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Protocol
 
 from .crc import crc32_combine
 
-__all__ = ["ZLIB", "Compressor", "DeflateEngine", "default_engine", "engines"]
+__all__ = ["ISAL", "ZLIB", "Compressor", "DeflateEngine", "default_engine", "engines"]
 
 
 class Compressor(Protocol):
@@ -49,9 +56,30 @@ ZLIB = DeflateEngine(
 )
 
 
+def _isal() -> DeflateEngine | None:
+    try:
+        from isal import isal_zlib
+    except ImportError:  # no wheel for this platform, and no compiler: zlib does the work
+        return None
+    return DeflateEngine(
+        name="isal",
+        # Level 1 of 0-3: level 0 is 30% faster for 70% more bytes; 2 and 3 cost 20% and
+        # 110% more time for 0.3% and 2% fewer bytes (benchmarks/render.py, --levels).
+        level=1,
+        compressobj=isal_zlib.compressobj,
+        crc32=isal_zlib.crc32,
+        crc32_combine=isal_zlib.crc32_combine,
+        sync_flush=isal_zlib.Z_SYNC_FLUSH,
+        full_flush=isal_zlib.Z_FULL_FLUSH,
+    )
+
+
+ISAL = _isal()
+
+
 def engines() -> tuple[DeflateEngine, ...]:
     """Every engine available here, the preferred first."""
-    return (ZLIB,)
+    return (ZLIB,) if ISAL is None else (ISAL, ZLIB)
 
 
 def default_engine() -> DeflateEngine:
