@@ -1,25 +1,28 @@
 """Time one /metrics render at 100,000 and 1,000,000 users, 1% of them changed since the last.
 
 Users have random UUIDs as ids, 0-10 agents (0.1% of them 51-80) and sessions up to a
-day old. Between two
-scrapes 1% of users change: 80% of those gain or lose an agent, 10% are cleaned (removed),
-10% are new users. Every figure is the OpenMetrics + gzip render Prometheus asks for,
-median of `--repeat` rounds (each round runs every variant once, so background load hits
-them alike), measured in this one process:
+day old. Between two scrapes 1% of users change: 80% of those gain or lose an agent, 10%
+are cleaned (removed), 10% are new users. Every figure is the OpenMetrics + gzip render
+Prometheus asks for, median of `--repeat` rounds (each round runs every variant once, so
+background load hits them alike), measured in this one process:
 
-- previous: the full render this project shipped before (5,000-user chunks, one gzip stream);
-- full: the current renderer with nothing cached;
-- new: the current renderer after rendering the previous scrape (the server's case);
-  no age: the same with `export_session_age=False`;
-- floor: joining the already-rendered lines of the same body and compressing them at the
-  same level (5,000 lines per join, one gzip stream): what no renderer of this body beats;
-- stock: prometheus_client's OpenMetrics encoder over GaugeMetricFamily objects plus gzip,
-  only with `--stock` and up to 200,000 users (seconds per run at 100,000 users);
-- cap: choosing the 10,000 users kept by the default `max_user_series` (cap before: the
-  previous selection, heapq.nlargest with a Python key);
-- peak: tracemalloc's peak during the new render over the body's size (peak before: the
-  same for the previous render);
-- cache: what the renderer keeps between scrapes (tracemalloc), and over the body's size.
+- ours: the current renderer after rendering the previous scrape (the server's case), with
+  ISA-L (ours zlib: the zlib fallback engine); no age: ours with `export_session_age=False`;
+  full: ours with nothing cached (a process's first scrape);
+- release: the previous release's renderer (benchmarks/released/, zlib, gzip members), also
+  after the previous scrape;
+- zlib floor / isal floor: joining the already-rendered lines of the same body and
+  compressing them at level 1 (5,000 lines per call, one gzip stream): what no renderer of
+  this body that compresses it all again beats;
+- stock: prometheus_client's OpenMetrics encoder over GaugeMetricFamily objects plus gzip;
+  gauge: the labelled-Gauge peer (a `Gauge(..., ["user_id"])` per family holding every
+  user, the usual hand-written exporter), encoded the same way; both only with `--stock`
+  and up to 200,000 users (seconds per run at 100,000 users);
+- cap: choosing the 10,000 users kept by the default `max_user_series`;
+- cache: what the renderer keeps between scrapes (tracemalloc), over the body's size.
+
+A second table (first size only) chooses the deflate level: each engine and level
+compressing the body's chunks as the renderer does (one piece per chunk), time and size.
 
     .venv/bin/python benchmarks/render.py [--sizes 100000,1000000] [--repeat 5] [--stock]
 """
@@ -36,16 +39,21 @@ import tracemalloc
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from previous_render import previous_render, previous_select  # a sibling: run from benchmarks/
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest
+from released.renderer import Renderer as ReleasedRenderer  # a sibling: run from benchmarks/
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
-from agent_registry_exporter.exporting import select_indexes
+from agent_registry_exporter.exporting import ISAL, ZLIB, DeflateEngine, select_indexes
+from agent_registry_exporter.exporting.chunks import spans
+from agent_registry_exporter.exporting.parts import deflate_piece
 from agent_registry_exporter.exporting.renderer import ExporterMetrics, Renderer, render
+
+assert ISAL is not None, "isal does not import: `pip install isal`"
 
 
 def users(n: int, rng: random.Random) -> dict[str, SessionRow]:
@@ -94,50 +102,70 @@ def seconds(run: Callable[[], Any], before: Callable[[], Any] = lambda: None) ->
 def rounds(runs: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], repeat: int) -> dict:
     """Each run once per round, round after round: load from other processes hits all alike.
 
-    Medians of the times; `new/floor` is the median of the per-round ratios.
+    Medians of the times, and `X/Y` medians of the per-round ratios.
     """
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, (run, before) in runs.items():
             times[name].append(seconds(run, before))
     result = {name: statistics.median(t) for name, t in times.items()}
-    if "new" in times:
-        result["ratio"] = statistics.median(
-            n / f for n, f in zip(times["new"], times["floor"], strict=True)
-        )
+    for mine, other in (("ours", "zlib_floor"), ("ours", "isal_floor"), ("release", "ours")):
+        if mine in times and other in times:
+            result[f"{mine}/{other}"] = statistics.median(
+                a / b for a, b in zip(times[mine], times[other], strict=True)
+            )
     return result
 
 
-def floor(lines: list[bytes]) -> bytes:
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+def floor(lines: list[bytes], engine: DeflateEngine) -> bytes:
+    compressor = engine.compressobj(1, zlib.DEFLATED, 31)
     out = [
         compressor.compress(b"".join(lines[lo : lo + 5000])) for lo in range(0, len(lines), 5000)
     ]
-    out.append(compressor.flush())
+    out.append(compressor.flush(4))  # Z_FINISH
     return b"".join(out)
+
+
+def families(snap: RegistrySnapshot) -> list[GaugeMetricFamily]:
+    agents = GaugeMetricFamily("agent_registry_user_agents", "Agents.", labels=["user_id"])
+    age = GaugeMetricFamily("agent_registry_user_session_age_seconds", "Age.", labels=["user_id"])
+    created = GaugeMetricFamily(
+        "agent_registry_user_session_created_timestamp_seconds", "Start.", labels=["user_id"]
+    )
+    for s in snap.sessions:
+        agents.add_metric([s.user_id], s.agent_count)
+        age.add_metric([s.user_id], snap.taken_at - s.created_timestamp)
+        created.add_metric([s.user_id], s.created_timestamp)
+    return [agents, age, created]
 
 
 def stock(snap: RegistrySnapshot) -> bytes:
     class Collector:
         def collect(self):  # type: ignore[no-untyped-def]
-            agents = GaugeMetricFamily("agent_registry_user_agents", "Agents.", labels=["user_id"])
-            age = GaugeMetricFamily(
-                "agent_registry_user_session_age_seconds", "Age.", labels=["user_id"]
-            )
-            created = GaugeMetricFamily(
-                "agent_registry_user_session_created_timestamp_seconds",
-                "Start.",
-                labels=["user_id"],
-            )
-            for s in snap.sessions:
-                agents.add_metric([s.user_id], s.agent_count)
-                age.add_metric([s.user_id], snap.taken_at - s.created_timestamp)
-                created.add_metric([s.user_id], s.created_timestamp)
-            yield from (agents, age, created)
+            yield from families(snap)
 
     registry = CollectorRegistry()
     registry.register(Collector())  # type: ignore[arg-type]
     return gzip.compress(generate_latest(registry), 1)  # type: ignore[no-untyped-call]
+
+
+def gauge_peer(snap: RegistrySnapshot) -> CollectorRegistry:
+    """Labelled Gauges holding every user, as a hand-written exporter keeps them (mirrored
+    at each registration; the age set at scrape time)."""
+    registry = CollectorRegistry()
+    agents = Gauge("agent_registry_user_agents", "Agents.", ["user_id"], registry=registry)
+    age = Gauge("agent_registry_user_session_age_seconds", "Age.", ["user_id"], registry=registry)
+    created = Gauge(
+        "agent_registry_user_session_created_timestamp_seconds",
+        "Start.",
+        ["user_id"],
+        registry=registry,
+    )
+    for s in snap.sessions:
+        agents.labels(s.user_id).set(s.agent_count)
+        age.labels(s.user_id).set(snap.taken_at - s.created_timestamp)
+        created.labels(s.user_id).set(s.created_timestamp)
+    return registry
 
 
 def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
@@ -147,13 +175,14 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
     metrics = ExporterMetrics("bench")
     options: dict[str, Any] = {"openmetrics": True, "gzipped": True, "max_user_series": 2 * n}
     snap_before, snap_after = snapshot(before_rows), snapshot(after_rows)
+    warmed: dict[str, Any] = {}
 
-    renderer = Renderer()
+    def warm(name: str, make: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            warmed[name] = make()
+            warmed[name].render(snap_before, metrics, **options)
 
-    def warm() -> None:
-        nonlocal renderer
-        renderer = Renderer()
-        renderer.render(snap_before, metrics, **options)
+        return run
 
     body = render(snap_after, metrics, **options)
     lines = gzip.decompress(body.body).splitlines(keepends=True)
@@ -162,22 +191,34 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
     r.update(
         rounds(
             {
-                "previous": (lambda: previous_render(snap_after, metrics), nothing),
+                "release": (
+                    lambda: warmed["release"].render(snap_after, metrics, **options),
+                    warm("release", ReleasedRenderer),
+                ),
                 "full": (lambda: render(snap_after, metrics, **options), nothing),
-                "new": (lambda: renderer.render(snap_after, metrics, **options), warm),
+                "ours": (
+                    lambda: warmed["ours"].render(snap_after, metrics, **options),
+                    warm("ours", lambda: Renderer(engine=ISAL)),
+                ),
+                "ours_zlib": (
+                    lambda: warmed["zlib"].render(snap_after, metrics, **options),
+                    warm("zlib", lambda: Renderer(engine=ZLIB)),
+                ),
                 "no_age": (
-                    lambda: renderer.render(
+                    lambda: warmed["ours"].render(
                         snap_after, metrics, **options, export_session_age=False
                     ),
-                    warm,
+                    warm("ours", lambda: Renderer(engine=ISAL)),
                 ),
-                "floor": (lambda: floor(lines), nothing),
+                "zlib_floor": (lambda: floor(lines, ZLIB), nothing),
+                "isal_floor": (lambda: floor(lines, ISAL), nothing),
             },
             repeat,
         )
     )
-    lines.clear()
     r["body_kib"] = body.size / 1024
+    r["zlib_floor_kib"] = len(floor(lines, ZLIB)) / 1024
+    lines.clear()
     counts = [s.agent_count for s in snap_after.sessions]
     created = [s.created_timestamp for s in snap_after.sessions]
     r.update(
@@ -189,7 +230,6 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
                     ),
                     nothing,
                 ),
-                "cap_previous": (lambda: previous_select(snap_after, counts, 10_000), nothing),
             },
             repeat,
         )
@@ -197,23 +237,56 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
     # About a minute at 1,000,000 users: measured only where it fits in a benchmark run.
     fits = with_stock and n <= 200_000
     r["stock"] = seconds(lambda: stock(snap_after)) if fits else float("nan")
+    if fits:
+        peer = gauge_peer(snap_after)
+        r["gauge"] = seconds(lambda: gzip.compress(generate_latest(peer), 1))  # type: ignore[no-untyped-call]
+        del peer
+    else:
+        r["gauge"] = float("nan")
 
+    warmed.clear()
     gc.collect()
     tracemalloc.start()
     start = tracemalloc.get_traced_memory()[0]
-    warm()
+    warm("ours", lambda: Renderer(engine=ISAL))()
+    rendered = warmed["ours"].render(snap_after, metrics, **options)
     r["cache_mib"] = (tracemalloc.get_traced_memory()[0] - start) / 2**20
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    rendered = renderer.render(snap_after, metrics, **options)
-    r["peak_x"] = (tracemalloc.get_traced_memory()[1] - base) / rendered.size
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    previous = previous_render(snap_after, metrics)
-    r["peak_previous_x"] = (tracemalloc.get_traced_memory()[1] - base) / len(previous)
     tracemalloc.stop()
     r["cache_x"] = r["cache_mib"] * 2**20 / rendered.size
     return r
+
+
+def levels(n: int) -> None:
+    """Each engine and level deflating the chunks of an n-user body, as the renderer does."""
+    rng = random.Random(n)
+    snap = snapshot(users(n, rng))
+    text = gzip.decompress(
+        render(
+            snap,
+            ExporterMetrics("bench"),
+            **{"openmetrics": True, "gzipped": True, "max_user_series": 2 * n},
+        ).body
+    )
+    lines = text.splitlines(keepends=True)
+    ids = [line.split(b'"')[1].decode() if b'user_id="' in line else "" for line in lines]
+    pieces = [b"".join(lines[lo:hi]) for lo, hi in spans(ids)]
+    print(
+        f"\ndeflate levels over the {len(pieces):,} chunks of a {n:,}-user body "
+        f"({len(text) / 2**20:.1f} MiB of text):"
+    )
+    print(f"{'engine':>7} {'level':>5} {'ms':>7} {'KiB':>7} {'ms/zlib 1':>9} {'size/zlib 1':>11}")
+    base: tuple[float, int] | None = None
+    for engine, level in ((ZLIB, 1), (ZLIB, 6), (ISAL, 0), (ISAL, 1), (ISAL, 2), (ISAL, 3)):
+        at = replace(engine, level=level)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            size = sum(len(deflate_piece(p, at).data) for p in pieces)
+            times.append(time.perf_counter() - started)
+        elapsed = statistics.median(times)
+        base = base or (elapsed, size)
+        print(f"{engine.name:>7} {level:>5} {elapsed * 1e3:>7.0f} {size / 1024:>7.0f} "
+              f"{elapsed / base[0]:>8.2f}x {size / base[1]:>10.2f}x", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -224,24 +297,38 @@ def main() -> None:
         "--stock", action="store_true", help="also time prometheus_client's encoder"
     )
     args = parser.parse_args()
-    print(
-        f"{'users':>9} {'previous ms':>11} {'full ms':>8} {'new ms':>7} {'no age ms':>9} "
-        f"{'floor ms':>8} "
-        f"{'new/floor':>9} {'stock ms':>8} {'cap ms':>7} {'cap before':>10} {'peak/body':>9} "
-        f"{'peak before':>11} "
-        f"{'cache MiB':>9} {'cache/body':>10} {'body KiB':>8}"
-    )
-    for size in (int(s) for s in args.sizes.split(",")):
+    sizes = [int(s) for s in args.sizes.split(",")]
+    columns = (
+        ("users", 9), ("release ms", 10), ("full ms", 8), ("ours ms", 8), ("ours zlib ms", 12),
+        ("no age ms", 9), ("zlib floor ms", 13), ("isal floor ms", 13), ("stock ms", 8),
+        ("gauge ms", 8), ("cap ms", 6), ("body KiB", 8), ("zlib floor KiB", 14),
+        ("cache/body", 10),
+    )  # fmt: skip
+    print(" ".join(f"{name:>{width}}" for name, width in columns))
+    results = []
+    for size in sizes:
         r = bench(size, args.repeat, args.stock)
-        print(
-            f"{r['users']:>9,.0f} {r['previous'] * 1e3:>11.0f} {r['full'] * 1e3:>8.0f} "
-            f"{r['new'] * 1e3:>7.0f} {r['no_age'] * 1e3:>9.0f} {r['floor'] * 1e3:>8.0f} "
-            f"{r['ratio']:>8.2f}x "
-            f"{r['stock'] * 1e3:>8.0f} {r['cap'] * 1e3:>7.1f} {r['cap_previous'] * 1e3:>10.1f} "
-            f"{r['peak_x']:>8.2f}x {r['peak_previous_x']:>10.2f}x "
-            f"{r['cache_mib']:>9.1f} {r['cache_x']:>9.2f}x {r['body_kib']:>8.0f}",
-            flush=True,
-        )
+        results.append(r)
+        keys = ("release", "full", "ours", "ours_zlib", "no_age", "zlib_floor", "isal_floor")
+        cells = [f"{r[k] * 1e3:>{w}.0f}" for k, (_, w) in zip(keys, columns[1:8], strict=True)]
+        cells += [
+            f"{r['stock'] * 1e3:>8.0f}",
+            f"{r['gauge'] * 1e3:>8.0f}",
+            f"{r['cap'] * 1e3:>6.1f}",
+        ]
+        cells += [
+            f"{r['body_kib']:>8.0f}",
+            f"{r['zlib_floor_kib']:>14.0f}",
+            f"{r['cache_x']:>9.2f}x",
+        ]
+        print(f"{r['users']:>9,.0f} " + " ".join(cells), flush=True)
+    print(f"\n{'users':>9} {'ours/zlib floor':>15} {'ours/isal floor':>15} {'stock/ours':>10} "
+          f"{'gauge/ours':>10} {'release/ours':>12}")  # fmt: skip
+    for r in results:
+        print(f"{r['users']:>9,.0f} {r['ours/zlib_floor']:>14.2f}x {r['ours/isal_floor']:>14.2f}x "
+              f"{r['stock'] / r['ours']:>9.1f}x {r['gauge'] / r['ours']:>9.1f}x "
+              f"{r['release/ours']:>11.2f}x")  # fmt: skip
+    levels(sizes[0])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""Per-user families in chunks that survive between scrapes when their users did not change.
+
+Chunk boundaries are content-defined: a chunk ends after a user whose id hashes to a
+multiple of the average chunk length (or at four times that length). Adding, removing or
+re-ranking one user therefore changes only the chunk holding it, never shifts the others.
+A chunk keeps what its lines were made of (ids, counts, created timestamps); when those
+are equal at the next scrape, its encoded agent-count and created-timestamp text is reused
+as it is. (Boundaries follow Python's per-process string hash, so chunk layout differs
+between processes; the text never does.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import compress, count
+from operator import not_
+
+__all__ = ["DEFAULT_CHUNK_USERS", "Chunk", "ChunkCache", "check_chunk_users", "spans"]
+
+# About 6 KB of text per family. Measured at 100,000 random-UUID users with 1% of them
+# changed between scrapes: 64 re-renders half the agent-count family (512 re-rendered all
+# of it) for 0.1% more compressed bytes (every member restarts its dictionary).
+DEFAULT_CHUNK_USERS = 64
+
+
+def check_chunk_users(average: int) -> int:
+    """`average` if usable as a chunk length (a power of two: boundaries are a hash mask)."""
+    if average < 1 or average & (average - 1):
+        raise ValueError(f"chunk length {average} is not a power of two")
+    return average
+
+
+def spans(user_ids: Sequence[str], average: int = DEFAULT_CHUNK_USERS) -> Iterator[tuple[int, int]]:
+    """Content-defined `(lo, hi)` slices covering `user_ids`, `average` users long on average."""
+    check_chunk_users(average)
+    mask, longest = average - 1, 4 * average
+    lo = 0
+    # str hashes are cached on the string objects and computed in C: no Python-level loop.
+    ends = compress(count(1), map(not_, map(mask.__and__, map(hash, user_ids))))
+    for end in (*ends, len(user_ids)):
+        while end - lo > longest:
+            yield lo, lo + longest
+            lo += longest
+        if end > lo:
+            yield lo, end
+            lo = end
+
+
+@dataclass(slots=True, eq=False)
+class Chunk:
+    """Consecutive exported users and their encoded lines for the two stable families."""
+
+    user_ids: list[str]
+    labels: list[str]
+    counts: list[int] | None = None
+    created: list[float] | None = None
+    agents_data: bytes = b""
+    created_data: bytes = b""
+
+    @property
+    def cached_bytes(self) -> int:
+        return len(self.agents_data) + len(self.created_data)
+
+
+class ChunkCache:
+    """The chunks of the last render, keyed by their first user id.
+
+    Bounded by construction: after a render it holds exactly that render's chunks, so its
+    encoded bytes are at most the two stable families of one body.
+    """
+
+    def __init__(
+        self, encode: Callable[[str], bytes], label: Callable[[str], str] | None = None
+    ) -> None:
+        self.encode = encode
+        # How ids became label values (private ids: a keyed hash); another one, another cache.
+        self.label = label
+        self.chunks: dict[str, Chunk] = {}
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(c.cached_bytes for c in self.chunks.values())
