@@ -129,16 +129,19 @@ class TestCli:
 
 
 class TestRemediationPolicy:
-    def test_defaults_are_the_policys_own(self) -> None:
-        """Settings carry no second copy of the receiver's defaults."""
+    def test_defaults_are_the_settings_own(self) -> None:
+        """The policy carries no second copy of the receiver's defaults: Settings hold them."""
         from agent_registry_exporter.remediation import RemediationPolicy
 
-        assert Settings().remediation_policy() == RemediationPolicy()
+        assert RemediationPolicy.from_settings(Settings()) == RemediationPolicy()
 
     def test_settings_reach_the_policy(self, monkeypatch) -> None:
         """An environment value ends up in the policy the receiver uses."""
+        from agent_registry_exporter.remediation import RemediationPolicy
+
         monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_CLEANUP_BURST", "3")
-        policy = Settings(dry_run=True, instance="10.0.0.1:8464").remediation_policy()
+        settings = Settings(dry_run=True, instance="10.0.0.1:8464")
+        policy = RemediationPolicy.from_settings(settings)
         assert (policy.cleanup_burst, policy.dry_run, policy.instance) == (3, True, "10.0.0.1:8464")
 
 

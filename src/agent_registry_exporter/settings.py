@@ -5,23 +5,24 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .http.security import ActiveWebConfig
+from .common.addresses import parse_peers, split_host_port
+from .common.keyfile import read_key_file
+from .common.setting_checks import run_setting_check
 from .registry import DEFAULT_LEAK_GRACE_SECONDS, Thresholds
-from .remediation import RemediationPolicy, parse_peers, split_host_port
-from .sources import DEFAULT_SOCKET_DIR
-from .sources.private_ids import read_key_file
 
-_POLICY = RemediationPolicy()  # the receiver's defaults live there, once
+# Sits low in the layers: the domain, `_meta` and small validators of `common/` only. Every
+# default is written here, once; the receiver's policy and the socket API read them back.
 
 __all__ = [
+    "DEFAULT_SOCKET_DIR",
     "ENV_PREFIX",
+    "SOCKET_DIR_ENV",
     "Settings",
     "ThresholdSettings",
     "describe_validation_error",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "AGENT_REGISTRY_EXPORTER_"
+# The workers' `serve_registry` reads the same variable as the sidecar's setting.
+SOCKET_DIR_ENV = f"{ENV_PREFIX}SOCKET_DIR"
+DEFAULT_SOCKET_DIR = Path("/run/agent-registry")
 
 
 class Settings(BaseSettings):
@@ -90,7 +94,7 @@ class Settings(BaseSettings):
     webhook_allow_unauthenticated: bool = False
     webhook_max_body_bytes: int = Field(default=1 << 20, gt=0)
     instance: str | None = Field(
-        default=_POLICY.instance,
+        default=None,
         description="the `instance` label Prometheus gives this replica (in Kubernetes"
         " $(POD_IP):8464); alerts naming another instance are forwarded to it when it is a"
         " peer, and never acted on here. Unset: every alert is for this replica.",
@@ -102,14 +106,14 @@ class Settings(BaseSettings):
         " peer are forwarded to it. Needs `instance`.",
     )
     forward_timeout_seconds: float = Field(default=10.0, gt=0)
-    dry_run: bool = _POLICY.dry_run
-    cleanup_rate_per_minute: float = Field(default=_POLICY.cleanup_rate_per_minute, gt=0)
-    cleanup_burst: int = Field(default=_POLICY.cleanup_burst, gt=0)
-    breaker_max_share: float = Field(default=_POLICY.breaker_max_share, gt=0, le=1)
-    breaker_min_users: int = Field(default=_POLICY.breaker_min_users, gt=0)
-    cleanup_concurrency: int = Field(default=_POLICY.cleanup_concurrency, gt=0)
-    cleanup_timeout_seconds: float = Field(default=_POLICY.cleanup_timeout_seconds, gt=0)
-    dedupe_cache_size: int = Field(default=_POLICY.dedupe_cache_size, gt=0)
+    dry_run: bool = False
+    cleanup_rate_per_minute: float = Field(default=60.0, gt=0)
+    cleanup_burst: int = Field(default=20, gt=0)
+    breaker_max_share: float = Field(default=0.5, gt=0, le=1)
+    breaker_min_users: int = Field(default=10, gt=0)
+    cleanup_concurrency: int = Field(default=8, gt=0)
+    cleanup_timeout_seconds: float = Field(default=5.0, gt=0)
+    dedupe_cache_size: int = Field(default=10_000, gt=0)
 
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -141,7 +145,8 @@ class Settings(BaseSettings):
     @classmethod
     def _usable_web_config(cls, path: Path | None) -> Path | None:
         if path is not None:
-            ActiveWebConfig.load(path)  # the same load a reload does, certificates included
+            # The same load a reload does, certificates included (registered by http/).
+            run_setting_check("web_config_file", path)
         return path
 
     @field_validator("user_id_hmac_key_file")
@@ -160,10 +165,6 @@ class Settings(BaseSettings):
         if self.webhook_token_file is not None:
             self.read_token_file(self.webhook_token_file)
         return self
-
-    def remediation_policy(self) -> RemediationPolicy:
-        """The receiver's safety settings."""
-        return RemediationPolicy(**{f.name: getattr(self, f.name) for f in fields(_POLICY)})
 
     def resolved_webhook_token(self) -> str | None:
         """The bearer token the webhook requires, or None when none is configured."""

@@ -27,6 +27,7 @@ from ..remediation import (
     InstanceRouter,
     Outcome,
     Peers,
+    RemediationPolicy,
     Remediator,
     WebhookPayload,
 )
@@ -174,7 +175,7 @@ def create_app(
     app[METRICS] = metrics
     router = _router(settings, auth, guard.watcher if guard is not None else None)
     app[REMEDIATOR] = Remediator(
-        source, settings.remediation_policy(), on_decision=count, router=router
+        source, RemediationPolicy.from_settings(settings), on_decision=count, router=router
     )
     app.on_cleanup.append(lambda _: router.close())
     app[_AUTH] = auth

@@ -11,7 +11,6 @@ every `refresh_interval` seconds, when an alert names an instance the cache does
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import time
@@ -20,12 +19,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .._meta import logger_name
+from ..common.addresses import format_host_port, parse_peers, split_host_port
 
 __all__ = [
     "PeerSet",
     "Peers",
     "Resolver",
-    "format_instance",
     "parse_peers",
     "split_host_port",
     "system_resolver",
@@ -48,48 +47,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """A and AAAA records through the system resolver (the loop's getaddrinfo)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-def format_instance(host: str, port: int) -> str:
-    """`host:port` as Prometheus writes an `instance` label (IPv6 in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def split_host_port(text: str, *, port_required: bool = False) -> tuple[str, int | None]:
-    """`host`, `host:port` or `[v6]:port` -> (host, port); ValueError naming what is wrong."""
-    text = text.strip()
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not host:port")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif ":" in text:
-        try:
-            ipaddress.IPv6Address(text)  # a bare IPv6 address
-        except ValueError:
-            raise ValueError(f"{text!r} is not host:port") from None
-    if not host:
-        raise ValueError(f"{text!r} has no host")
-    if not port_text:
-        if port_required or text.endswith(":"):
-            raise ValueError(f"{text!r} has no port")
-        return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{text!r} has no valid port")
-    return host, int(port_text)
-
-
-def parse_peers(spec: str) -> list[tuple[str, int | None]]:
-    """The entries of a `peers` setting; ValueError when one is malformed."""
-    entries = [e.strip() for e in spec.split(",")]
-    if not any(entries):
-        raise ValueError("is empty")
-    if not all(entries):
-        raise ValueError(f"{spec!r} has an empty entry")
-    return [split_host_port(entry) for entry in entries]
 
 
 @dataclass(frozen=True)
@@ -156,10 +113,10 @@ class Peers:
             except (OSError, TimeoutError) as exc:
                 failures.append(f"{host}: {exc!r}")
                 continue
-            found.update(format_instance(a, port) for a in addresses)
+            found.update(format_host_port(a, port) for a in addresses)
             if addresses and explicit_port:
                 # A listed `host:port` is also the instance label a static target gets.
-                found.add(format_instance(host, port))
+                found.add(format_host_port(host, port))
         self._resolved_at = self._clock()
         if failures:
             # Keep what was known: a resolver hiccup must not turn peers into strangers.

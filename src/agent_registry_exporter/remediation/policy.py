@@ -11,11 +11,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import Any
 
 from .._meta import logger_name
 from ..registry import CleanupResult, MonitorResult, Status
+from ..settings import Settings
 from ..sources import RegistrySource, WorkerSources
 from .decision import Decision, Outcome
 from .decision import decision_for as _decision
@@ -36,19 +38,29 @@ _YIELD_EVERY = 100
 _HANDLED = frozenset({Outcome.CLEANED, Outcome.DRY_RUN})
 
 
+def _default(setting: str) -> Any:
+    """A setting's default: written once, in `Settings`."""
+    return Settings.model_fields[setting].default
+
+
 @dataclass(frozen=True)
 class RemediationPolicy:
-    """The safety settings of the receiver (see `Settings` for their meaning)."""
+    """The safety settings of the receiver (see `Settings` for their meaning and defaults)."""
 
-    dry_run: bool = False
-    instance: str | None = None
-    cleanup_rate_per_minute: float = 60.0
-    cleanup_burst: int = 20
-    breaker_max_share: float = 0.5
-    breaker_min_users: int = 10
-    cleanup_concurrency: int = 8
-    cleanup_timeout_seconds: float = 5.0
-    dedupe_cache_size: int = 10_000
+    dry_run: bool = _default("dry_run")
+    instance: str | None = _default("instance")
+    cleanup_rate_per_minute: float = _default("cleanup_rate_per_minute")
+    cleanup_burst: int = _default("cleanup_burst")
+    breaker_max_share: float = _default("breaker_max_share")
+    breaker_min_users: int = _default("breaker_min_users")
+    cleanup_concurrency: int = _default("cleanup_concurrency")
+    cleanup_timeout_seconds: float = _default("cleanup_timeout_seconds")
+    dedupe_cache_size: int = _default("dedupe_cache_size")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RemediationPolicy:
+        """The receiver's safety settings out of `settings`."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 class TokenBucket:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from prometheus_client.core import Metric
 
+from ..common.keyfile import MIN_KEY_BYTES, read_key_file
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionColumns, Status
 from .protocol import RegistrySource, WorkerSources
 
@@ -36,7 +37,6 @@ __all__ = [
 
 PREFIX = "h:"
 _HEX_DIGITS = 20
-MIN_KEY_BYTES = 16
 
 
 class UserIdHasher:
@@ -84,20 +84,6 @@ class UserIdHasher:
     def known(self, label: str) -> str | None:
         """The user id behind `label` if it was hashed since the cache was last emptied."""
         return self._ids.get(label)
-
-
-def read_key_file(path: Path) -> bytes:
-    """The HMAC key in `path`; ValueError naming the file when unusable."""
-    try:
-        key = path.read_bytes().strip()
-    except OSError as exc:
-        raise ValueError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(
-            f"{str(path)!r} holds {len(key)} bytes; at least {MIN_KEY_BYTES} needed "
-            "(make one with: head -c 32 /dev/urandom | base64)"
-        )
-    return key
 
 
 def private_ids(source: RegistrySource, hasher: UserIdHasher) -> RegistrySource:

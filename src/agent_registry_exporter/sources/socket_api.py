@@ -32,6 +32,7 @@ from .._meta import logger_name
 from ..common.process import resident_memory_bytes
 from ..http.limits import refuse_encoded_bodies
 from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry
+from ..settings import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
 from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
 
 __all__ = [
@@ -46,8 +47,6 @@ __all__ = [
 
 _log = logging.getLogger(logger_name("sources.socket_api"))
 
-SOCKET_DIR_ENV = "AGENT_REGISTRY_EXPORTER_SOCKET_DIR"
-DEFAULT_SOCKET_DIR = Path("/run/agent-registry")
 _WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # sockaddr_un.sun_path on Linux, terminating NUL included.
 _MAX_SOCKET_PATH = 107

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..._meta import logger_name
+from ...common.setting_checks import register_setting_check
 from ...remediation.policy import TokenBucket
 from .tls import peer_ssl_context, server_ssl_context
 from .webconfig import WebConfig, WebConfigError, load_web_config
@@ -61,6 +62,10 @@ class ActiveWebConfig:
             ),
             files=_files(path, config),
         )
+
+
+# `Settings(web_config_file=...)` loads the file as a reload would (settings cannot import this).
+register_setting_check("web_config_file", ActiveWebConfig.load)
 
 
 def _files(path: Path, config: WebConfig) -> tuple[Path, ...]:
