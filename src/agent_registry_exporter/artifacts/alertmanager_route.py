@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from ..common.endpoints import WEBHOOK_PATH
+
 __all__ = ["AlertmanagerRoute", "render_alertmanager_config", "render_alertmanager_yaml"]
 
 RECEIVER = "agent-registry-cleanup"
@@ -41,7 +43,7 @@ _HEADER = """\
 class AlertmanagerRoute:
     """Where the webhook is and how alerts are grouped and re-sent."""
 
-    webhook_url: str = "http://agent-registry-exporter:8464/webhook/alertmanager"
+    webhook_url: str = f"http://agent-registry-exporter:8464{WEBHOOK_PATH}"
     credentials_file: str = "/etc/alertmanager/secrets/agent-registry-webhook-token"
     group_wait: str = "30s"
     group_interval: str = "2m"

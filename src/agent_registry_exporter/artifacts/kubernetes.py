@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .._meta import __version__
+from ..common.endpoints import WEBHOOK_PATH
 from ..registry import Thresholds
 from ..settings import ENV_PREFIX, Settings
 from .alertmanager_route import RECEIVER, AlertmanagerRoute, render_alertmanager_config
@@ -240,7 +241,7 @@ def _camel(key: str) -> str:
 
 
 def _alertmanager_config(o: KubernetesOptions) -> dict[str, Any]:
-    url = f"http://{o.name}.{o.namespace}.svc:{PORT}/webhook/alertmanager"
+    url = f"http://{o.name}.{o.namespace}.svc:{PORT}{WEBHOOK_PATH}"
     native = render_alertmanager_config(AlertmanagerRoute(webhook_url=url))
     (route,) = [r for r in native["route"]["routes"] if r["receiver"] == RECEIVER]
     (receiver,) = [r for r in native["receivers"] if r["name"] == RECEIVER]

@@ -7,7 +7,7 @@ import logging
 import resource
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .._meta import logger_name
@@ -17,7 +17,6 @@ __all__ = [
     "BoundedRunner",
     "ConnectionLimiter",
     "descriptor_bound",
-    "refuse_encoded_bodies",
 ]
 
 _log = logging.getLogger(logger_name("serving.limits"))
@@ -108,26 +107,6 @@ class ConnectionLimiter:
         transport.write(_BUSY)
         # After aiohttp has finished setting the connection up, which this call is part of.
         asyncio.get_running_loop().call_soon(newcomer.force_close)
-
-
-@web.middleware
-async def refuse_encoded_bodies(request: web.Request, handler: Any) -> web.StreamResponse:
-    """415 for a compressed body, before anything reads it: inflating costs the server CPU.
-
-    The runner never decompresses either (`auto_decompress=False`), so an unread body is
-    drained as the bytes on the wire, whatever it claims to inflate to.
-    """
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-    if encoding in ("", "identity"):
-        response: web.StreamResponse = await handler(request)
-        return response
-    refused = web.json_response(
-        {"error": f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed"},
-        status=415,
-        headers={hdrs.ACCEPT_ENCODING: "identity"},
-    )
-    refused.force_close()  # the rest of the body is not worth reading
-    return refused
 
 
 class BoundedRunner(web.AppRunner):

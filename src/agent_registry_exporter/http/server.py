@@ -17,6 +17,9 @@ from aiohttp import hdrs, web
 from pydantic import ValidationError
 
 from .._meta import __version__, logger_name
+from ..common.bodies import refuse_encoded_bodies
+from ..common.endpoints import WEBHOOK_PATH
+from ..common.json_errors import json_error, json_errors
 from ..common.logs import show_decisions
 from ..exporting.renderer import ExporterMetrics, Renderer, wants_gzip, wants_openmetrics
 from ..registry import AgentRegistry
@@ -44,7 +47,6 @@ from .limits import (
     BoundedRunner,
     ConnectionLimiter,
     descriptor_bound,
-    refuse_encoded_bodies,
 )
 from .security import (
     AuthFailure,
@@ -58,7 +60,6 @@ __all__ = ["ExporterServer", "ListenError", "create_app", "start_exporter"]
 
 _log = logging.getLogger(logger_name("server"))
 
-WEBHOOK_PATH = "/webhook/alertmanager"
 # Two renders at once at most: a burst of scrapes queues instead of piling up threads.
 _MAX_CONCURRENT_RENDERS = 2
 
@@ -219,22 +220,7 @@ def _router(
     return InstanceRouter(settings.instance, Peers(settings.peers, settings.instance), forwarder)
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, exc.reason)
-    except Exception:
-        _log.exception("unhandled error serving %s %s", request.method, request.path)
-        return _error(500, "internal error; see the exporter's log")
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+_json_errors = json_errors(_log, whose_log="the exporter's log")
 
 
 async def _landing(request: web.Request) -> web.Response:
@@ -282,7 +268,7 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
             _log.exception("rendering /metrics failed")
             app[METRICS].render_failures.inc()
             health.last_error = f"{type(exc).__name__}: {exc}"
-            return _error(500, f"/metrics render failed: {health.last_error}")
+            return json_error(500, f"/metrics render failed: {health.last_error}")
     health.last_error = None
     headers = {hdrs.CONTENT_TYPE: rendered.content_type, hdrs.VARY: "Accept, Accept-Encoding"}
     if rendered.gzipped:
@@ -313,15 +299,15 @@ async def _ready(request: web.Request) -> web.Response:
             # Probes are unauthenticated: the reason (a path, a worker's error) is not
             # theirs to read; the source logs it, and agent_registry_source_up shows it.
             if await source.ready() is not None:
-                return _error(503, "no worker answers; see the exporter's log")
+                return json_error(503, "no worker answers; see the exporter's log")
         else:
             await source.snapshot()
     except Exception:
         # Probes are unauthenticated: the reason goes to the log, not to the caller.
         _log.exception("readiness check failed")
-        return _error(503, "registry unavailable; see the exporter's log")
+        return json_error(503, "registry unavailable; see the exporter's log")
     if request.app[_RENDER_HEALTH].last_error is not None:
-        return _error(503, "the last /metrics render failed; see the exporter's log")
+        return json_error(503, "the last /metrics render failed; see the exporter's log")
     return web.Response(text="ready\n")
 
 
@@ -331,7 +317,7 @@ async def _webhook(request: web.Request) -> web.Response:
     except Exception:
         # Answered here rather than by the middleware, so this 500 is counted too.
         _log.exception("webhook failed")
-        response = _error(500, "internal error; see the exporter's log")
+        response = json_error(500, "internal error; see the exporter's log")
     request.app[METRICS].webhook_requests.labels(code=str(response.status)).inc()
     return response
 
@@ -341,28 +327,28 @@ async def _webhook_response(request: web.Request) -> web.Response:
     token = auth.token()
     if token is None:
         if not auth.allow_unauthenticated:
-            return _error(
+            return json_error(
                 403,
                 "webhook disabled: no token configured (set "
                 f"{ENV_PREFIX}WEBHOOK_TOKEN or {ENV_PREFIX}WEBHOOK_TOKEN_FILE)",
             )
     elif not _bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), token):
         request.app[METRICS].auth_failures.labels(reason=AuthFailure.WEBHOOK_TOKEN.value).inc()
-        response = _error(401, "missing or wrong bearer token")
+        response = json_error(401, "missing or wrong bearer token")
         response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="agent-registry-exporter"'
         return response
 
     limit = request.app[SETTINGS].webhook_max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        return _error(413, f"body of {request.content_length} bytes exceeds {limit} bytes")
+        return json_error(413, f"body of {request.content_length} bytes exceeds {limit} bytes")
     deadline = request.app[SETTINGS].body_timeout_seconds
     try:
         async with asyncio.timeout(deadline):
             body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"body exceeds {limit} bytes")
+        return json_error(413, f"body exceeds {limit} bytes")
     except TimeoutError:
-        slow = _error(408, f"body not received within body_timeout_seconds={deadline:g}")
+        slow = json_error(408, f"body not received within body_timeout_seconds={deadline:g}")
         slow.force_close()
         return slow
 
@@ -408,11 +394,11 @@ def _bearer_matches(header: str, token: str) -> bool:
 def _invalid_payload(exc: ValidationError) -> web.Response:
     errors = exc.errors(include_url=False, include_input=False)
     if errors and errors[0]["type"] == "json_invalid":
-        return _error(400, f"invalid JSON: {errors[0]['msg'].removeprefix('Invalid JSON: ')}")
+        return json_error(400, f"invalid JSON: {errors[0]['msg'].removeprefix('Invalid JSON: ')}")
     problems = [
         {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in errors[:20]
     ]
-    return _error(400, "payload is not an Alertmanager v4 webhook", problems=problems)
+    return json_error(400, "payload is not an Alertmanager v4 webhook", problems=problems)
 
 
 class ListenError(OSError):

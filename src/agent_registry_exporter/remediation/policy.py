@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from .._meta import logger_name
+from ..common.token_bucket import TokenBucket
 from ..registry import CleanupResult, MonitorResult, Status
 from ..settings import Settings
 from ..sources import RegistrySource, WorkerSources
@@ -61,28 +62,6 @@ class RemediationPolicy:
     def from_settings(cls, settings: Settings) -> RemediationPolicy:
         """The receiver's safety settings out of `settings`."""
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
-
-
-class TokenBucket:
-    """A global rate limit: `burst` actions at once, refilled at `rate_per_second`."""
-
-    def __init__(
-        self, rate_per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate_per_second
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._updated = clock()
-
-    def try_take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
 
 
 _AlertKey = tuple[str, datetime]

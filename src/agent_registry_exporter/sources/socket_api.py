@@ -22,15 +22,15 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .._meta import logger_name
+from ..common.bodies import refuse_encoded_bodies
+from ..common.json_errors import json_error, json_errors
 from ..common.process import resident_memory_bytes
-from ..http.limits import refuse_encoded_bodies
 from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry
 from ..settings import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
 from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
@@ -96,34 +96,23 @@ def create_registry_app(
     return app
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except _BadUserId as exc:
-        return _error(400, str(exc))
-    except web.HTTPNotFound:
+def _translate(request: web.Request, exc: Exception) -> web.StreamResponse | None:
+    if isinstance(exc, _BadUserId):
+        return json_error(400, str(exc))
+    if isinstance(exc, web.HTTPNotFound):
         version = _VERSIONED.match(request.path)
         if version is None or version[1] != API_VERSION:
             asked = version[1] if version else "none"
-            return _error(
+            return json_error(
                 404,
                 f"unknown API version {asked!r}: this worker speaks {API_VERSION}",
                 versions=[API_VERSION],
             )
-        return _error(404, f"no such endpoint: {request.method} {request.path}")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, exc.reason)
-    except Exception:
-        _log.exception("registry API failed serving %s %s", request.method, request.path)
-        return _error(500, "internal error; see the worker's log")
+        return json_error(404, f"no such endpoint: {request.method} {request.path}")
+    return None
+
+
+_json_errors = json_errors(_log, whose_log="the worker's log", translate=_translate)
 
 
 def _user_id(request: web.Request) -> str:
@@ -171,7 +160,7 @@ async def _cleanup(request: web.Request) -> web.Response:
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
             for e in exc.errors(include_url=False)
         ]
-        return _error(400, 'cleanup body must be {"if_violating": bool}', problems=problems)
+        return json_error(400, 'cleanup body must be {"if_violating": bool}', problems=problems)
     manager = request.app[_REGISTRY].lifecycle_manager
     # Shielded: once the session is detached its agents must be closed, even if the sidecar
     # hangs up or the worker shuts down meanwhile.

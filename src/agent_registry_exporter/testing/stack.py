@@ -22,6 +22,7 @@ import yaml
 
 from ..artifacts.alertmanager_route import AlertmanagerRoute, render_alertmanager_config
 from ..artifacts.rules import RuleOptions, render_rules
+from ..common.endpoints import WEBHOOK_PATH
 from ..registry import Thresholds
 
 __all__ = [
@@ -214,7 +215,7 @@ class LocalStack:
     def _start_alertmanager(self, token_file: Path, name: str = "alertmanager") -> ManagedProcess:
         route = AlertmanagerRoute(
             webhook_url=f"{'https' if self.access else 'http'}://"
-            f"{self.webhook_address or self.targets[0]}/webhook/alertmanager",
+            f"{self.webhook_address or self.targets[0]}{WEBHOOK_PATH}",
             credentials_file=str(token_file),
             tls_ca_file=str(self.access.ca_file) if self.access else None,
             group_wait="1s",

@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from prometheus_client import Counter
 
+from ...common.endpoints import PROBE_PATHS
+from ...common.json_errors import json_error
 from .basic_auth import AuthFailure, BasicAuthChecker
 from .reload import ActiveWebConfig, WebConfigWatcher
 
 __all__ = ["PROBE_PATHS", "PortGuard"]
 
-PROBE_PATHS = frozenset({"/-/healthy", "/-/ready"})
 _REALM = 'Basic realm="agent-registry-exporter", charset="UTF-8"'
 _ACTIVE = web.RequestKey("web_config", ActiveWebConfig)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,20 +48,20 @@ class PortGuard:
             if not tls.allows_sans(list((peer or {}).get("subjectAltName", ()))):
                 # Go ends the handshake; here the connection ends after this answer.
                 self._failures.labels(reason=AuthFailure.CLIENT_CERTIFICATE.value).inc()
-                refused = _error(403, "the client certificate has none of client_allowed_sans")
+                refused = json_error(403, "the client certificate has none of client_allowed_sans")
                 refused.force_close()
                 return refused
         if request.path in PROBE_PATHS:
             return await handler(request)
         if active.rate_limit is not None and not active.rate_limit.try_take():
-            return _error(429, "rate limit of the web config reached; retry later")
+            return json_error(429, "rate limit of the web config reached; retry later")
         if active.users and request.path not in self._own_auth_paths:
             failure = await self.checker.check(
                 active.users, request.headers.get(hdrs.AUTHORIZATION)
             )
             if failure is not None:
                 self._failures.labels(reason=failure.value).inc()
-                refused = _error(401, "authentication required")
+                refused = json_error(401, "authentication required")
                 refused.headers[hdrs.WWW_AUTHENTICATE] = _REALM
                 return refused
         return await handler(request)
@@ -69,7 +70,3 @@ class PortGuard:
         """Sets `http_server_config.headers` on every response, errors included."""
         active = request.get(_ACTIVE) or self.watcher.current()
         response.headers.update(active.headers)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)

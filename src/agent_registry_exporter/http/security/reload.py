@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..._meta import logger_name
 from ...common.setting_checks import register_setting_check
-from ...remediation.policy import TokenBucket
+from ...common.token_bucket import TokenBucket
 from .tls import peer_ssl_context, server_ssl_context
 from .webconfig import WebConfig, WebConfigError, load_web_config
 
