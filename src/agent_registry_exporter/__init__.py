@@ -2,7 +2,7 @@
 
 from ._meta import __version__
 from .common import configure_logging
-from .http.server import ExporterServer, ListenError, create_app, start_exporter
+from .http import ExporterServer, ListenError, create_app, start_exporter
 from .registry import (
     AgentLifecycleManager,
     AgentRegistry,

@@ -25,7 +25,7 @@ from .artifacts import (
     render_rules_yaml,
 )
 from .common import configure_logging
-from .http.server import ExporterServer, ListenError, start_exporter
+from .http import ExporterServer, ListenError, start_exporter
 from .registry import AgentRegistry, Thresholds
 from .settings import (
     ENV_PREFIX,

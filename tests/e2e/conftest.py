@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from agent_registry_exporter import AgentRegistry, CleanupResult, InProcessSource, Settings
-from agent_registry_exporter.http.server import ExporterServer, create_app
+from agent_registry_exporter.http import ExporterServer, create_app
 from agent_registry_exporter.remediation import Decision
 from agent_registry_exporter.testing.stack import (
     LocalStack,

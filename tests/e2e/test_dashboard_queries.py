@@ -22,7 +22,7 @@ from aiohttp import ClientSession
 from agent_registry_exporter import AgentRegistry, Settings, SidecarSource
 from agent_registry_exporter.artifacts.dashboard import render_dashboard
 from agent_registry_exporter.demo import populate
-from agent_registry_exporter.http.server import ExporterServer, create_app
+from agent_registry_exporter.http import ExporterServer, create_app
 from agent_registry_exporter.testing.fleet import LocalFleet
 from agent_registry_exporter.testing.stack import LocalStack, free_port, get_json
 

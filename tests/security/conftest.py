@@ -16,7 +16,7 @@ import pytest_asyncio
 import trustme
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings
-from agent_registry_exporter.http.server import ExporterServer, create_app
+from agent_registry_exporter.http import ExporterServer, create_app
 
 # The lowest cost bcrypt allows: the tests check behaviour, not bcrypt's slowness.
 FAST_COST = 4

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, create_app
+from agent_registry_exporter.common.endpoints import WEBHOOK_PATH
 from agent_registry_exporter.http.security import PortGuard
-from agent_registry_exporter.http.server import WEBHOOK_PATH
 
 from ..conftest import DATA
 from .conftest import WEBHOOK_TOKEN, basic, bcrypt_hash

@@ -20,8 +20,8 @@ from agent_registry_exporter import (
     create_app,
 )
 from agent_registry_exporter.cli import main
+from agent_registry_exporter.common.endpoints import WEBHOOK_PATH
 from agent_registry_exporter.exporting.renderer import ExporterMetrics, render
-from agent_registry_exporter.http.server import WEBHOOK_PATH
 from agent_registry_exporter.remediation import Outcome, Remediator
 from agent_registry_exporter.settings import describe_validation_error
 from agent_registry_exporter.sources import PrivateIdSource, UserIdHasher, private_ids

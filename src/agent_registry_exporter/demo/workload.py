@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from ..http.server import ExporterServer, create_app
+from ..http import ExporterServer, create_app
 from ..registry import AgentRegistry, Thresholds
 from ..remediation import Decision, Outcome
 from ..settings import Settings

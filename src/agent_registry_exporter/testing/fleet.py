@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..http.server import ExporterServer, create_app
+from ..http import ExporterServer, create_app
 from ..registry import AgentRegistry
 from ..remediation import Decision
 from ..settings import Settings
