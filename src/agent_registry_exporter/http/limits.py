@@ -1,23 +1,23 @@
-"""Bounds on connections and request bodies, applied before any handler or authentication."""
+"""Bounds on connections, applied before any handler or authentication.
+
+Public API only: aiohttp's `web.Server` is documented as a protocol factory for
+`loop.create_server`; `ConnectionLimiter.protocol_factory` wraps it, so every accepted
+connection is seen (and may be refused or make room) before aiohttp is handed it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import resource
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from .._meta import logger_name
+from ..common.json_errors import Handler
 
-__all__ = [
-    "LISTEN_BACKLOG",
-    "BoundedRunner",
-    "ConnectionLimiter",
-    "descriptor_bound",
-]
+__all__ = ["LISTEN_BACKLOG", "ConnectionLimiter", "descriptor_bound"]
 
 _log = logging.getLogger(logger_name("serving.limits"))
 
@@ -57,66 +57,107 @@ class ConnectionLimiter:
 
     "Idle" means not inside a request handler: still sending its headers, or waiting between
     keep-alive requests. A flood of slow clients therefore only ever displaces itself, while
-    a scrape, which sends its request at once, gets in and is answered.
+    a scrape, which sends its request at once, gets in and is answered. A TLS connection
+    counts once its handshake is done (until then `ssl_handshake_timeout` bounds it).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._busy: set[RequestHandler] = set()
-        # Closed by us, until aiohttp forgets them (a close completes on the next loop turn).
-        self._closing: set[RequestHandler] = set()
+        # In accept order; closed ones leave when their transport reports them lost.
+        self._open: dict[_Connection, None] = {}
+        self._busy: set[asyncio.BaseTransport] = set()
+        self.accepting = True
 
     @web.middleware
-    async def track(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Marks the connection busy while its request is handled (so it is never evicted)."""
-        protocol = request.protocol
-        self._busy.add(protocol)
+        transport = request.transport
+        if transport is None:  # the client is already gone
+            return await handler(request)
+        self._busy.add(transport)
         try:
-            response: web.StreamResponse = await handler(request)
-            return response
+            return await handler(request)
         finally:
-            self._busy.discard(protocol)
+            self._busy.discard(transport)
 
-    def attach(self, server: web.Server) -> None:
-        """Watch every connection `server` accepts."""
-        accepted = server.connection_made
+    def protocol_factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for `loop.create_server`: `server`'s, within the cap."""
+        return lambda: _Connection(self, server)
 
-        def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
-            accepted(handler, transport)
-            self._admit(server, handler, transport)
+    def stop_accepting(self) -> None:
+        """From now on close every new connection at once (the server is stopping)."""
+        self.accepting = False
 
-        server.connection_made = connection_made  # type: ignore[method-assign]
-
-    def _admit(
-        self, server: web.Server, newcomer: RequestHandler, transport: asyncio.Transport
-    ) -> None:
-        current = server.connections
-        self._closing.intersection_update(current)
-        open_ = [h for h in current if h not in self._closing]
+    def admit(self, newcomer: _Connection) -> bool:
+        """Count `newcomer` in; True when it may be served, once the oldest idle connection
+        made room if needed (False: it is to be closed at once)."""
+        self._open[newcomer] = None
+        if not self.accepting:
+            return False
+        open_ = [c for c in self._open if not c.closing]
         if len(open_) <= self.limit:
-            return
-        # Oldest first (the server keeps them in accept order), and only from the older half:
-        # a connection just accepted has not had its request read yet, and must survive the
-        # accept bursts that follow it until it has.
-        for handler in open_[: len(open_) - self.limit // 2]:
-            if handler not in self._busy:
-                self._closing.add(handler)
-                handler.force_close()
-                return
-        self._closing.add(newcomer)
-        transport.write(_BUSY)
-        # After aiohttp has finished setting the connection up, which this call is part of.
-        asyncio.get_running_loop().call_soon(newcomer.force_close)
+            return True
+        # Oldest first, and only from the older half: a connection just accepted has not had
+        # its request read yet, and must survive the accept bursts that follow it until it has.
+        for connection in open_[: len(open_) - self.limit // 2]:
+            if connection is not newcomer and connection.transport not in self._busy:
+                connection.close()
+                return True
+        return False
+
+    def forget(self, connection: _Connection) -> None:
+        """`connection` is closed."""
+        self._open.pop(connection, None)
 
 
-class BoundedRunner(web.AppRunner):
-    """aiohttp's runner with the connection cap attached to the server it builds."""
+class _Connection(asyncio.Protocol):
+    """One accepted connection: aiohttp's protocol for it once admitted, nothing before.
 
-    def __init__(self, app: web.Application, limiter: ConnectionLimiter, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
+    Every protocol callback asyncio makes is passed on, so aiohttp sees the connection as
+    if it had been created by its own site.
+    """
+
+    def __init__(self, limiter: ConnectionLimiter, server: web.Server) -> None:
         self._limiter = limiter
+        self._server = server
+        self._inner: asyncio.Protocol | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        self.closing = False
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        self._limiter.attach(server)
-        return server
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if not self._limiter.admit(self):
+            self.closing = True
+            if self._limiter.accepting:  # else the server is stopping: nothing to say
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(_BUSY)
+            transport.close()
+            return
+        self._inner = self._server()
+        self._inner.connection_made(transport)
+
+    def close(self) -> None:
+        """Make room: close this (idle) connection; aiohttp learns it as a lost connection."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._limiter.forget(self)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
@@ -16,8 +17,8 @@ from ..settings import Settings
 from ..sources import InProcessSource, RegistrySource
 from .app import create_app
 from .keys import CONNECTIONS, REMEDIATOR, SETTINGS, SOURCE, WEB_CONFIG
-from .limits import LISTEN_BACKLOG, BoundedRunner
-from .security import HandshakeBoundSite, ReloadingSSLContext
+from .limits import LISTEN_BACKLOG
+from .security import ReloadingSSLContext
 
 __all__ = ["ExporterServer", "ListenError", "start_exporter"]
 
@@ -50,6 +51,7 @@ class ExporterServer:
         self.host = host
         self._requested_port = port
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.port = port
 
     @property
@@ -65,9 +67,8 @@ class ExporterServer:
 
     async def start(self) -> None:
         settings = self.app[SETTINGS]
-        runner = BoundedRunner(
+        runner = web.AppRunner(
             self.app,
-            self.app[CONNECTIONS],
             access_log=None,
             handle_signals=False,
             # Never inflate a request body: an unread one is drained as wire bytes.
@@ -75,25 +76,29 @@ class ExporterServer:
             # aiohttp closes a connection still waiting for a complete request after this,
             # counted from connecting or from its previous answer: slow headers, idle peers.
             keepalive_timeout=settings.idle_timeout_seconds,
+            # What requests still in flight get at stop() before they are cancelled.
             shutdown_timeout=settings.shutdown_grace_seconds,
         )
         await runner.setup()
-        site = HandshakeBoundSite(
-            runner,
-            self.host,
-            self._requested_port,
-            backlog=LISTEN_BACKLOG,
-            ssl_context=self._ssl_context(),
-            # A TLS client must finish its handshake as fast as its request headers.
-            handshake_timeout=settings.idle_timeout_seconds,
-        )
+        assert runner.server is not None  # set by setup()
+        ssl_context = self._ssl_context()
         try:
-            await site.start()
+            # Our own listener rather than a site: aiohttp's web.Server is the protocol
+            # factory, seen through the connection cap, and the handshake is bounded.
+            listener = await asyncio.get_running_loop().create_server(
+                self.app[CONNECTIONS].protocol_factory(runner.server),
+                self.host,
+                self._requested_port,
+                ssl=ssl_context,
+                # A TLS client must finish its handshake as fast as its request headers.
+                ssl_handshake_timeout=settings.idle_timeout_seconds if ssl_context else None,
+                backlog=LISTEN_BACKLOG,
+            )
         except OSError as exc:
             await runner.cleanup()
             raise ListenError(self.host, self._requested_port, exc) from exc
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        self._runner, self._listener = runner, listener
+        self.port = int(listener.sockets[0].getsockname()[1])
         instance = settings.instance
         _log.info("exporter listening on %s as instance %s", self.url, instance or "(unset)")
 
@@ -103,13 +108,22 @@ class ExporterServer:
         Each cleanup still running after the grace is logged with its user and the agents it
         has left to close; in an embedding backend it keeps running on the backend's loop.
         """
-        runner, self._runner = self._runner, None
-        if runner is None:
+        runner, listener = self._runner, self._listener
+        self._runner = self._listener = None
+        if runner is None or listener is None:
             return
-        for site in list(runner.sites):
-            await site.stop()  # no new connections; requests in flight carry on
+        listener.close()  # no new connections; requests in flight carry on
+        self.app[CONNECTIONS].stop_accepting()  # nor TLS handshakes finishing meanwhile
         grace = self.app[SETTINGS].shutdown_grace_seconds
         unfinished = await self.app[REMEDIATOR].drain(grace)
+        self._log_unfinished(unfinished)
+        await runner.cleanup()  # requests still in flight get the same grace
+        _log.info(
+            "exporter stopped",
+            extra={"fields": {"unfinished_cleanups": len(unfinished), "grace_seconds": grace}},
+        )
+
+    def _log_unfinished(self, unfinished: list[tuple[str | None, str]]) -> None:
         source = self.app[SOURCE]
         left = (
             source.registry.lifecycle_manager.agents_left()
@@ -121,11 +135,6 @@ class ExporterServer:
             if worker is not None:
                 fields["worker"] = worker
             _log.warning("cleanup unfinished at shutdown", extra={"fields": fields})
-        await runner.cleanup()  # requests still in flight get the same grace
-        _log.info(
-            "exporter stopped",
-            extra={"fields": {"unfinished_cleanups": len(unfinished), "grace_seconds": grace}},
-        )
 
 
 async def start_exporter(

@@ -4,14 +4,13 @@ with rotation, client certificates, bcrypt basic auth, headers, a rate limit."""
 from .basic_auth import AuthFailure, BasicAuthChecker
 from .middleware import PROBE_PATHS, PortGuard
 from .reload import ActiveWebConfig, WebConfigWatcher
-from .tls import HandshakeBoundSite, ReloadingSSLContext, server_ssl_context
+from .tls import ReloadingSSLContext, server_ssl_context
 
 __all__ = [
     "PROBE_PATHS",
     "ActiveWebConfig",
     "AuthFailure",
     "BasicAuthChecker",
-    "HandshakeBoundSite",
     "PortGuard",
     "ReloadingSSLContext",
     "WebConfigWatcher",

@@ -3,18 +3,15 @@ that hands every new connection the newest one (certificate rotation without a r
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from .webconfig import TLSServerConfig, WebConfigError, error_reason
 
-__all__ = ["HandshakeBoundSite", "ReloadingSSLContext", "peer_ssl_context", "server_ssl_context"]
+__all__ = ["ReloadingSSLContext", "peer_ssl_context", "server_ssl_context"]
 
 
 def server_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
@@ -139,34 +136,3 @@ class ReloadingSSLContext(ssl.SSLContext):
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         return self._current().wrap_socket(*args, **kwargs)
-
-
-class HandshakeBoundSite(web.TCPSite):
-    """aiohttp's TCP site with a bound on the TLS handshake.
-
-    A connection counts against the server's connection cap only once its handshake is
-    done; until then only the handshake timeout bounds it (asyncio's default: 60 s), so a
-    client connecting and staying silent would hold a socket that long.
-    """
-
-    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._handshake_timeout = handshake_timeout
-
-    async def start(self) -> None:
-        # TCPSite.start with one more argument (aiohttp offers no other way to pass it).
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
-        )
-        sockets = self._server.sockets
-        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
