@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sys
 import tempfile
 import time
@@ -154,6 +155,31 @@ async def loopback_exporter(registry: AgentRegistry, **settings: Any) -> Exporte
     return await start_exporter(
         registry, Settings(listen_host="127.0.0.1", listen_port=0, **settings)
     )
+
+
+def as_unprivileged(call: Callable[[], str]) -> str:
+    """`call()` in a forked child as a user file modes apply to (as root: nobody, since root
+    ignores them); what it returned, or the exception it raised as text."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read_end)
+        try:
+            if os.getuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            answer = call()
+        except BaseException as exc:
+            answer = f"raised {exc!r}"
+        finally:
+            with os.fdopen(write_end, "w") as pipe:
+                pipe.write(answer)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = pipe.read()
+    os.waitpid(child, 0)
+    return answer
 
 
 def console_script() -> str:

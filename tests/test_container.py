@@ -252,10 +252,12 @@ class TestBuiltWithoutEngine:
         assert out.strip() == f"agent-registry-exporter {__version__}"
 
     def test_default_command_accepts_the_patch_configuration(
-        self, image: Path, runtime, token_file
+        self, image: Path, runtime, token_file, socket_dir: Path
     ) -> None:
         """`sidecar --check-config` accepts the settings the Deployment patch gives it."""
         env = {**image_env(runtime), **patch_env("10.0.0.7", token_file)}
+        # The socket emptyDir, which the kubelet creates before the container starts.
+        env["AGENT_REGISTRY_EXPORTER_SOCKET_DIR"] = str(socket_dir)
         assert env["AGENT_REGISTRY_EXPORTER_INSTANCE"] == "10.0.0.7:8464"
         out = _run(*command(image, runtime), "--check-config", env=env)
         assert "configuration is valid" in out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
 import os
 import socket
@@ -29,6 +31,7 @@ from agent_registry_exporter import (
     create_app,
     serve_registry,
 )
+from agent_registry_exporter.cli import main
 from agent_registry_exporter.sources import (
     WorkerError,
     WorkerSource,
@@ -37,7 +40,7 @@ from agent_registry_exporter.sources import (
 )
 from agent_registry_exporter.testing import free_port
 
-from .conftest import add_agents, serving_workers
+from .conftest import add_agents, as_unprivileged, serving_workers
 from .test_exposition import PROMETHEUS_ACCEPT
 
 ROOT = Path(__file__).parent.parent
@@ -155,6 +158,23 @@ class TestGathering:
         for worker in ("a", "b", "c"):  # each worker process's own figures, labelled
             assert got[("agent_registry_resident_memory_bytes", (("worker", worker),))] > 0
             assert got[("agent_registry_cleaned_agents_alive", (("worker", worker),))] == 0
+
+    async def test_worker_count_is_the_sockets_found_at_the_last_scrape(
+        self, aiohttp_client, socket_dir, workers
+    ) -> None:
+        """agent_registry_source_workers: 3 sockets; 0 in an empty or missing directory (the
+        series NoWorkers alerts on when no worker serves at all)."""
+        for directory, count in (
+            (socket_dir, 3),
+            (socket_dir / "empty", 0),
+            (socket_dir / "no", 0),
+        ):
+            if directory.name == "empty":
+                directory.mkdir()
+            source = SidecarSource(directory)
+            client = await aiohttp_client(create_app(source, Settings(webhook_token="t")))
+            got = samples(await scrape(client))
+            assert got[("agent_registry_source_workers", ())] == count, directory
 
     async def test_family_headers_appear_once_for_all_workers(
         self, aiohttp_client, workers, source
@@ -302,9 +322,9 @@ def _start_workers(socket_dir: Path, flag: Path) -> dict[str, subprocess.Popen[s
             stdout=subprocess.PIPE,
             text=True,
         )
-    for proc in procs.values():
+    for name, proc in procs.items():
         assert proc.stdout is not None
-        assert proc.stdout.readline() == "serving\n"
+        assert proc.stdout.readline() == f"serving {name}\n"
     return procs
 
 
@@ -356,6 +376,40 @@ class TestSidecarCommand:
         assert len(warnings) == 1, err
         assert f"socket directory {missing} cannot be read: No such file or directory" in err
         assert "Traceback" not in err
+
+
+class TestCheckConfig:
+    def _check(self, socket_dir: Path) -> str:
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main(["sidecar", "--check-config", "--socket-dir", str(socket_dir)])
+        return f"{code} {err.getvalue()}"
+
+    def test_an_existing_directory_passes(self, socket_dir) -> None:
+        """The directory the pod mounts exists: the check passes (a token warning aside)."""
+        assert self._check(socket_dir).startswith("0 ")
+
+    def test_a_missing_directory_is_reported(self, socket_dir) -> None:
+        """Exit 2 naming the setting and the directory, not a silent 'valid'."""
+        answer = self._check(socket_dir / "missing")
+        assert answer.startswith(
+            "2 invalid setting socket_dir (AGENT_REGISTRY_EXPORTER_SOCKET_DIR)"
+        )
+        assert f"{socket_dir / 'missing'} cannot be read: No such file or directory" in answer
+
+    def test_a_file_in_place_of_the_directory_is_reported(self, socket_dir) -> None:
+        """A regular file where the directory should be."""
+        (socket_dir / "file").write_text("x")
+        assert "Not a directory" in self._check(socket_dir / "file")
+
+    def test_an_unreadable_directory_is_reported(self, socket_dir) -> None:
+        """A directory the sidecar's user may not list (checked as that user)."""
+        socket_dir.chmod(0o755)
+        locked = socket_dir / "locked"
+        locked.mkdir(mode=0o700)
+        answer = as_unprivileged(lambda: self._check(locked))
+        assert answer.startswith("2 invalid setting socket_dir"), answer
+        assert "Permission denied" in answer
 
 
 def _status(url: str) -> int:

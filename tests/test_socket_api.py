@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import logging
 import os
+import signal
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 import pytest
@@ -21,9 +25,16 @@ from agent_registry_exporter import (
     Thresholds,
     serve_registry,
 )
-from agent_registry_exporter.sources import WorkerError, WorkerSource, socket_path
+from agent_registry_exporter._meta import logger_name
+from agent_registry_exporter.sources import (
+    WorkerError,
+    WorkerSource,
+    discover_workers,
+    socket_path,
+)
+from agent_registry_exporter.sources.socket_api import listening
 
-from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once
+from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once, wait_until
 from .test_sidecar import FakeWorker
 
 HOSTILE_IDS = ["a/b", "50%", "x y?z#w", 'quo"te\\', "new\nline", "nul\x00byte", "..", "héllo 🦜"]
@@ -61,14 +72,15 @@ class TestServeRegistry:
         assert stat.S_ISSOCK(mode)
         assert stat.S_IMODE(mode) == 0o660
 
-    async def test_defaults_are_the_pid_and_the_directory_from_the_environment(
+    async def test_defaults_are_the_first_slot_and_the_directory_from_the_environment(
         self, registry, socket_dir, monkeypatch
     ) -> None:
-        """No worker name: the pid; no directory: AGENT_REGISTRY_EXPORTER_SOCKET_DIR."""
+        """No worker name: slot w0; no directory: AGENT_REGISTRY_EXPORTER_SOCKET_DIR."""
         monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_SOCKET_DIR", str(socket_dir / "sub"))
         handle = await serve_registry(registry)
         try:
-            assert handle.path == socket_dir / "sub" / f"worker-{os.getpid()}.sock"
+            assert handle.worker == "w0"
+            assert handle.path == socket_dir / "sub" / "worker-w0.sock"
             assert handle.path.exists()
         finally:
             await handle.stop()
@@ -84,6 +96,7 @@ class TestServeRegistry:
         """A socket file nobody listens on (a crashed predecessor) is taken over."""
         first = await serve_registry(registry, socket_dir, worker="w")
         await first._runner.cleanup()  # type: ignore[union-attr]  # dies without removing it
+        first._release()  # as the kernel does for a dead process
         assert first.path.exists()
         second = await serve_registry(registry, socket_dir, worker="w")
         try:
@@ -96,12 +109,23 @@ class TestServeRegistry:
     async def test_live_socket_or_plain_file_is_never_taken_over(
         self, served, registry, socket_dir
     ) -> None:
-        """A second worker with the same name, or a regular file there, is an error."""
+        """A second worker with the same name, or a regular file there, is never replaced:
+        an error when strict, else a handle that waits for the name to be free."""
         with pytest.raises(FileExistsError, match="live worker"):
-            await serve_registry(registry, socket_dir, worker="w1")
+            await serve_registry(registry, socket_dir, worker="w1", strict=True)
         (socket_dir / "worker-file.sock").write_text("not a socket")
         with pytest.raises(FileExistsError, match="not a socket"):
-            await serve_registry(registry, socket_dir, worker="file")
+            await serve_registry(registry, socket_dir, worker="file", strict=True)
+        waiting = await serve_registry(registry, socket_dir, worker="w1")
+        try:
+            assert not waiting.serving
+            assert "live worker" in (waiting.problem or "")
+            client = WorkerSource("w1", served.path)
+            assert (await client.identity()).pid == os.getpid()
+            await client.close()
+        finally:
+            await waiting.stop()
+        assert served.path.exists()  # the live worker's socket was left alone
 
     @pytest.mark.parametrize("name", ["", "../up", "a/b", "x" * 65, "-leading", "spa ce"])
     async def test_unsafe_worker_names_are_refused(self, registry, socket_dir, name) -> None:
@@ -113,6 +137,206 @@ class TestServeRegistry:
         """sun_path holds 107 bytes: a longer path is a clear error, not a truncated socket."""
         with pytest.raises(ValueError, match="longer than 107 bytes"):
             await serve_registry(registry, socket_dir / ("d" * 120), worker="w")
+
+
+class _ForkedWorker:
+    """A backend worker in a forked process, as a user the directory's mode applies to (root
+    ignores permissions, so as root the child runs as nobody). It reports on a pipe:
+    "waiting: <problem>" when serve_registry returned without serving, "serving <worker>"
+    once it serves, and "log: <message>" for each line the socket API logs."""
+
+    def __init__(self, socket_dir: Path) -> None:
+        read_end, write_end = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read_end)
+            try:
+                if os.getuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                asyncio.run(self._serve(socket_dir, os.fdopen(write_end, "w", buffering=1)))
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        self._pipe = os.fdopen(read_end)
+        self.logged: list[str] = []
+
+    @staticmethod
+    async def _serve(socket_dir: Path, out: TextIO) -> None:  # pragma: no cover - the child
+        class ToPipe(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                out.write(f"log: {record.getMessage()}\n")
+
+        logger = logging.getLogger(logger_name("sources.socket_api"))
+        logger.handlers, logger.propagate = [ToPipe()], False
+        logger.setLevel(logging.INFO)
+        handle = await serve_registry(AgentRegistry(), socket_dir, retry_seconds=0.05)
+        if not handle.serving:
+            out.write(f"waiting: {handle.problem}\n")
+        await handle.wait_serving()
+        out.write(f"serving {handle.worker}\n")
+        await asyncio.Event().wait()
+
+    def line(self) -> str:
+        """The next report that is not a log line."""
+        while line := self._pipe.readline():
+            if not line.startswith("log: "):
+                return line.rstrip("\n")
+            self.logged.append(line.removeprefix("log: ").rstrip("\n"))
+        raise AssertionError("the worker died")
+
+    def alive(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def kill(self) -> None:
+        """SIGKILL, as an OOM kill or a crash ends a worker; harmless when already dead."""
+        if self._pipe.closed:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.logged.extend(line.removeprefix("log: ").rstrip("\n") for line in self._pipe)
+        self._pipe.close()
+
+
+@pytest.fixture
+def shared_dir(socket_dir: Path) -> Path:
+    """A socket directory a worker process of another user may reach (as in a pod)."""
+    socket_dir.chmod(0o755)
+    shared = socket_dir / "sockets"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    return shared
+
+
+class TestNeverStopsTheBackend:
+    def test_unwritable_directory_returns_at_once_and_serves_once_made_writable(
+        self, shared_dir: Path
+    ) -> None:
+        """serve_registry in a worker that may not write the directory returns (the backend
+        boots), says why and what to do; once the directory is writable the socket appears
+        without any call by the backend."""
+        shared_dir.chmod(0o755)  # not writable by the worker's user
+        worker = _ForkedWorker(shared_dir)
+        try:
+            waiting = worker.line()
+            assert waiting.startswith("waiting: cannot create"), waiting
+            assert "Permission denied" in waiting
+            assert str(shared_dir) in waiting
+            assert worker.alive()
+            assert list(shared_dir.iterdir()) == []
+            shared_dir.chmod(0o777)
+            assert worker.line() == "serving w0"
+            assert listening(shared_dir / "worker-w0.sock")
+        finally:
+            worker.kill()
+        # Logged once, with the fix, however often it was retried meanwhile.
+        (warning,) = [m for m in worker.logged if "not served yet" in m]
+        assert f"Fix: make {shared_dir} writable by this process" in warning
+        assert worker.logged[-1] == f"registry of worker w0 served on {shared_dir}/worker-w0.sock"
+
+    async def test_a_directory_problem_raises_only_when_strict(self, registry, socket_dir) -> None:
+        """strict=True raises the OSError; by default a handle that says why it waits."""
+        blocker = socket_dir / "file"
+        blocker.write_text("a file where the directory should be")
+        with pytest.raises(OSError, match="file"):
+            await serve_registry(registry, blocker / "sockets", worker="w", strict=True)
+        handle = await serve_registry(registry, blocker / "sockets", worker="w")
+        try:
+            assert not handle.serving
+            assert handle.worker is None
+            assert handle.path is None
+            assert str(blocker) in (handle.problem or "")
+        finally:
+            await handle.stop()
+
+    async def test_socket_appears_once_the_directory_can_be_made(
+        self, registry, socket_dir
+    ) -> None:
+        """The retry runs on the caller's loop; .worker and .path are set once bound."""
+        blocker = socket_dir / "file"
+        blocker.write_text("in the way")
+        handle = await serve_registry(registry, blocker / "sockets", retry_seconds=0.01)
+        try:
+            assert not handle.serving
+            blocker.unlink()
+            await wait_until(lambda: handle.serving)
+            assert handle.problem is None
+            assert handle.worker == "w0"
+            assert handle.path == blocker / "sockets" / "worker-w0.sock"
+            client = WorkerSource("w0", handle.path)
+            assert (await client.identity()).worker == "w0"
+            await client.close()
+        finally:
+            await handle.stop()
+        assert not (blocker / "sockets" / "worker-w0.sock").exists()
+
+    async def test_stop_cancels_a_pending_retry(self, registry, socket_dir) -> None:
+        """After stop() nothing is retried: no task left, no socket once the way is clear."""
+        blocker = socket_dir / "file"
+        blocker.write_text("in the way")
+        before = asyncio.all_tasks()
+        handle = await serve_registry(registry, blocker / "sockets", retry_seconds=0.01)
+        assert len(asyncio.all_tasks() - before) == 1  # the retry
+        await handle.stop()
+        assert asyncio.all_tasks() - before == set()
+        blocker.unlink()
+        await asyncio.sleep(0.1)  # ten retry intervals
+        assert not (blocker / "sockets").exists()
+        assert not handle.serving
+
+    async def test_bad_arguments_raise_even_when_not_strict(self, registry, socket_dir) -> None:
+        """A bad name or an impossible path is the caller's bug: ValueError at once."""
+        with pytest.raises(ValueError, match="worker name"):
+            await serve_registry(registry, socket_dir, worker="a/b")
+        with pytest.raises(ValueError, match="longer than 107 bytes"):
+            await serve_registry(registry, socket_dir / ("d" * 120))
+
+
+class TestWorkerSlots:
+    async def test_unnamed_workers_take_the_lowest_free_slot(self, registry, socket_dir) -> None:
+        """w0, w1; when w0 stops, the next worker is w0 again: never more names than workers."""
+        first = await serve_registry(registry, socket_dir)
+        second = await serve_registry(registry, socket_dir)
+        try:
+            assert (first.worker, second.worker) == ("w0", "w1")
+            await first.stop()
+            third = await serve_registry(registry, socket_dir)
+            assert third.worker == "w0"
+            await third.stop()
+        finally:
+            await first.stop()
+            await second.stop()
+        assert sorted(p.name for p in socket_dir.glob("*.sock")) == []
+
+    async def test_a_slot_served_by_a_named_worker_is_skipped(self, registry, socket_dir) -> None:
+        """A worker explicitly named w0 holds that name: the unnamed one takes w1."""
+        named = await serve_registry(registry, socket_dir, worker="w0")
+        unnamed = await serve_registry(registry, socket_dir)
+        try:
+            assert unnamed.worker == "w1"
+        finally:
+            await unnamed.stop()
+            await named.stop()
+
+    def test_a_respawned_worker_keeps_its_label(self, shared_dir: Path) -> None:
+        """Kill -9 the worker on w0 (its socket stays behind): its replacement is w0 too,
+        because the kernel released the dead worker's lock; the survivor stays w1."""
+        workers = [_ForkedWorker(shared_dir)]
+        try:
+            assert workers[0].line() == "serving w0"
+            workers.append(_ForkedWorker(shared_dir))
+            assert workers[1].line() == "serving w1"
+            workers[0].kill()
+            assert (shared_dir / "worker-w0.sock").exists()
+            workers.append(_ForkedWorker(shared_dir))
+            assert workers[2].line() == "serving w0"
+            assert sorted(discover_workers(shared_dir)) == ["w0", "w1"]
+            assert workers[1].alive()
+        finally:
+            for worker in workers:
+                worker.kill()
 
 
 class TestSnapshot:

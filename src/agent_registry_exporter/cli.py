@@ -34,7 +34,7 @@ from .settings import (
     describe_validation_error,
     unknown_environment,
 )
-from .sources import SidecarSource, UserIdHasher
+from .sources import SidecarSource, UserIdHasher, socket_dir_problem
 
 __all__ = ["main"]
 
@@ -315,6 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "sidecar"):
         if args.check_config:
+            problem = args.command == "sidecar" and socket_dir_problem(settings.socket_dir)
+            if problem:
+                print(
+                    f"invalid setting socket_dir ({ENV_PREFIX}SOCKET_DIR): {problem}",
+                    file=sys.stderr,
+                )
+                return 2
             print("configuration is valid")
             if settings.resolved_webhook_token() is None and not (
                 settings.webhook_allow_unauthenticated

@@ -3,8 +3,8 @@
     AGENT_REGISTRY_EXPORTER_SOCKET_DIR=DIR uvicorn tests.e2e.sidecar_app:app --workers 2
 
 `POST /users/{user_id}/agents?count=N` registers N agents on whichever worker takes the
-connection; `on`/`not_on` (a pid) make a worker refuse with 409 so the caller can retry
-on a new connection until the worker it wants answers.
+connection; `on`/`not_on` (a worker's slot, w0 or w1) make a worker refuse with 409 so the
+caller can retry on a new connection until the worker it wants answers.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI, HTTPException
 
-from agent_registry_exporter import AgentRegistry, serve_registry
+from agent_registry_exporter import AgentRegistry, RegistrySocket, serve_registry
 
 registry = AgentRegistry()
+served: list[RegistrySocket] = []
 
 
 class Agent:
@@ -28,7 +29,8 @@ class Agent:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    handle = await serve_registry(registry)  # worker name: this process's pid
+    handle = await serve_registry(registry)  # worker name: the lowest free slot
+    served.append(handle)
     yield
     await handle.stop()
 
@@ -38,16 +40,16 @@ app = FastAPI(lifespan=lifespan)
 
 @app.post("/users/{user_id}/agents")
 async def add_agents(
-    user_id: str, count: int = 1, on: int | None = None, not_on: int | None = None,
+    user_id: str, count: int = 1, on: str | None = None, not_on: str | None = None,
     age_hours: float = 0.0,
-) -> dict[str, int]:  # fmt: skip
-    pid = os.getpid()
-    if (on is not None and pid != on) or pid == not_on:
-        raise HTTPException(409, f"worker {pid} is not the one asked for")
+) -> dict[str, int | str | None]:  # fmt: skip
+    worker = served[0].worker
+    if (on is not None and worker != on) or worker == not_on:
+        raise HTTPException(409, f"worker {worker} is not the one asked for")
     session = await registry.get_user_session(user_id)
     start = session.agent_count
     for n in range(start, start + count):
         await registry.register_user_agent(user_id, f"agent-{n}", Agent())
     if age_hours:
         session.created_at = datetime.now(UTC) - timedelta(hours=age_hours)
-    return {"pid": pid, "agents": session.agent_count}
+    return {"worker": worker, "pid": os.getpid(), "agents": session.agent_count}

@@ -3,6 +3,7 @@ serving its registry on a socket, the sidecar process, real Prometheus and Alert
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from agent_registry_exporter.sources import discover_workers
+from agent_registry_exporter.sources import WorkerError, WorkerSource, discover_workers
 from agent_registry_exporter.testing.stack import LocalStack, ManagedProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -33,18 +34,18 @@ class Backend:
     sockets: Path
     sidecar: ManagedProcess
     stack: LocalStack
-    workers: list[int]  # the two worker pids at start-up
+    workers: list[str]  # the two workers' slots: w0, w1
 
-    def add_agents(self, user: str, count: int, **where: int) -> int:
-        """Register on a worker (`on=pid` / `not_on=pid`), retrying new connections until
-        the wanted one takes it; the pid that did."""
+    def add_agents(self, user: str, count: int, **where: str) -> str:
+        """Register on a worker (`on=w0` / `not_on=w0`), retrying new connections until
+        the wanted one takes it; the worker that did."""
         query = "&".join(f"{k}={v}" for k, v in {"count": count, **where}.items())
         for _ in range(200):
             url = f"{self.url}/users/{user}/agents?{query}"
             request = urllib.request.Request(url, b"")  # noqa: S310 - loopback only
             try:
                 with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
-                    return int(json.load(resp)["pid"])
+                    return str(json.load(resp)["worker"])
             except urllib.error.HTTPError as exc:
                 if exc.code != 409:  # 409: another worker took it; retry
                     raise
@@ -107,7 +108,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     stack = LocalStack(workdir=workdir, targets=[sidecar.address], token=token)
     try:
         workers = eventually(
-            lambda: len(found := discover_workers(sockets)) == 2 and sorted(map(int, found)),
+            lambda: len(found := discover_workers(sockets)) == 2 and sorted(found),
             60,
             "both uvicorn workers serve a socket",
         )
@@ -128,16 +129,16 @@ class TestSidecarWithUvicornWorkers:
         leaking = backend.add_agents("leaky", 60)
         other = backend.add_agents("leaky", 3, not_on=leaking)
         assert eventually(lambda: backend.user_agents("leaky"), 10, "leaky scraped") == {
-            str(leaking): 60,
-            str(other): 3,
+            leaking: 60,
+            other: 3,
         }
         eventually(
-            lambda: backend.user_agents("leaky") == {str(other): 3},
+            lambda: backend.user_agents("leaky") == {other: 3},
             60,
             f"leaky cleaned on worker {leaking}",
         )
         assert backend.add_agents("leaky", 0, on=other) == other
-        assert backend.user_agents("leaky") == {str(other): 3}
+        assert backend.user_agents("leaky") == {other: 3}
         log = backend.sidecar.log_path.read_text()
         assert f'"worker": "{leaking}"' in log
         assert '"outcome": "cleaned"' in log
@@ -147,33 +148,67 @@ class TestSidecarWithUvicornWorkers:
         first, second = backend.workers
         backend.add_agents("shared", 2, on=first)
         backend.add_agents("shared", 5, on=second)
-        assert backend.user_agents("shared") == {str(first): 2, str(second): 5}
+        assert backend.user_agents("shared") == {first: 2, second: 5}
 
         def in_prometheus() -> bool:
             series = backend.stack.query('agent_registry_user_agents{user_id="shared"}')
             return {s["metric"]["worker"]: s["value"][1] for s in series} == {
-                str(first): "2",
-                str(second): "5",
+                first: "2",
+                second: "5",
             }
 
         eventually(in_prometheus, 20, "both workers' series of shared in Prometheus")
 
-    def test_killed_worker_is_down_and_the_scrape_still_answers(self, backend: Backend) -> None:
-        """SIGKILL one worker: /metrics answers with source_up 0 for it, 1 for the other;
-        its dead socket is removed after repeated refusals."""
-        victim, survivor = backend.workers
+    def test_killed_worker_respawns_under_its_label(self, backend: Backend) -> None:
+        """SIGKILL one worker: uvicorn starts a new one, which claims the dead one's slot
+        (the kernel released its lock), so the `worker` label keeps its two values."""
+        workers = asyncio.run(_identities(backend.sockets))
+        victim = workers[backend.workers[0]]
         os.kill(victim, 9)
-        got = backend.metrics()
-        assert got[("agent_registry_source_up", frozenset({("worker", str(victim))}))] == 0
-        assert got[("agent_registry_source_up", frozenset({("worker", str(survivor))}))] == 1
         eventually(
-            lambda: str(victim) not in discover_workers(backend.sockets),
+            lambda: (
+                (now := asyncio.run(_identities(backend.sockets))).keys() == set(backend.workers)
+                and now[backend.workers[0]] != victim
+            ),
+            60,
+            f"a new worker serving {backend.workers[0]}",
+        )
+        up = eventually(
+            lambda: (
+                (
+                    got := {
+                        dict(labels)["worker"]: value
+                        for (name, labels), value in backend.metrics().items()
+                        if name == "agent_registry_source_up"
+                    }
+                )
+                == dict.fromkeys(backend.workers, 1)
+                and got
+            ),
             30,
-            "the dead worker's socket removed",
+            "both workers up again",
         )
-        removed = ("agent_registry_source_sockets_removed_total", frozenset())
-        assert backend.metrics()[removed] == 1
-        down = backend.stack.query(
-            f'min_over_time(agent_registry_source_up{{worker="{victim}"}}[5m])'
-        )
-        assert [s["value"][1] for s in down] == ["0"]
+        assert sorted(up) == backend.workers
+
+        def labels_seen() -> list[str]:
+            series = backend.stack.query(
+                "count by (worker) (count_over_time(agent_registry_source_up[10m]))"
+            )
+            return sorted(s["metric"]["worker"] for s in series)
+
+        eventually(lambda: labels_seen() == backend.workers, 20, "Prometheus saw both labels")
+        assert labels_seen() == backend.workers  # never a third value
+
+
+async def _identities(sockets: Path) -> dict[str, int]:
+    """The pid behind each worker socket that answers."""
+    found = {}
+    for name, path in discover_workers(sockets).items():
+        client = WorkerSource(name, path, timeout=5)
+        try:
+            found[name] = (await client.identity()).pid
+        except WorkerError:
+            pass
+        finally:
+            await client.close()
+    return found

@@ -7,7 +7,7 @@ its registry on a Unix socket (`serve_registry`) and the sidecar gathers them al
 from .in_process import InProcessSource
 from .private_ids import PrivateIdSource, PrivateWorkerSources, UserIdHasher, private_ids
 from .protocol import RegistrySource, WorkerSources
-from .sidecar import SidecarSource, discover_workers
+from .sidecar import SidecarSource, discover_workers, socket_dir_problem
 from .snapshot_codec import API_VERSION, WorkerIdentity, decode_snapshot, encode_snapshot
 from .socket_api import (
     DEFAULT_SOCKET_DIR,
@@ -40,5 +40,6 @@ __all__ = [
     "encode_snapshot",
     "private_ids",
     "serve_registry",
+    "socket_dir_problem",
     "socket_path",
 ]

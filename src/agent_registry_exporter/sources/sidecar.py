@@ -24,7 +24,7 @@ from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionLi
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
 
-__all__ = ["SidecarSource", "discover_workers"]
+__all__ = ["SidecarSource", "discover_workers", "socket_dir_problem"]
 
 _log = logging.getLogger(logger_name("sources.sidecar"))
 
@@ -83,6 +83,15 @@ def discover_workers(socket_dir: Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def socket_dir_problem(socket_dir: Path) -> str | None:
+    """Why the sidecar cannot list `socket_dir` (missing, not a directory, no permission)."""
+    try:
+        discover_workers(socket_dir)
+    except OSError as exc:
+        return f"socket directory {socket_dir} cannot be read: {exc.strerror or exc}"
+    return None
+
+
 class SidecarSource:
     """The registries of all workers serving a socket in `socket_dir` (sidecar mode).
 
@@ -97,6 +106,7 @@ class SidecarSource:
         self._workers: dict[str, WorkerSource] = {}
         self._health: dict[str, _Health] = {}
         self._removed = 0
+        self._found = 0  # worker sockets found by the last snapshot
         self._dir_problem: str | None = None
         # Clients of workers that went away, closing; referenced until they are closed.
         self._closing: set[asyncio.Task[None]] = set()
@@ -106,6 +116,7 @@ class SidecarSource:
     async def snapshot(self) -> RegistrySnapshot:
         """One part per worker that answered; never raises for a worker's failure."""
         workers = self._discover()
+        self._found = len(workers)
         results = await asyncio.gather(*(self._snapshot_of(w) for w in workers.values()))
         parts = tuple(part for part in results if part is not None)
         return RegistrySnapshot(
@@ -159,12 +170,17 @@ class SidecarSource:
         for name, health in sorted(self._health.items()):
             up.add_metric([name], 1.0 if health.up else 0.0)
             duration.add_metric([name], health.duration)
+        found = GaugeMetricFamily(
+            "agent_registry_source_workers",
+            "Worker sockets found in the socket directory at the last scrape.",
+            value=self._found,
+        )
         removed = CounterMetricFamily(
             "agent_registry_source_sockets_removed",
             "Sockets of dead workers (connection refused repeatedly) removed by the sidecar.",
             value=self._removed,
         )
-        yield from (up, duration, removed)
+        yield from (up, duration, found, removed)
 
     async def close(self) -> None:
         for worker in self._workers.values():

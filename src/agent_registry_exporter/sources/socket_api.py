@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import functools
 import logging
 import os
 import re
 import socket
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -50,6 +53,8 @@ _log = logging.getLogger(logger_name("sources.socket_api"))
 _WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # sockaddr_un.sun_path on Linux, terminating NUL included.
 _MAX_SOCKET_PATH = 107
+# Slots w0..w1023: more workers than that in one pod is a mistake, not a deployment.
+_MAX_SLOTS = 1024
 _MAX_CLEANUP_BODY = 4096
 _VERSIONED = re.compile(r"^/(v\d+)(/|$)")
 
@@ -169,26 +174,121 @@ async def _cleanup(request: web.Request) -> web.Response:
 
 
 class RegistrySocket:
-    """A worker's registry served on `path`; `await stop()` closes it and removes the file."""
+    """A worker's registry served on a socket for the sidecar, or waiting to be.
 
-    def __init__(self, runner: web.AppRunner, path: Path, identity: WorkerIdentity) -> None:
-        self._runner: web.AppRunner | None = runner
-        self.path = path
-        self.worker = identity.worker
-        self._inode = path.stat().st_ino
+    `serving` says whether the socket is bound and `problem` why not; `worker` and `path`
+    are set once it is bound (`await wait_serving()` waits for that). `await stop()` closes
+    it, or ends the retries, and removes the socket file.
+    """
+
+    def __init__(
+        self,
+        make_app: Callable[[WorkerIdentity], web.Application],
+        directory: Path,
+        name: str | None,
+        retry_seconds: float,
+    ) -> None:
+        self.worker: str | None = None
+        self.path: Path | None = None
+        self.problem: str | None = None
+        self._make_app = make_app
+        self._directory = directory
+        self._name = name
+        self._retry_seconds = retry_seconds
+        self._runner: web.AppRunner | None = None
+        self._lock: int | None = None  # the slot's lock, held while serving
+        self._inode = 0
+        self._retry: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._served = asyncio.Event()
+
+    @property
+    def serving(self) -> bool:
+        return self._runner is not None
+
+    async def wait_serving(self) -> None:
+        """Return once the socket serves (at once if it does)."""
+        await self._served.wait()
 
     async def stop(self) -> None:
+        self._stopped = True
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+            self._retry = None
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
         await runner.cleanup()
+        assert self.path is not None
         # Only our own socket: a successor with the same name may have replaced it.
         with contextlib.suppress(FileNotFoundError):
             if self.path.stat().st_ino == self._inode:
                 self.path.unlink()
+        self._release()
 
     def __repr__(self) -> str:
+        if self.path is None:
+            return f"RegistrySocket(waiting, problem={self.problem!r})"
         return f"RegistrySocket(worker={self.worker!r}, path={str(self.path)!r})"
+
+    async def _bind(self) -> None:
+        """Claim the name, bind the socket; OSError (nothing left behind) when it cannot."""
+        self._directory.mkdir(mode=0o770, parents=True, exist_ok=True)
+        name, self._lock = _claim(self._directory, self._name)
+        try:
+            path = socket_path(self._directory, name)
+            _prepare(path)
+            identity = WorkerIdentity(worker=name, pid=os.getpid(), started_at=time.time())
+            runner = web.AppRunner(
+                self._make_app(identity),
+                access_log=None,
+                handle_signals=False,
+                auto_decompress=False,  # a body is never inflated (compressed ones are refused)
+            )
+            await runner.setup()
+            try:
+                await web.UnixSite(runner, str(path)).start()
+                os.chmod(path, 0o660)  # the sidecar connects through the shared group
+                self._inode = path.stat().st_ino
+            except BaseException:
+                await runner.cleanup()
+                raise
+        except BaseException:
+            self._release()
+            raise
+        self._runner, self.worker, self.path, self.problem = runner, name, path, None
+        self._served.set()
+        _log.info("registry of worker %s served on %s", name, path)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # the kernel drops the flock with the descriptor
+            self._lock = None
+
+    def _waiting(self, exc: OSError) -> None:
+        problem = _describe(exc, self._directory)
+        if problem != self.problem:
+            # Once per distinct problem, never once per retry.
+            _log.warning(
+                "registry socket not served yet: %s; the backend runs on and the socket is "
+                "retried every %gs in the background%s",
+                problem,
+                self._retry_seconds,
+                _fix(exc, self._directory),
+            )
+            self.problem = problem
+
+    async def _retry_until_bound(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(self._retry_seconds)
+            try:
+                await self._bind()
+            except OSError as exc:
+                self._waiting(exc)
+                continue
+            return
 
 
 async def serve_registry(
@@ -197,41 +297,100 @@ async def serve_registry(
     *,
     worker: str | None = None,
     leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS,
+    strict: bool = False,
+    retry_seconds: float = 5.0,
 ) -> RegistrySocket:
     """Serve `registry` on `<socket_dir>/worker-<worker>.sock` for the sidecar (mode 0660).
 
-    `worker` defaults to the process id; `socket_dir` to `$AGENT_REGISTRY_EXPORTER_SOCKET_DIR`,
-    else `/run/agent-registry` (created if missing). Runs on the caller's event loop.
+    Returns at once, and never stops the backend: when the socket directory cannot be used
+    (missing permissions, a file in the way, a live worker with the same name) the problem
+    is logged once with its fix and the socket is retried every `retry_seconds` on the
+    caller's event loop; the handle's `serving` and `problem` say which. `strict=True`
+    raises that OSError instead. A bad name or path raises ValueError either way.
+
+    `worker` defaults to the lowest free slot, `w0`, `w1`, ...: each worker holds a lock
+    on its slot that the kernel releases when the process dies, so a respawned worker
+    takes its predecessor's name. `socket_dir` defaults to
+    `$AGENT_REGISTRY_EXPORTER_SOCKET_DIR`, else `/run/agent-registry` (created if missing).
     Cleaned agents still alive `leak_grace_seconds` after their cleanup are counted in the
     worker, where they live (the sidecar's own setting applies to embedded mode only).
     """
-    name = str(os.getpid()) if worker is None else worker
-    if not _WORKER_NAME.fullmatch(name):
+    if worker is not None and not _WORKER_NAME.fullmatch(worker):
         raise ValueError(
-            f"worker name {name!r} must be 1-64 letters, digits, '.', '_' or '-' "
+            f"worker name {worker!r} must be 1-64 letters, digits, '.', '_' or '-' "
             "(it becomes a file name and a label value)"
         )
+    if not retry_seconds > 0:
+        raise ValueError(f"retry_seconds must be above 0, not {retry_seconds!r}")
     directory = Path(socket_dir or os.environ.get(SOCKET_DIR_ENV) or DEFAULT_SOCKET_DIR)
-    path = socket_path(directory, name)
-    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
-        raise ValueError(f"socket path {str(path)!r} is longer than {_MAX_SOCKET_PATH} bytes")
-    _prepare(path)
-    identity = WorkerIdentity(worker=name, pid=os.getpid(), started_at=time.time())
-    runner = web.AppRunner(
-        create_registry_app(registry, identity, leak_grace_seconds=leak_grace_seconds),
-        access_log=None,
-        handle_signals=False,
-        auto_decompress=False,  # a body is never inflated (compressed ones are refused)
+    longest = socket_path(directory, worker or _slot(_MAX_SLOTS - 1))
+    if len(os.fsencode(longest)) > _MAX_SOCKET_PATH:
+        raise ValueError(f"socket path {str(longest)!r} is longer than {_MAX_SOCKET_PATH} bytes")
+    handle = RegistrySocket(
+        functools.partial(create_registry_app, registry, leak_grace_seconds=leak_grace_seconds),
+        directory,
+        worker,
+        retry_seconds,
     )
-    await runner.setup()
     try:
-        await web.UnixSite(runner, str(path)).start()
-        os.chmod(path, 0o660)  # the sidecar connects through the shared group
-    except BaseException:
-        await runner.cleanup()
-        raise
-    _log.info("registry of worker %s served on %s", name, path)
-    return RegistrySocket(runner, path, identity)
+        await handle._bind()
+    except OSError as exc:
+        if strict:
+            raise
+        handle._waiting(exc)
+        handle._retry = asyncio.get_running_loop().create_task(handle._retry_until_bound())
+    return handle
+
+
+def _slot(n: int) -> str:
+    return f"w{n}"
+
+
+def _claim(directory: Path, name: str | None) -> tuple[str, int]:
+    """Lock `name` (or the lowest free slot) in `directory`: (name, the lock's descriptor).
+
+    flock belongs to the open file, so the kernel releases it when the process dies,
+    however it dies; a slot whose socket a live worker serves without the lock (one
+    started before slots existed) is skipped too.
+    """
+    for candidate in [name] if name is not None else map(_slot, range(_MAX_SLOTS)):
+        lock = directory / f"worker-{candidate}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if name is not None:
+                raise FileExistsError(
+                    f"{socket_path(directory, name)} is served by a live worker: "
+                    "choose another worker name"
+                ) from None
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if name is None and listening(socket_path(directory, candidate)):
+            os.close(fd)
+            continue
+        return candidate, fd
+    raise FileExistsError(f"all {_MAX_SLOTS} worker slots in {directory} are taken")
+
+
+def _describe(exc: OSError, directory: Path) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"cannot create {exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _fix(exc: OSError, directory: Path) -> str:
+    if isinstance(exc, FileExistsError) and exc.filename is None:
+        return ""  # a live worker holds the name: the message says what to do
+    if isinstance(exc, PermissionError):
+        return (
+            f". Fix: make {directory} writable by this process (in Kubernetes: mount the "
+            "socket emptyDir there in this container)"
+        )
+    return f". Fix: make {directory} a directory this process may create files in"
 
 
 def listening(path: Path) -> bool:
@@ -245,8 +404,7 @@ def listening(path: Path) -> bool:
 
 
 def _prepare(path: Path) -> None:
-    """Create the directory; remove a dead predecessor's socket, never a live one or a file."""
-    path.parent.mkdir(mode=0o770, parents=True, exist_ok=True)
+    """Remove a dead predecessor's socket, never a live one or a file."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
