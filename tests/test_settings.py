@@ -96,9 +96,7 @@ class TestCli:
         assert main(["serve", "--check-config", "--listen-port", "0"]) == 0
         assert "valid" in capsys.readouterr().out
 
-    def test_sidecar_takes_every_serve_setting_and_the_socket_dir(
-        self, capsys, socket_dir
-    ) -> None:
+    def test_sidecar_takes_every_serve_setting_and_the_socket_dir(self, capsys, socket_dir) -> None:
         """sidecar --check-config accepts the serve options plus --socket-dir."""
         argv = ["--check-config", "--listen-port", "0", "--dry-run", "--max-user-series", "5"]
         assert main(["sidecar", *argv, "--socket-dir", str(socket_dir)]) == 0
