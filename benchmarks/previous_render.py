@@ -11,7 +11,7 @@ import zlib
 
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from agent_registry_exporter.exporting.renderer import ExporterMetrics
+from agent_registry_exporter.exporting import ExporterMetrics
 from agent_registry_exporter.registry import RegistrySnapshot
 
 _CHUNK = 5_000

@@ -48,10 +48,18 @@ from prometheus_client.openmetrics.exposition import generate_latest
 from released.renderer import Renderer as ReleasedRenderer  # a sibling: run from benchmarks/
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
-from agent_registry_exporter.exporting import ISAL, ZLIB, DeflateEngine, select_indexes
+from agent_registry_exporter.exporting import (
+    ISAL,
+    OPENMETRICS,
+    ZLIB,
+    DeflateEngine,
+    ExporterMetrics,
+    Renderer,
+    render,
+)
 from agent_registry_exporter.exporting.chunks import spans
 from agent_registry_exporter.exporting.parts import deflate_piece
-from agent_registry_exporter.exporting.renderer import ExporterMetrics, Renderer, render
+from agent_registry_exporter.exporting.selection import select_indexes
 
 assert ISAL is not None, "isal does not import: `pip install isal`"
 
@@ -173,7 +181,7 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
     before_rows = users(n, rng)
     after_rows = change_one_percent(before_rows, rng)
     metrics = ExporterMetrics("bench")
-    options: dict[str, Any] = {"openmetrics": True, "gzipped": True, "max_user_series": 2 * n}
+    options: dict[str, Any] = {"format": OPENMETRICS, "gzipped": True, "max_user_series": 2 * n}
     snap_before, snap_after = snapshot(before_rows), snapshot(after_rows)
     warmed: dict[str, Any] = {}
 
@@ -264,7 +272,7 @@ def levels(n: int) -> None:
         render(
             snap,
             ExporterMetrics("bench"),
-            **{"openmetrics": True, "gzipped": True, "max_user_series": 2 * n},
+            **{"format": OPENMETRICS, "gzipped": True, "max_user_series": 2 * n},
         ).body
     )
     lines = text.splitlines(keepends=True)

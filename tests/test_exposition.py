@@ -16,13 +16,15 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
-from agent_registry_exporter.exporting.renderer import (
-    OPENMETRICS_CONTENT_TYPE,
-    TEXT_CONTENT_TYPE,
+from agent_registry_exporter.exporting import (
+    FORMATS,
+    OPENMETRICS,
+    TEXT,
     ExporterMetrics,
+    Format,
+    choose_format,
     render,
     wants_gzip,
-    wants_openmetrics,
 )
 
 from .conftest import DATA, T0
@@ -38,10 +40,8 @@ def snapshot_of(rows: list[SessionRow], thresholds: Thresholds | None = None) ->
     return RegistrySnapshot(taken_at=T0, thresholds=thresholds or Thresholds(), sessions=rows)
 
 
-def samples(
-    text: str, *, openmetrics: bool
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    parse = parse_om if openmetrics else parse_text
+def samples(text: str, fmt: Format) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    parse = parse_om if fmt is OPENMETRICS else parse_text
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in parse(text)
@@ -59,12 +59,12 @@ def metrics() -> ExporterMetrics:
 
 
 class TestRoundTrip:
-    @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
-    def test_ugly_user_ids_parse_back_to_their_values(self, metrics, openmetrics) -> None:
+    @pytest.mark.parametrize("fmt", FORMATS, ids=["openmetrics", "text"])
+    def test_ugly_user_ids_parse_back_to_their_values(self, metrics, fmt) -> None:
         """Quotes, backslashes, newlines and non-ASCII ids survive both formats."""
         rows = [SessionRow(uid, n + 1, T0 - 100 * n) for n, uid in enumerate(UGLY_IDS)]
-        body = render(snapshot_of(rows), metrics, openmetrics=openmetrics).body.decode()
-        parsed = samples(body, openmetrics=openmetrics)
+        body = render(snapshot_of(rows), metrics, format=fmt).body.decode()
+        parsed = samples(body, fmt)
         for n, uid in enumerate(UGLY_IDS):
             assert user_value(parsed, "agent_registry_user_agents", uid) == n + 1
             assert user_value(parsed, "agent_registry_user_session_age_seconds", uid) == 100 * n
@@ -81,13 +81,13 @@ class TestRoundTrip:
             max_size=8,
             unique=True,
         ),
-        openmetrics=st.booleans(),
+        fmt=st.sampled_from(FORMATS),
     )
-    def test_any_user_id_gives_a_valid_scrape(self, ids: list[str], openmetrics: bool) -> None:
+    def test_any_user_id_gives_a_valid_scrape(self, ids: list[str], fmt: Format) -> None:
         """Whatever the ids, the output parses and totals equal the per-user sum."""
         rows = [SessionRow(uid, len(uid), T0) for uid in ids]
-        body = render(snapshot_of(rows), ExporterMetrics("1"), openmetrics=openmetrics).body
-        parsed = samples(body.decode(), openmetrics=openmetrics)
+        body = render(snapshot_of(rows), ExporterMetrics("1"), format=fmt).body
+        parsed = samples(body.decode(), fmt)
         per_user = [user_value(parsed, "agent_registry_user_agents", uid) for uid in ids]
         assert per_user == [len(uid) for uid in ids]
         assert parsed[("agent_registry_agents", ())] == sum(per_user)
@@ -95,15 +95,15 @@ class TestRoundTrip:
     def test_thresholds_are_exported_from_the_snapshot(self, metrics) -> None:
         """The threshold gauges carry the registry's Thresholds, not defaults."""
         limits = Thresholds(agents_per_user=7, session_age_seconds=60, total_agents=70)
-        body = render(snapshot_of([], limits), metrics, openmetrics=False).body.decode()
-        parsed = samples(body, openmetrics=False)
+        body = render(snapshot_of([], limits), metrics, format=TEXT).body.decode()
+        parsed = samples(body, TEXT)
         assert parsed[("agent_registry_threshold", (("threshold", "agents_per_user"),))] == 7
         assert parsed[("agent_registry_threshold", (("threshold", "session_age_seconds"),))] == 60
         assert parsed[("agent_registry_threshold", (("threshold", "total_agents"),))] == 70
 
     def test_self_metrics_are_appended_once_and_openmetrics_ends_with_eof(self, metrics) -> None:
         """One # EOF, at the very end; the build info is there."""
-        body = render(snapshot_of([]), metrics, openmetrics=True).body.decode()
+        body = render(snapshot_of([]), metrics, format=OPENMETRICS).body.decode()
         assert body.endswith("# EOF\n")
         assert body.count("# EOF") == 1
         assert 'agent_registry_exporter_build_info{version="9.9.9"} 1.0' in body
@@ -111,8 +111,8 @@ class TestRoundTrip:
     def test_gzip_body_decompresses_to_the_plain_body(self, metrics) -> None:
         """The gzipped scrape is the same text."""
         snap = snapshot_of([SessionRow("u1", 3, T0)])
-        plain = render(snap, metrics, openmetrics=False).body
-        zipped = render(snap, metrics, openmetrics=False, gzipped=True)
+        plain = render(snap, metrics, format=TEXT).body
+        zipped = render(snap, metrics, format=TEXT, gzipped=True)
         assert zipped.gzipped
         # The exporter's own figures move between renders; compare the registry's part.
         own = b"# HELP process_"
@@ -120,15 +120,15 @@ class TestRoundTrip:
 
 
 class TestUnencodableIds:
-    @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+    @pytest.mark.parametrize("fmt", FORMATS, ids=["openmetrics", "text"])
     def test_lone_surrogate_id_already_in_a_snapshot_does_not_break_the_scrape(
-        self, metrics, openmetrics
+        self, metrics, fmt
     ) -> None:
         """Attack: `mallory\\ud800` reached a snapshot; every other user is still exported."""
         mallory = json.loads('"mallory\\ud800"')
         rows = [SessionRow("alice", 3, T0), SessionRow(mallory, 5, T0), SessionRow("bob", 7, T0)]
-        body = render(snapshot_of(rows), metrics, openmetrics=openmetrics).body.decode()
-        parsed = samples(body, openmetrics=openmetrics)
+        body = render(snapshot_of(rows), metrics, format=fmt).body.decode()
+        parsed = samples(body, fmt)
         assert user_value(parsed, "agent_registry_user_agents", "alice") == 3
         assert user_value(parsed, "agent_registry_user_agents", "bob") == 7
         # The unencodable code point is spelled out, so the series stays distinct.
@@ -142,8 +142,8 @@ class TestSeriesCap:
         rows = [SessionRow(f"ok{n}", n, T0) for n in range(10)]
         rows.append(SessionRow("many", 60, T0))
         rows.append(SessionRow("old", 1, T0 - 25 * 3600))
-        body = render(snapshot_of(rows), metrics, openmetrics=False, max_user_series=3).body
-        parsed = samples(body.decode(), openmetrics=False)
+        body = render(snapshot_of(rows), metrics, format=TEXT, max_user_series=3).body
+        parsed = samples(body.decode(), TEXT)
         exported = {
             dict(labels)["user_id"]
             for name, labels in parsed
@@ -157,7 +157,7 @@ class TestSeriesCap:
     def test_no_cap_reached_means_nothing_omitted(self, metrics) -> None:
         """Below the cap every user is exported."""
         rows = [SessionRow(f"u{n}", 1, T0) for n in range(5)]
-        body = render(snapshot_of(rows), metrics, openmetrics=False, max_user_series=5).body
+        body = render(snapshot_of(rows), metrics, format=TEXT, max_user_series=5).body
         assert b"agent_registry_user_series_omitted 0\n" in body
 
 
@@ -166,9 +166,9 @@ class TestSessionAge:
         """export_session_age=False drops the age family; the created timestamp stays."""
         rows = [SessionRow("u1", 2, T0 - 50)]
         body = render(
-            snapshot_of(rows), metrics, openmetrics=False, export_session_age=False
+            snapshot_of(rows), metrics, format=TEXT, export_session_age=False
         ).body.decode()
-        parsed = samples(body, openmetrics=False)
+        parsed = samples(body, TEXT)
         assert "agent_registry_user_session_age_seconds" not in body
         created = "agent_registry_user_session_created_timestamp_seconds"
         assert user_value(parsed, created, "u1") == T0 - 50
@@ -178,12 +178,12 @@ class TestSessionAge:
 class TestNegotiation:
     def test_prometheus_accept_header_gets_openmetrics(self) -> None:
         """Prometheus 2.42's Accept header selects OpenMetrics."""
-        assert wants_openmetrics(PROMETHEUS_ACCEPT)
+        assert choose_format(PROMETHEUS_ACCEPT) is OPENMETRICS
 
     @pytest.mark.parametrize("accept", ["", "*/*", "text/plain;version=0.0.4", "text/html"])
     def test_anything_else_gets_text(self, accept: str) -> None:
         """Browsers, curl and old scrapers get text 0.0.4."""
-        assert not wants_openmetrics(accept)
+        assert choose_format(accept) is TEXT
 
     @pytest.mark.parametrize(
         ("header", "expected"),
@@ -195,8 +195,8 @@ class TestNegotiation:
 
     def test_content_types_name_the_format_versions(self) -> None:
         """The content types are the ones Prometheus expects."""
-        assert TEXT_CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
-        assert OPENMETRICS_CONTENT_TYPE.startswith("application/openmetrics-text; version=1.0.0")
+        assert TEXT.content_type == "text/plain; version=0.0.4; charset=utf-8"
+        assert OPENMETRICS.content_type.startswith("application/openmetrics-text; version=1.0.0")
 
 
 # Timings, creation stamps, and the process and garbage-collector figures of this very test.
@@ -218,7 +218,7 @@ class TestGolden:
             cleaned_agents_untracked=1,
             resident_memory_bytes=123_456_789,
         )
-        body = render(snapshot, metrics, openmetrics=False).body.decode()
+        body = render(snapshot, metrics, format=TEXT).body.decode()
         masked = _VOLATILE.sub(lambda m: f"{m.group(0).split(' ')[0]} <masked>", body)
         golden = (DATA / "metrics-golden.prom").read_text(encoding="utf-8")
         assert masked == golden
@@ -231,16 +231,16 @@ class TestPromtool:
         assert path, "promtool is installed by `make test` (Debian package prometheus)"
         return path
 
-    def body(self, metrics: ExporterMetrics, openmetrics: bool) -> bytes:
+    def body(self, metrics: ExporterMetrics, fmt: Format) -> bytes:
         rows = [SessionRow(uid, 3, T0 - 10) for uid in UGLY_IDS]
         metrics.cleanups.labels(trigger="webhook", result="cleaned").inc()
         metrics.webhook_requests.labels(code="200").inc()
-        return render(snapshot_of(rows), metrics, openmetrics=openmetrics).body
+        return render(snapshot_of(rows), metrics, format=fmt).body
 
     def test_text_output_passes_promtool_check_metrics(self, promtool, metrics) -> None:
         """promtool's linter finds nothing in the text format."""
         done = subprocess.run(
-            [promtool, "check", "metrics"], input=self.body(metrics, False), capture_output=True
+            [promtool, "check", "metrics"], input=self.body(metrics, TEXT), capture_output=True
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
@@ -252,7 +252,9 @@ class TestPromtool:
         Every other finding would be a real problem, so only that one is allowed.
         """
         done = subprocess.run(
-            [promtool, "check", "metrics"], input=self.body(metrics, True), capture_output=True
+            [promtool, "check", "metrics"],
+            input=self.body(metrics, OPENMETRICS),
+            capture_output=True,
         )
         findings = [line for line in done.stdout.decode().splitlines() if line.strip()]
         counters = (

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
-from agent_registry_exporter.exporting import ISAL, GzipParts, deflate_piece
+from agent_registry_exporter.exporting import ISAL
 from agent_registry_exporter.exporting.crc import crc32_combine
+from agent_registry_exporter.exporting.parts import GzipParts, deflate_piece
 
 from .conftest import ENGINES, loopback_exporter
 

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent_registry_exporter import Settings, serve_registry, start_exporter
 from agent_registry_exporter.common.process import resident_memory_bytes
-from agent_registry_exporter.exporting.renderer import ExporterMetrics, render
+from agent_registry_exporter.exporting import TEXT, ExporterMetrics, render
 from agent_registry_exporter.registry import CleanedAgentTracker
 from agent_registry_exporter.sources import WorkerSource
 
@@ -140,7 +140,7 @@ class TestExported:
 
     def test_process_and_gc_collectors_sit_beside_the_agents(self, registry) -> None:
         """Resident memory, open fds and collections come from the exporter's own registry."""
-        body = render(registry.snapshot(), ExporterMetrics("1"), openmetrics=False).body
+        body = render(registry.snapshot(), ExporterMetrics("1"), format=TEXT).body
         values = scraped(body)
         assert values["process_resident_memory_bytes"] > 0
         assert values["process_open_fds"] > 0
@@ -155,8 +155,8 @@ class TestExported:
     def test_snapshot_memory_is_rendered_only_when_present(self, registry) -> None:
         """A worker's resident memory appears as agent_registry_resident_memory_bytes."""
         metrics = ExporterMetrics("1")
-        plain = render(registry.snapshot(), metrics, openmetrics=False).body
+        plain = render(registry.snapshot(), metrics, format=TEXT).body
         assert b"agent_registry_resident_memory_bytes" not in plain
         with_rss = replace(registry.snapshot(), resident_memory_bytes=4096)
-        body = render(with_rss, metrics, openmetrics=False).body
+        body = render(with_rss, metrics, format=TEXT).body
         assert scraped(body)["agent_registry_resident_memory_bytes"] == 4096

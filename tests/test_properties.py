@@ -27,7 +27,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter import AgentRegistry, Thresholds, UserAgentSession
-from agent_registry_exporter.exporting.renderer import ExporterMetrics, render
+from agent_registry_exporter.exporting import (
+    FORMATS,
+    OPENMETRICS,
+    TEXT,
+    ExporterMetrics,
+    Format,
+    render,
+)
 
 from .conftest import FakeClock, RecordingAgent
 
@@ -112,7 +119,7 @@ _METRICS = _registry_families_only()
 
 
 def assert_totals_are_the_rendered_sum(registry: AgentRegistry) -> None:
-    body = render(registry.snapshot(), _METRICS, openmetrics=False).body
+    body = render(registry.snapshot(), _METRICS, format=TEXT).body
     per_user = total = 0
     for prefix, value in _SAMPLE.findall(body):
         if prefix.startswith(b"agent_registry_agents"):
@@ -201,8 +208,8 @@ def _promtool() -> str:
     return path
 
 
-def _rendered_ids(body: bytes, *, openmetrics: bool) -> list[str]:
-    parse = parse_om if openmetrics else parse_text
+def _rendered_ids(body: bytes, fmt: Format) -> list[str]:
+    parse = parse_om if fmt is OPENMETRICS else parse_text
     return [
         s.labels["user_id"]
         for family in parse(body.decode("utf-8"))
@@ -238,10 +245,10 @@ class TestAnyAcceptedId:
         expected = sorted(s.user_id for s in registry.sessions())
         assert expected == sorted({c for c in candidates if c and _encodes(c)})
         snapshot = registry.snapshot()
-        for openmetrics in (False, True):
-            body = render(snapshot, _METRICS, openmetrics=openmetrics).body
-            assert sorted(_rendered_ids(body, openmetrics=openmetrics)) == expected
-        text = render(snapshot, _METRICS, openmetrics=False).body
+        for fmt in FORMATS:
+            body = render(snapshot, _METRICS, format=fmt).body
+            assert sorted(_rendered_ids(body, fmt)) == expected
+        text = render(snapshot, _METRICS, format=TEXT).body
         done = subprocess.run([_promtool(), "check", "metrics"], input=text, capture_output=True)
         assert done.returncode == 0, done.stdout + done.stderr
 

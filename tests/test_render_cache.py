@@ -15,8 +15,16 @@ from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
-from agent_registry_exporter.exporting import select_indexes, spans
-from agent_registry_exporter.exporting.renderer import ExporterMetrics, Renderer, render
+from agent_registry_exporter.exporting import (
+    FORMATS,
+    OPENMETRICS,
+    TEXT,
+    ExporterMetrics,
+    Renderer,
+    render,
+)
+from agent_registry_exporter.exporting.chunks import spans
+from agent_registry_exporter.exporting.selection import select_indexes
 from agent_registry_exporter.registry import SessionColumns
 
 from .conftest import ENGINES, T0
@@ -112,7 +120,7 @@ class TestSameBodyAsAFullRender:
                 openmetrics, gzipped, cap, age, sidecar = args
                 now += 15
                 options = dict(
-                    openmetrics=openmetrics,
+                    format=OPENMETRICS if openmetrics else TEXT,
                     gzipped=gzipped,
                     max_user_series=cap,
                     export_session_age=age,
@@ -128,9 +136,9 @@ class TestSameBodyAsAFullRender:
         rows = {f"u{n}": SessionRow(f"u{n}", n % 7, T0 - n) for n in range(300)}
         renderer = Renderer(chunk_users=16)
         metrics = ExporterMetrics("1")
-        first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        first = renderer.render(snapshot_of(rows), metrics, format=OPENMETRICS, gzipped=True)
         rows["u5"] = rows["u5"]._replace(agent_count=40)
-        rendered = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        rendered = renderer.render(snapshot_of(rows), metrics, format=OPENMETRICS, gzipped=True)
         assert len(reused_pieces(first, rendered)) > 10
         families = {f.name: f for f in parse_om(single_member(rendered.body).decode())}
         agents = {
@@ -142,15 +150,15 @@ class TestSameBodyAsAFullRender:
 
 class TestEncodings:
     @pytest.mark.parametrize("engine", ENGINES)
-    @pytest.mark.parametrize("openmetrics", [False, True])
-    def test_gzip_is_a_single_member_in_both_formats(self, engine, openmetrics) -> None:
+    @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+    def test_gzip_is_a_single_member_in_both_formats(self, engine, fmt) -> None:
         """curl --compressed reads only the first member: every gzip scrape is one, cached
         pieces included, and its trailer holds the CRC and length of the whole text."""
         rows = {f"u{n}": SessionRow(f"u{n}", 1, T0) for n in range(500)}
         renderer = Renderer(chunk_users=16, engine=engine)
         for _ in range(2):
             rendered = renderer.render(
-                snapshot_of(rows), ExporterMetrics("1"), openmetrics=openmetrics, gzipped=True
+                snapshot_of(rows), ExporterMetrics("1"), format=fmt, gzipped=True
             )
         text = single_member(rendered.body)
         assert text.count(b"agent_registry_user_agents{") == 500
@@ -161,7 +169,7 @@ class TestEncodings:
         rows = {f"u{n}": SessionRow(f"u{n}", n % 5, T0 - n) for n in range(200)}
         renderer = Renderer(chunk_users=16)
         metrics = ExporterMetrics("1")
-        options = {"openmetrics": True, "gzipped": True}
+        options = {"format": OPENMETRICS, "gzipped": True}
         renderer.render(snapshot_of(rows), metrics, **options)
         held = {key: chunk.agents_data for key, chunk in deflated_chunks(renderer).items()}
         rows["u3"] = rows["u3"]._replace(agent_count=44)
@@ -183,7 +191,7 @@ class TestColumns:
             array("d", [r.created_timestamp for r in listed]),
         )
         metrics = ExporterMetrics("1")
-        options = {"openmetrics": True, "gzipped": True, "max_user_series": 100}
+        options = {"format": OPENMETRICS, "gzipped": True, "max_user_series": 100}
         renderer = Renderer(chunk_users=16)
         by_columns = replace(snapshot_of(rows), sessions=columns)
         for _ in range(2):
@@ -199,7 +207,7 @@ class TestPrivateIds:
         rows = {f"u{n}": SessionRow(f"u{n}", n % 4, T0 - n) for n in range(300)}
         renderer = Renderer(chunk_users=16)
         metrics = ExporterMetrics("1")
-        options = {"openmetrics": True, "gzipped": True}
+        options = {"format": OPENMETRICS, "gzipped": True}
         old_key = replace(snapshot_of(rows), user_label=lambda user: "h:old-" + user)
         new_key = replace(snapshot_of(rows), user_label=lambda user: "h:new-" + user)
         renderer.render(old_key, metrics, **options)
@@ -218,11 +226,11 @@ class TestPrivateIds:
 
         renderer = Renderer(chunk_users=16)
         metrics = ExporterMetrics("1")
-        renderer.render(replace(snapshot_of(rows), user_label=label), metrics, openmetrics=True)
+        renderer.render(replace(snapshot_of(rows), user_label=label), metrics, format=OPENMETRICS)
         assert len(hashed) == 300
         del rows["u150"]
         hashed.clear()
-        renderer.render(replace(snapshot_of(rows), user_label=label), metrics, openmetrics=True)
+        renderer.render(replace(snapshot_of(rows), user_label=label), metrics, format=OPENMETRICS)
         assert 0 < len(hashed) < 100  # the removed user's chunk only
 
 
@@ -239,8 +247,8 @@ class TestReuse:
         rows = self.rows(3000)
         renderer = Renderer(chunk_users=64)
         metrics = ExporterMetrics("1")
-        first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
-        second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        first = renderer.render(snapshot_of(rows), metrics, format=OPENMETRICS, gzipped=True)
+        second = renderer.render(snapshot_of(rows), metrics, format=OPENMETRICS, gzipped=True)
         reused = reused_pieces(first, second)
         chunks = len(deflated_chunks(renderer))
         assert chunks > 10
@@ -251,10 +259,10 @@ class TestReuse:
         rows = self.rows(3000)
         renderer = Renderer(chunk_users=64)
         metrics = ExporterMetrics("1")
-        first = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        first = renderer.render(snapshot_of(rows), metrics, format=OPENMETRICS, gzipped=True)
         user = list(rows)[1234]
         rows[user] = rows[user]._replace(agent_count=99)
-        second = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+        second = renderer.render(snapshot_of(rows), metrics, format=OPENMETRICS, gzipped=True)
         reused = reused_pieces(first, second)
         assert len(reused) == 2 * len(deflated_chunks(renderer)) - 1
 
@@ -266,7 +274,7 @@ class TestReuse:
         for step in range(5):
             for user in list(rows)[step::7]:
                 rows[user] = rows[user]._replace(agent_count=step)
-            rendered = renderer.render(snapshot_of(rows), metrics, openmetrics=True, gzipped=True)
+            rendered = renderer.render(snapshot_of(rows), metrics, format=OPENMETRICS, gzipped=True)
             assert 0 < renderer.cached_bytes < rendered.size
 
     def test_chunk_length_must_be_a_power_of_two(self) -> None:

@@ -21,7 +21,7 @@ from agent_registry_exporter import (
 )
 from agent_registry_exporter.cli import main
 from agent_registry_exporter.common.endpoints import WEBHOOK_PATH
-from agent_registry_exporter.exporting.renderer import ExporterMetrics, render
+from agent_registry_exporter.exporting import TEXT, ExporterMetrics, render
 from agent_registry_exporter.remediation import Outcome, Remediator
 from agent_registry_exporter.settings import describe_validation_error
 from agent_registry_exporter.sources import PrivateIdSource, UserIdHasher, private_ids
@@ -212,7 +212,7 @@ class TestSidecar:
             sidecar = SidecarSource(socket_dir, timeout=5.0)
             source = private_ids(sidecar, UserIdHasher.from_file(key_file))
             try:
-                text = render(await source.snapshot(), ExporterMetrics("t"), openmetrics=False)
+                text = render(await source.snapshot(), ExporterMetrics("t"), format=TEXT)
                 body = text.body.decode()
                 label = UserIdHasher(KEY)("greedy@example.com")
                 assert "example.com" not in body

@@ -1,25 +1,41 @@
-"""The renderer's internals: series-cap selection, reusable chunks, one gzip member."""
+"""Exporting registry snapshots: the metric catalogue, the formats, the renderer.
 
-from .chunks import DEFAULT_CHUNK_USERS, Chunk, ChunkCache, check_chunk_users, spans
+`catalogue` lists every family served; a `Format` (chosen per request by `choose_format`)
+says how a body looks; the `Renderer` writes snapshots with the fast writer, reusing
+unchanged chunks, beside the exporter's own metrics (`ExporterMetrics`), and gzips with a
+`DeflateEngine` (ISA-L where it imports, else zlib).
+"""
+
+from . import catalogue
+from .catalogue import CATALOGUE, Family, Kind
+from .chunks import DEFAULT_CHUNK_USERS, check_chunk_users
 from .deflate import ISAL, ZLIB, DeflateEngine, default_engine, engines
-from .parts import BodyParts, Deflated, GzipParts, PlainParts, deflate_piece
-from .selection import select_indexes
+from .exporter_metrics import ExporterMetrics
+from .formats import FORMATS, OPENMETRICS, TEXT, Format
+from .negotiation import choose_format, wants_gzip
+from .renderer import Rendered, Renderer, RenderOptions, render
 
 __all__ = [
+    "CATALOGUE",
     "DEFAULT_CHUNK_USERS",
+    "FORMATS",
     "ISAL",
+    "OPENMETRICS",
+    "TEXT",
     "ZLIB",
-    "BodyParts",
-    "Chunk",
-    "ChunkCache",
     "DeflateEngine",
-    "Deflated",
-    "GzipParts",
-    "PlainParts",
+    "ExporterMetrics",
+    "Family",
+    "Format",
+    "Kind",
+    "RenderOptions",
+    "Rendered",
+    "Renderer",
+    "catalogue",
     "check_chunk_users",
+    "choose_format",
     "default_engine",
-    "deflate_piece",
     "engines",
-    "select_indexes",
-    "spans",
+    "render",
+    "wants_gzip",
 ]

@@ -1,160 +1,36 @@
-"""Rendering registry snapshots as Prometheus text 0.0.4 or OpenMetrics 1.0, fast.
+"""Rendering registry snapshots in a chosen `Format`, reusing what did not change.
 
-The per-user families are written with plain string formatting: for 100,000 users the
-stock prometheus_client encoder is 10-20x slower, and the exporter shares its process
-with the agent backend. The exporter's own metrics go through a private
-prometheus_client registry and are appended.
+The per-user families come from the fast writer; the exporter's own metrics go through a
+private prometheus_client registry and are appended.
 """
 
 from __future__ import annotations
 
-import codecs
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Generic, Required, TypedDict, TypeVar, Unpack
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, ProcessCollector
-from prometheus_client import generate_latest as _generate_text
-from prometheus_client.openmetrics.exposition import (
-    generate_latest as _untyped_generate_openmetrics,
+from ..registry import RegistrySnapshot
+from . import catalogue as c
+from .chunks import DEFAULT_CHUNK_USERS, Chunk, ChunkCache, check_chunk_users, spans
+from .deflate import DeflateEngine, default_engine
+from .exporter_metrics import ExporterMetrics
+from .formats import Format
+from .parts import BodyParts, Deflated, GzipParts, PlainParts, deflate_piece
+from .writer import (
+    COUNT,
+    SECONDS,
+    RegistryView,
+    encode,
+    escape,
+    lines,
+    registry_totals,
+    write_families,
 )
 
-from ..registry import RegistrySnapshot, SessionColumns
-from . import (
-    DEFAULT_CHUNK_USERS,
-    BodyParts,
-    Chunk,
-    ChunkCache,
-    Deflated,
-    DeflateEngine,
-    GzipParts,
-    PlainParts,
-    check_chunk_users,
-    default_engine,
-    deflate_piece,
-    select_indexes,
-    spans,
-)
-
-__all__ = [
-    "OPENMETRICS_CONTENT_TYPE",
-    "TEXT_CONTENT_TYPE",
-    "ExporterMetrics",
-    "RenderOptions",
-    "Rendered",
-    "Renderer",
-    "render",
-    "wants_gzip",
-    "wants_openmetrics",
-]
-
-
-def _generate_openmetrics(registry: CollectorRegistry) -> bytes:
-    # prometheus_client's OpenMetrics encoder has no annotations.
-    result: bytes = _untyped_generate_openmetrics(registry)  # type: ignore[no-untyped-call]
-    return result
-
-
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-_EOF = "# EOF\n"
-# C-level attribute reads: no Python loop over every session.
-_USER_ID = attrgetter("user_id")
-_AGENT_COUNT = attrgetter("agent_count")
-_CREATED = attrgetter("created_timestamp")
-_UNENCODABLE = "agent_registry_exporter.label_value"
-
-
-def _spell_out_unencodable(exc: UnicodeError) -> tuple[str, int]:
-    r"""Replace code points UTF-8 cannot carry (lone surrogates) inside a label value.
-
-    `\ud800` becomes the escaped text `\\ud800`, which reads back as `\ud800` spelled out:
-    valid in both formats, distinct from other ids, and free on the common path (only a
-    failed encode calls it). Only label values can hold such code points.
-    """
-    if not isinstance(exc, UnicodeEncodeError):
-        raise exc
-    bad = exc.object[exc.start : exc.end]
-    return "".join(f"\\\\u{ord(c):04x}" for c in bad), exc.end
-
-
-codecs.register_error(_UNENCODABLE, _spell_out_unencodable)
-
-
-class ExporterMetrics:
-    """The exporter's own metrics, in a private registry (never prometheus_client's global)."""
-
-    def __init__(self, version: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        # Memory beside the agents: resident memory, open fds, collections per generation.
-        ProcessCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        build_info = Gauge(
-            "agent_registry_exporter_build_info",
-            "Always 1; the version label names the running exporter.",
-            ["version"],
-            registry=self.registry,
-        )
-        build_info.labels(version=version).set(1)
-        self.scrape_duration = Gauge(
-            "agent_registry_exporter_scrape_duration_seconds",
-            "Time the last /metrics render took.",
-            registry=self.registry,
-        )
-        self.cleanups = Counter(
-            "agent_registry_cleanups",
-            "Cleanup decisions by trigger and outcome.",
-            ["trigger", "result"],
-            registry=self.registry,
-        )
-        self.cleaned_agents = Counter(
-            "agent_registry_cleaned_agents",
-            "Agents closed by cleanups.",
-            registry=self.registry,
-        )
-        self.render_failures = Counter(
-            "agent_registry_exporter_render_failures",
-            "/metrics renders that failed (the scrape was answered 500).",
-            registry=self.registry,
-        )
-        self.webhook_requests = Counter(
-            "agent_registry_webhook_requests",
-            "Webhook HTTP responses by status code.",
-            ["code"],
-            registry=self.registry,
-        )
-        self.auth_failures = Counter(
-            "agent_registry_exporter_auth_failures",
-            "Requests refused for their credentials, by reason.",
-            ["reason"],
-            registry=self.registry,
-        )
-
-
-def wants_openmetrics(accept: str) -> bool:
-    """True when the Accept header lists OpenMetrics (Prometheus asks for it first)."""
-    return any(
-        part.split(";", 1)[0].strip() == "application/openmetrics-text"
-        for part in accept.split(",")
-    )
-
-
-def wants_gzip(accept_encoding: str) -> bool:
-    """True when the client accepts gzip (and has not refused it with q=0)."""
-    for part in accept_encoding.split(","):
-        coding, _, params = part.partition(";")
-        if coding.strip().lower() == "gzip":
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
+__all__ = ["RenderOptions", "Rendered", "Renderer", "render"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +38,12 @@ class Rendered:
     """A rendered scrape body, in the pieces it is sent as, and the headers describing it."""
 
     parts: tuple[bytes, ...]
-    content_type: str
+    format: Format
     gzipped: bool
+
+    @property
+    def content_type(self) -> str:
+        return self.format.content_type
 
     @property
     def body(self) -> bytes:
@@ -173,58 +53,6 @@ class Rendered:
     @property
     def size(self) -> int:
         return sum(map(len, self.parts))
-
-
-@dataclass(frozen=True, slots=True)
-class _Registry:
-    """One registry's exported users (after the cap), each figure read once.
-
-    In sidecar mode there is one per worker, its `worker` label prefixed to every series.
-    """
-
-    snapshot: RegistrySnapshot
-    user_ids: list[str]
-    counts: list[int]
-    created: list[float]
-    total_agents: int
-    omitted: int
-    worker: str  # 'worker="w1",' in sidecar mode, else empty
-
-    @classmethod
-    def of(cls, snapshot: RegistrySnapshot, max_user_series: int) -> _Registry:
-        sessions = snapshot.sessions
-        # Each count is read once, so the totals are the sum of what is printed.
-        if isinstance(sessions, SessionColumns):  # a worker's snapshot: columns already
-            user_ids = list(sessions.user_ids)
-            counts = list(sessions.agent_counts)
-            created = list(sessions.created_timestamps)
-        else:
-            user_ids = list(map(_USER_ID, sessions))
-            counts = list(map(_AGENT_COUNT, sessions))
-            created = list(map(_CREATED, sessions))
-        total_agents = sum(counts)
-        if len(sessions) > max_user_series:
-            keep = select_indexes(
-                counts, created, snapshot.taken_at, snapshot.thresholds, max_user_series
-            )
-            user_ids = [user_ids[i] for i in keep]
-            counts = [counts[i] for i in keep]
-            created = [created[i] for i in keep]
-        worker = "" if snapshot.worker is None else f'worker="{_escape(snapshot.worker)}",'
-        omitted = len(sessions) - len(user_ids)
-        return cls(snapshot, user_ids, counts, created, total_agents, omitted, worker)
-
-    def sample(self, family: str, value: object, labels: str = "") -> str:
-        joined = (self.worker + labels).rstrip(",")
-        return f"{family}{{{joined}}} {value}\n" if joined else f"{family} {value}\n"
-
-    def line(self, family: str, value_format: str) -> str:
-        """The %-template of one user's line in `family`."""
-        return family + "{" + self.worker.replace("%", "%%") + 'user_id="%s"} ' + value_format
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", _UNENCODABLE)
 
 
 P = TypeVar("P")
@@ -264,9 +92,9 @@ class Renderer:
         self.chunk_users = check_chunk_users(chunk_users)
         self.engine = engine = default_engine() if engine is None else engine
         self._deflated: _Caches[Deflated] = _Caches(
-            lambda text: deflate_piece(_encode(text), engine), _deflated_size
+            lambda text: deflate_piece(encode(text), engine), _deflated_size
         )
-        self._text: _Caches[bytes] = _Caches(_encode, len)
+        self._text: _Caches[bytes] = _Caches(encode, len)
 
     @property
     def cached_bytes(self) -> int:
@@ -278,7 +106,7 @@ class Renderer:
         snapshot: RegistrySnapshot,
         metrics: ExporterMetrics,
         *,
-        openmetrics: bool,
+        format: Format,
         gzipped: bool = False,
         max_user_series: int = 10_000,
         export_session_age: bool = True,
@@ -290,18 +118,14 @@ class Renderer:
         """
         started = time.perf_counter()
         snapshots = snapshot.workers if snapshot.workers is not None else (snapshot,)
-        registries = [_Registry.of(one, max_user_series) for one in snapshots]
-        write = (registries, metrics, openmetrics, export_session_age)
+        registries = [RegistryView.of(one, max_user_series) for one in snapshots]
+        write = (registries, metrics, format, export_session_age)
         if gzipped:
             body = _write(self._deflated, GzipParts(self.engine), self.chunk_users, *write)
         else:
             body = _write(self._text, PlainParts(), self.chunk_users, *write)
         metrics.scrape_duration.set(time.perf_counter() - started)
-        return Rendered(
-            parts=body,
-            content_type=OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
-            gzipped=gzipped,
-        )
+        return Rendered(parts=body, format=format, gzipped=gzipped)
 
 
 def _deflated_size(piece: Deflated) -> int:
@@ -312,9 +136,9 @@ def _write(
     caches: _Caches[P],
     parts: BodyParts[P],
     chunk_users: int,
-    registries: Sequence[_Registry],
+    registries: Sequence[RegistryView],
     metrics: ExporterMetrics,
-    openmetrics: bool,
+    fmt: Format,
     export_session_age: bool,
 ) -> tuple[bytes, ...]:
     """The whole body into `parts`, the per-user families reusing `caches`."""
@@ -323,22 +147,20 @@ def _write(
         caches.lock.acquire()
     try:
         chunks = _refresh(caches, registries, chunk_users)
-        _write_families(parts, registries, chunks, export_session_age)
+        write_families(parts, fmt, registries, chunks, export_session_age)
     finally:
         caches.lock.release()
-    parts.text(_encode(_registry_totals(registries, openmetrics)))
-    if openmetrics:
-        parts.text(_generate_openmetrics(metrics.registry).removesuffix(_EOF.encode()))
-        parts.text(_EOF.encode())
-    else:
-        parts.text(_generate_text(metrics.registry))
+    parts.text(encode(registry_totals(fmt, registries)))
+    parts.text(fmt.collected(metrics.registry))
+    if fmt.trailer:
+        parts.text(fmt.trailer)
     return tuple(parts.finish())
 
 
 class RenderOptions(TypedDict, total=False):
     """`Renderer.render`'s keyword options."""
 
-    openmetrics: Required[bool]
+    format: Required[Format]
     gzipped: bool
     max_user_series: int
     export_session_age: bool
@@ -351,22 +173,8 @@ def render(
     return Renderer().render(snapshot, metrics, **options)
 
 
-def _header(name: str, help_text: str) -> str:
-    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n"
-
-
-_AGENTS = "agent_registry_user_agents"
-_AGE = "agent_registry_user_session_age_seconds"
-_CREATED_FAMILY = "agent_registry_user_session_created_timestamp_seconds"
-
-
-def _lines(line: str, labels: Sequence[str], values: Iterable[float]) -> str:
-    # One line per user, filled by str % in C (no bytecode per line).
-    return "".join(map(line.__mod__, zip(labels, values, strict=True)))
-
-
 def _refresh(
-    caches: _Caches[P], registries: Sequence[_Registry], chunk_users: int
+    caches: _Caches[P], registries: Sequence[RegistryView], chunk_users: int
 ) -> list[list[Chunk[P]]]:
     """Each registry's chunks for this render: reused where their users are unchanged."""
     kept: dict[str | None, ChunkCache[P]] = {}
@@ -382,15 +190,11 @@ def _refresh(
     return out
 
 
-# Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
-_COUNT, _SECONDS = "%d\n", "%.3f\n"
-
-
-def _refresh_one(cache: ChunkCache[P], registry: _Registry, chunk_users: int) -> list[Chunk[P]]:
+def _refresh_one(cache: ChunkCache[P], registry: RegistryView, chunk_users: int) -> list[Chunk[P]]:
     user_ids, counts, created = registry.user_ids, registry.counts, registry.created
-    agents_line = registry.line(_AGENTS, _COUNT)
-    created_line = registry.line(_CREATED_FAMILY, _SECONDS)
-    encode = cache.encode
+    agents_line = registry.line(c.USER_AGENTS, COUNT)
+    created_line = registry.line(c.USER_SESSION_CREATED, SECONDS)
+    encode_piece = cache.encode
     old, new = cache.chunks, {}
     chunks = []
     for lo, hi in spans(user_ids, chunk_users):
@@ -400,112 +204,23 @@ def _refresh_one(cache: ChunkCache[P], registry: _Registry, chunk_users: int) ->
         if chunk is None or chunk.user_ids != ids:
             # Private ids are hashed here, for the users printed and only when they change.
             shown = ids if cache.label is None else list(map(cache.label, ids))
-            labels = [_escape(user_id) for user_id in shown]
+            labels = [escape(user_id) for user_id in shown]
             chunk = Chunk(
                 ids,
                 labels,
                 chunk_counts,
                 chunk_created,
-                encode(_lines(agents_line, labels, chunk_counts)),
-                encode(_lines(created_line, labels, chunk_created)),
+                encode_piece(lines(agents_line, labels, chunk_counts)),
+                encode_piece(lines(created_line, labels, chunk_created)),
             )
         else:
             if chunk.counts != chunk_counts:
                 chunk.counts = chunk_counts
-                chunk.agents_data = encode(_lines(agents_line, chunk.labels, chunk_counts))
+                chunk.agents_data = encode_piece(lines(agents_line, chunk.labels, chunk_counts))
             if chunk.created != chunk_created:
                 chunk.created = chunk_created
-                chunk.created_data = encode(_lines(created_line, chunk.labels, chunk_created))
+                chunk.created_data = encode_piece(lines(created_line, chunk.labels, chunk_created))
         new[ids[0]] = chunk
         chunks.append(chunk)
     cache.chunks = new  # what was not reused is dropped here: the cache never outgrows a body
     return chunks
-
-
-def _write_families(
-    parts: BodyParts[P],
-    registries: Sequence[_Registry],
-    chunks: Sequence[list[Chunk[P]]],
-    export_session_age: bool,
-) -> None:
-    """The per-user families, streamed into `parts` chunk by chunk.
-
-    Each family is written once with every registry's series under it (the formats want a
-    family's samples together). Small chunks keep every single C call (join, encode,
-    compress) short: a long one holds the GIL and would stall the embedding backend's loop.
-    """
-    parts.text(_header(_AGENTS, "Agents in the user's session.").encode())
-    for registry_chunks in chunks:
-        for chunk in registry_chunks:
-            parts.cached(chunk.agents_data)
-    if export_session_age:
-        parts.text(_header(_AGE, "Age of the user's session.").encode())
-        for registry, registry_chunks in zip(registries, chunks, strict=True):
-            age_line, now = registry.line(_AGE, _SECONDS), registry.snapshot.taken_at
-            for chunk in registry_chunks:
-                ages = map(now.__sub__, chunk.created)
-                parts.text(_encode(_lines(age_line, chunk.labels, ages)))
-    parts.text(_header(_CREATED_FAMILY, "Start of the user's session in Unix seconds.").encode())
-    for registry_chunks in chunks:
-        for chunk in registry_chunks:
-            parts.cached(chunk.created_data)
-
-
-def _registry_totals(parts: Sequence[_Registry], openmetrics: bool) -> str:
-    """The registry-wide families (one series per registry), and the optional figures the
-    snapshots carry (a family only when some registry sent it)."""
-    out = [_header("agent_registry_users", "Sessions in the registry.")]
-    out += [p.sample("agent_registry_users", len(p.snapshot.sessions)) for p in parts]
-    out.append(_header("agent_registry_agents", "Agents in the registry."))
-    out += [p.sample("agent_registry_agents", p.total_agents) for p in parts]
-    out.append(_header("agent_registry_threshold", "Limits the lifecycle manager enforces."))
-    for p in parts:
-        limits = p.snapshot.thresholds
-        out += [
-            p.sample(
-                "agent_registry_threshold", limits.agents_per_user, 'threshold="agents_per_user"'
-            ),
-            p.sample(
-                "agent_registry_threshold",
-                repr(float(limits.session_age_seconds)),
-                'threshold="session_age_seconds"',
-            ),
-            p.sample("agent_registry_threshold", limits.total_agents, 'threshold="total_agents"'),
-        ]
-    out.append(
-        _header(
-            "agent_registry_user_series_omitted",
-            "Users left out of the per-user series by the max_user_series cap.",
-        )
-    )
-    out += [p.sample("agent_registry_user_series_omitted", p.omitted) for p in parts]
-
-    # OpenMetrics names a counter's family without `_total`; text 0.0.4 with it.
-    untracked = "agent_registry_cleaned_agents_untracked" + ("" if openmetrics else "_total")
-    for attr, header in (
-        (
-            "cleaned_agents_alive",
-            _header(
-                "agent_registry_cleaned_agents_alive",
-                "Cleaned agents still referenced more than leak_grace_seconds after cleanup.",
-            ),
-        ),
-        (
-            "cleaned_agents_untracked",
-            f"# HELP {untracked} Cleaned agents not watched for a leak (no weak reference"
-            f" support, or over the tracking bound).\n# TYPE {untracked} counter\n",
-        ),
-        (
-            "resident_memory_bytes",
-            _header(
-                "agent_registry_resident_memory_bytes",
-                "Resident memory of the process holding the registry.",
-            ),
-        ),
-    ):
-        family = "agent_registry_" + attr + ("_total" if attr == "cleaned_agents_untracked" else "")
-        having = [(p, getattr(p.snapshot, attr)) for p in parts]
-        samples = [p.sample(family, value) for p, value in having if value is not None]
-        if samples:
-            out += [header, *samples]
-    return "".join(out)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from .._meta import __version__
-from ..exporting.renderer import ExporterMetrics
+from ..exporting import ExporterMetrics
 from ..remediation import Decision
 from ..settings import Settings
 from ..sources import RegistrySource, UserIdHasher, WorkerSources, private_ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..exporting.renderer import ExporterMetrics
+from ..exporting import ExporterMetrics
 from ..remediation import Remediator
 from ..settings import Settings
 from ..sources import RegistrySource

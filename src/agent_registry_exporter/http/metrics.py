@@ -11,7 +11,7 @@ from aiohttp import hdrs, web
 
 from .._meta import logger_name
 from ..common.json_errors import json_error
-from ..exporting.renderer import Renderer, wants_gzip, wants_openmetrics
+from ..exporting import Renderer, choose_format, wants_gzip
 from .keys import METRICS, SETTINGS, SOURCE
 
 __all__ = ["RENDERING", "Rendering", "metrics"]
@@ -40,7 +40,8 @@ RENDERING = web.AppKey("rendering", Rendering)
 async def metrics(request: web.Request) -> web.StreamResponse:
     """The exposition, Prometheus text or OpenMetrics by Accept, gzip by Accept-Encoding."""
     app = request.app
-    accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+    # Chosen once: the format decides the body, its content type and its end.
+    exposition = choose_format(",".join(request.headers.getall(hdrs.ACCEPT, [])))
     gzipped = wants_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
     rendering = app[RENDERING]
     async with rendering.slots:
@@ -51,7 +52,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
                 rendering.renderer.render,
                 snapshot,
                 app[METRICS],
-                openmetrics=wants_openmetrics(accept),
+                format=exposition,
                 gzipped=gzipped,
                 max_user_series=app[SETTINGS].max_user_series,
                 export_session_age=app[SETTINGS].export_session_age,
