@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ..exporting import catalogue as c
 from ..registry import Thresholds
 
 __all__ = ["GROUP_NAME", "RuleOptions", "render_rules", "render_rules_yaml"]
@@ -77,7 +78,7 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
     rules = [
         _rule(
             "AgentRegistryTooManyAgentsPerUser",
-            f"agent_registry_user_agents > {t.agents_per_user}",
+            f"{c.USER_AGENTS.sample} > {t.agents_per_user}",
             o.for_agents_per_user,
             cleanup,
             "User {{ $labels.user_id }} holds {{ $value }} agents on {{ $labels.instance }}",
@@ -87,7 +88,7 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
         ),
         _rule(
             "AgentRegistrySessionTooOld",
-            f"time() - agent_registry_user_session_created_timestamp_seconds > {age}",
+            f"time() - {c.USER_SESSION_CREATED.sample} > {age}",
             o.for_session_age,
             cleanup,
             "Session of user {{ $labels.user_id }} on {{ $labels.instance }} is "
@@ -99,7 +100,7 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
         ),
         _rule(
             "AgentRegistryTooManyAgentsTotal",
-            f"agent_registry_agents > {t.total_agents}",
+            f"{c.AGENTS.sample} > {t.total_agents}",
             o.for_total_agents,
             {"severity": "critical"},
             "{{ $labels.instance }} holds {{ $value }} agents in total",
@@ -110,7 +111,7 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
         _rule(
             "AgentRegistryCleanupFailing",
             "sum by (job, instance) "
-            '(increase(agent_registry_cleanups_total{result=~"error|timeout"}[10m])) > 0',
+            f'(increase({c.CLEANUPS.sample}{{result=~"error|timeout"}}[10m])) > 0',
             o.for_cleanup_failing,
             {"severity": "warning"},
             "Cleanups keep failing on {{ $labels.instance }}",
@@ -129,7 +130,7 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
         ),
         _rule(
             "AgentRegistryCleanedAgentsNotFreed",
-            "agent_registry_cleaned_agents_alive > 0",
+            f"{c.CLEANED_AGENTS_ALIVE.sample} > 0",
             o.for_cleaned_agents_not_freed,
             {"severity": "warning"},
             '{{ $value | printf "%.0f" }} cleaned agents are not freed on {{ $labels.instance }}',

@@ -41,7 +41,7 @@ __all__ = [
     "family",
 ]
 
-_NAME = re.compile(r"^agent_registry_[a-z][a-z0-9_]*[a-z0-9]$")
+_NAME = re.compile(r"^agent_registry_[a-z](?:[a-z0-9_]*[a-z0-9])?$")
 # Families prometheus_client's process and GC collectors add beside ours (not listed here).
 FOREIGN_PREFIXES = ("process_", "python_gc_")
 

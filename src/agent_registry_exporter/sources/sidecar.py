@@ -20,6 +20,7 @@ from typing import overload
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .._meta import logger_name
+from ..exporting import catalogue
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionLike, Thresholds
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
@@ -157,15 +158,13 @@ class SidecarSource:
 
     def collect(self) -> Iterator[Metric]:
         """The sidecar's view of its workers, fresh at every scrape (prometheus_client)."""
-        up = GaugeMetricFamily(
-            "agent_registry_source_up",
-            "1 when the worker answered this scrape's snapshot request, else 0.",
-            labels=["worker"],
-        )
+        c = catalogue
+        up = GaugeMetricFamily(c.SOURCE_UP.name, c.SOURCE_UP.help, labels=c.SOURCE_UP.labels)
         duration = GaugeMetricFamily(
-            "agent_registry_source_scrape_duration_seconds",
-            "Time the worker took to answer this scrape's snapshot request.",
-            labels=["worker"],
+            c.SOURCE_SCRAPE_DURATION.name,
+            c.SOURCE_SCRAPE_DURATION.help,
+            labels=c.SOURCE_SCRAPE_DURATION.labels,
+            unit=c.SOURCE_SCRAPE_DURATION.unit,
         )
         for name, health in sorted(self._health.items()):
             up.add_metric([name], 1.0 if health.up else 0.0)
@@ -176,9 +175,7 @@ class SidecarSource:
             value=self._found,
         )
         removed = CounterMetricFamily(
-            "agent_registry_source_sockets_removed",
-            "Sockets of dead workers (connection refused repeatedly) removed by the sidecar.",
-            value=self._removed,
+            c.SOURCE_SOCKETS_REMOVED.name, c.SOURCE_SOCKETS_REMOVED.help, value=self._removed
         )
         yield from (up, duration, found, removed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...exporting import catalogue as c
 from .promql import REGISTRY_MEMORY, SEL, WORKER_SEL, rate
 from .sdk import Dashboard, Row, graph_panel, model, query, stat_panel
 
@@ -17,7 +18,7 @@ def workers(board: Dashboard) -> Dashboard:
                 "Did each backend worker answer the sidecar's last gathers? 1 answered, 0 down "
                 "or too slow (its series vanish meanwhile). Empty in embedded mode.",
                 "none",
-                [query(f"agent_registry_source_up{{{WORKER_SEL}}}", "{{worker}} on {{instance}}")],
+                [query(f"{c.SOURCE_UP.sample}{{{WORKER_SEL}}}", "{{worker}} on {{instance}}")],
                 w=6,
                 h=7,
             ).min(0)
@@ -30,7 +31,7 @@ def workers(board: Dashboard) -> Dashboard:
                 "s",
                 [
                     query(
-                        f"agent_registry_source_scrape_duration_seconds{{{WORKER_SEL}}}",
+                        f"{c.SOURCE_SCRAPE_DURATION.sample}{{{WORKER_SEL}}}",
                         "{{worker}} on {{instance}}",
                     )
                 ],
@@ -46,7 +47,7 @@ def workers(board: Dashboard) -> Dashboard:
                 "none",
                 [
                     query(
-                        f"sum by (instance, worker) (agent_registry_agents{{{WORKER_SEL}}})",
+                        f"sum by (instance, worker) ({c.AGENTS.sample}{{{WORKER_SEL}}})",
                         "{{worker}} on {{instance}}",
                     )
                 ],
@@ -62,7 +63,7 @@ def workers(board: Dashboard) -> Dashboard:
                 "ops",
                 [
                     query(
-                        rate("agent_registry_source_sockets_removed_total", "instance"),
+                        rate(c.SOURCE_SOCKETS_REMOVED.sample, "instance"),
                         "{{instance}}",
                     )
                 ],
@@ -84,7 +85,7 @@ def remediation(board: Dashboard) -> Dashboard:
                 "ops",
                 [
                     query(
-                        rate("agent_registry_cleanups_total", "trigger, result"),
+                        rate(c.CLEANUPS.sample, "trigger, result"),
                         "{{trigger}} {{result}}",
                     )
                 ],
@@ -97,7 +98,7 @@ def remediation(board: Dashboard) -> Dashboard:
                 "Agents closed per second",
                 "How many agents do cleanups close on each replica?",
                 "ops",
-                [query(rate("agent_registry_cleaned_agents_total", "instance"), "{{instance}}")],
+                [query(rate(c.CLEANED_AGENTS.sample, "instance"), "{{instance}}")],
                 w=6,
                 h=8,
             )
@@ -108,7 +109,7 @@ def remediation(board: Dashboard) -> Dashboard:
                 "How did the webhook answer? 200 handled, 429 deferred (rate limit, breaker), "
                 "4xx refused, 5xx retried.",
                 "reqps",
-                [query(rate("agent_registry_webhook_requests_total", "code"), "{{code}}")],
+                [query(rate(c.WEBHOOK_REQUESTS.sample, "code"), "{{code}}")],
                 w=6,
                 h=8,
             )
@@ -123,7 +124,7 @@ def remediation(board: Dashboard) -> Dashboard:
                 [
                     query(
                         rate(
-                            "agent_registry_cleanups_total",
+                            c.CLEANUPS.sample,
                             "instance, result",
                             f'{SEL}, result=~"forwarded|unknown_instance"',
                         ),
@@ -147,7 +148,7 @@ def memory(board: Dashboard) -> Dashboard:
                 "Are the agents that cleanups closed really freed? Above 0, something still "
                 "references them leak_grace_seconds after their cleanup.",
                 "none",
-                [query(f"agent_registry_cleaned_agents_alive{{{WORKER_SEL}}}", per_registry)],
+                [query(f"{c.CLEANED_AGENTS_ALIVE.sample}{{{WORKER_SEL}}}", per_registry)],
                 w=6,
                 h=8,
             ).min(0)
@@ -161,7 +162,7 @@ def memory(board: Dashboard) -> Dashboard:
                 [
                     query(
                         rate(
-                            "agent_registry_cleaned_agents_untracked_total",
+                            c.CLEANED_AGENTS_UNTRACKED.sample,
                             "instance, worker",
                             WORKER_SEL,
                         ),
@@ -180,7 +181,7 @@ def memory(board: Dashboard) -> Dashboard:
                 "bytes",
                 [
                     query(REGISTRY_MEMORY, f"memory {per_registry}"),
-                    query(f"agent_registry_agents{{{WORKER_SEL}}}", f"agents {per_registry}"),
+                    query(f"{c.AGENTS.sample}{{{WORKER_SEL}}}", f"agents {per_registry}"),
                 ],
                 w=6,
                 h=8,
@@ -200,7 +201,7 @@ def memory(board: Dashboard) -> Dashboard:
                 "bytes",
                 [
                     query(
-                        f"({REGISTRY_MEMORY}) / (agent_registry_agents{{{WORKER_SEL}}} > 0)",
+                        f"({REGISTRY_MEMORY}) / ({c.AGENTS.sample}{{{WORKER_SEL}}} > 0)",
                         per_registry,
                     )
                 ],
@@ -219,11 +220,7 @@ def exporter(board: Dashboard) -> Dashboard:
                 "Scrape render duration",
                 "How long did each replica take to render /metrics?",
                 "s",
-                [
-                    query(
-                        f"agent_registry_exporter_scrape_duration_seconds{{{SEL}}}", "{{instance}}"
-                    )
-                ],
+                [query(f"{c.SCRAPE_DURATION.sample}{{{SEL}}}", "{{instance}}")],
                 w=6,
                 h=7,
             )
@@ -236,7 +233,7 @@ def exporter(board: Dashboard) -> Dashboard:
                 "none",
                 [
                     query(
-                        f"agent_registry_user_series_omitted{{{WORKER_SEL}}}",
+                        f"{c.USER_SERIES_OMITTED.sample}{{{WORKER_SEL}}}",
                         "{{instance}} {{worker}}",
                     )
                 ],
@@ -251,7 +248,7 @@ def exporter(board: Dashboard) -> Dashboard:
                 "ops",
                 [
                     query(
-                        rate("agent_registry_exporter_render_failures_total", "instance"),
+                        rate(c.RENDER_FAILURES.sample, "instance"),
                         "{{instance}}",
                     )
                 ],
@@ -267,7 +264,7 @@ def exporter(board: Dashboard) -> Dashboard:
                 "reqps",
                 [
                     query(
-                        rate("agent_registry_exporter_auth_failures_total", "instance, reason"),
+                        rate(c.AUTH_FAILURES.sample, "instance, reason"),
                         "{{reason}} on {{instance}}",
                     )
                 ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ...exporting import catalogue as c
+
 __all__ = [
     "REGISTRY_MEMORY",
     "SEL",
@@ -20,11 +22,11 @@ SEL = 'job=~"$job", instance=~"$instance"'
 WORKER_SEL = f'{SEL}, worker=~"$worker"'
 USER_SEL = f'{WORKER_SEL}, user_id=~"$user_id"'
 SESSION = "{{user_id}} on {{instance}} {{worker}}"
-SESSION_AGE = f"time() - agent_registry_user_session_created_timestamp_seconds{{{USER_SEL}}}"
+SESSION_AGE = f"time() - {c.USER_SESSION_CREATED.sample}{{{USER_SEL}}}"
 # Memory of the process holding each registry: a sidecar exports each worker's; embedded, the
 # registry lives in the exporter's own process.
 REGISTRY_MEMORY = (
-    f"agent_registry_resident_memory_bytes{{{WORKER_SEL}}} "
+    f"{c.RESIDENT_MEMORY.sample}{{{WORKER_SEL}}} "
     f"or on (job, instance) process_resident_memory_bytes{{{SEL}}}"
 )
 
@@ -32,11 +34,11 @@ REGISTRY_MEMORY = (
 def threshold(name: str) -> str:
     # max by (job, instance): one limit per target whether or not a sidecar labels it per worker
     # (its workers share one configuration), so `group_left` always finds exactly one match.
-    return f'max by (job, instance) (agent_registry_threshold{{{WORKER_SEL}, threshold="{name}"}})'
+    return f'max by (job, instance) ({c.THRESHOLD.sample}{{{WORKER_SEL}, threshold="{name}"}})'
 
 
 def threshold_line(name: str) -> str:
-    return f'max(agent_registry_threshold{{{WORKER_SEL}, threshold="{name}"}})'
+    return f'max({c.THRESHOLD.sample}{{{WORKER_SEL}, threshold="{name}"}})'
 
 
 def rate(counter: str, by: str, matchers: str = SEL) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...exporting import catalogue as c
 from .promql import SEL, SESSION, SESSION_AGE, USER_SEL, WORKER_SEL, threshold, threshold_line
 from .sdk import (
     Dashboard,
@@ -26,14 +27,14 @@ def now(board: Dashboard) -> Dashboard:
             stat_panel(
                 "Users",
                 "How many sessions do the selected registries hold?",
-                f"sum(agent_registry_users{{{WORKER_SEL}}})",
+                f"sum({c.USERS.sample}{{{WORKER_SEL}}})",
             )
         )
         .with_panel(
             stat_panel(
                 "Agents",
                 "How many live agents do the selected registries hold?",
-                f"sum(agent_registry_agents{{{WORKER_SEL}}})",
+                f"sum({c.AGENTS.sample}{{{WORKER_SEL}}})",
             )
         )
         .with_panel(
@@ -41,7 +42,7 @@ def now(board: Dashboard) -> Dashboard:
                 "Users over the agent limit",
                 "How many sessions hold more agents than agents_per_user? The webhook cleans "
                 "them up.",
-                f"count(agent_registry_user_agents{{{USER_SEL}}} > on (job, instance) "
+                f"count({c.USER_AGENTS.sample}{{{USER_SEL}}} > on (job, instance) "
                 f"group_left {threshold('agents_per_user')}) or vector(0)",
             )
         )
@@ -84,11 +85,11 @@ def over_time(board: Dashboard) -> Dashboard:
                 "none",
                 [
                     query(
-                        f"sum by (instance) (agent_registry_users{{{WORKER_SEL}}})",
+                        f"sum by (instance) ({c.USERS.sample}{{{WORKER_SEL}}})",
                         "users {{instance}}",
                     ),
                     query(
-                        f"sum by (instance) (agent_registry_agents{{{WORKER_SEL}}})",
+                        f"sum by (instance) ({c.AGENTS.sample}{{{WORKER_SEL}}})",
                         "agents {{instance}}",
                     ),
                     query(threshold_line("total_agents"), "total limit"),
@@ -104,7 +105,7 @@ def over_time(board: Dashboard) -> Dashboard:
                 "mode each line is one user's session on one worker: what the alert checks.",
                 "none",
                 [
-                    query(f"topk(10, agent_registry_user_agents{{{USER_SEL}}})", SESSION),
+                    query(f"topk(10, {c.USER_AGENTS.sample}{{{USER_SEL}}})", SESSION),
                     query(threshold_line("agents_per_user"), "limit"),
                 ],
                 w=12,
@@ -123,7 +124,7 @@ def users(board: Dashboard) -> Dashboard:
                 "Which 20 sessions hold the most agents? Per worker in sidecar mode: the value "
                 "each worker's lifecycle manager checks against agents_per_user.",
                 "none",
-                f"topk(20, agent_registry_user_agents{{{USER_SEL}}})",
+                f"topk(20, {c.USER_AGENTS.sample}{{{USER_SEL}}})",
             )
         )
         .with_panel(
@@ -132,7 +133,7 @@ def users(board: Dashboard) -> Dashboard:
                 "Which 20 users hold the most agents on a pod, summed over its workers? The "
                 "same as the per-worker view in embedded mode; the limit applies per worker.",
                 "none",
-                f"topk(20, sum without (worker) (agent_registry_user_agents{{{USER_SEL}}}))",
+                f"topk(20, sum without (worker) ({c.USER_AGENTS.sample}{{{USER_SEL}}}))",
             )
         )
         .with_panel(

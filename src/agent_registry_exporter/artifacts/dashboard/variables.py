@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...exporting import catalogue as c
 from .promql import SEL
 from .sdk import DATASOURCE, Dashboard, DatasourceVariable, QueryVariable, TextBoxVariable, model
 
@@ -36,7 +37,7 @@ def variables(board: Dashboard) -> Dashboard:
             DatasourceVariable("datasource").label("Data source").type("prometheus")
         )
         .with_variable(
-            _query_variable("job", "Job", "label_values(agent_registry_exporter_build_info, job)")
+            _query_variable("job", "Job", f"label_values({c.BUILD_INFO.sample}, job)")
             .multi(False)
             .include_all(False)
         )
@@ -45,7 +46,7 @@ def variables(board: Dashboard) -> Dashboard:
                 _query_variable(
                     "instance",
                     "Instance",
-                    'label_values(agent_registry_exporter_build_info{job=~"$job"}, instance)',
+                    f'label_values({c.BUILD_INFO.sample}{{job=~"$job"}}, instance)',
                 )
             )
         )
@@ -54,7 +55,7 @@ def variables(board: Dashboard) -> Dashboard:
                 _query_variable(
                     "worker",
                     "Worker",
-                    f"label_values(agent_registry_source_up{{{SEL}}}, worker)",
+                    f"label_values({c.SOURCE_UP.sample}{{{SEL}}}, worker)",
                 )
             ).description(
                 "Sidecar mode: the backend workers. Empty in embedded mode, where All (.*) "

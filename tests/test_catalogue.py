@@ -1,0 +1,127 @@
+"""The metric catalogue: the one list of families, and exactly what the exporter serves."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+from agent_registry_exporter import RegistrySnapshot, SessionRow, SidecarSource, Thresholds
+from agent_registry_exporter.exporting import (
+    CATALOGUE,
+    OPENMETRICS,
+    ExporterMetrics,
+    Family,
+    Kind,
+    catalogue,
+    render,
+)
+
+from .conftest import T0
+
+ROOT = Path(__file__).parent.parent
+_METRIC = re.compile(r"\b(?:agent_registry|process|python_gc)_[a-z0-9_]*[a-z0-9]\b")
+
+
+def served_families(tmp_path: Path) -> dict:
+    """Every family one sidecar scrape can hold, each optional one present, by name."""
+    metrics = ExporterMetrics("1")
+    metrics.cleanups.labels(trigger="webhook", result="cleaned").inc()
+    metrics.webhook_requests.labels(code="200").inc()
+    metrics.auth_failures.labels(reason="bad_password").inc()
+    metrics.registry.register(SidecarSource(tmp_path))
+    worker = RegistrySnapshot(
+        taken_at=T0,
+        thresholds=Thresholds(),
+        sessions=[SessionRow("u1", 3, T0 - 5)],
+        cleaned_agents_alive=1,
+        cleaned_agents_untracked=2,
+        resident_memory_bytes=3,
+        worker="w0",
+    )
+    snapshot = dataclasses.replace(worker, worker=None, workers=(worker,))
+    body = render(snapshot, metrics, format=OPENMETRICS).body.decode()
+    return {f.name: f for f in parse_om(body) if not f.name.startswith(catalogue.FOREIGN_PREFIXES)}
+
+
+class TestServedIsCatalogued:
+    def test_every_family_served_is_catalogued_and_every_catalogued_one_is_served(
+        self, tmp_path
+    ) -> None:
+        """A family added to the exporter without a catalogue entry fails here, and back."""
+        assert sorted(served_families(tmp_path)) == sorted(f.name for f in CATALOGUE)
+
+    def test_help_type_and_unit_of_every_served_family_are_the_catalogues(self, tmp_path) -> None:
+        """Whoever writes a family (fast writer, prometheus_client, sidecar), it reads these."""
+        for name, served in served_families(tmp_path).items():
+            entry = catalogue.family(name)
+            assert (served.documentation, served.type, served.unit) == (
+                entry.help,
+                entry.kind.value,
+                entry.unit,
+            ), name
+
+    def test_labels_of_every_served_series_are_the_catalogues(self, tmp_path) -> None:
+        """Registry families carry `worker` in sidecar mode beside their own labels."""
+        for name, served in served_families(tmp_path).items():
+            entry = catalogue.family(name)
+            expected = set(entry.labels)
+            if entry.writer is catalogue.Writer.REGISTRY:
+                expected.add("worker")
+            for sample in served.samples:
+                assert set(sample.labels) == expected, sample
+
+
+class TestFamily:
+    def test_a_counter_is_named_without_total_and_selected_with_it(self) -> None:
+        """OpenMetrics names the family, PromQL the `_total` series."""
+        assert catalogue.CLEANUPS.name == "agent_registry_cleanups"
+        assert catalogue.CLEANUPS.sample == "agent_registry_cleanups_total"
+        assert catalogue.family("agent_registry_cleanups_total") is catalogue.CLEANUPS
+        assert catalogue.USERS.sample == "agent_registry_users"
+
+    def test_a_gauge_is_not_found_under_a_total_name(self) -> None:
+        """`_total` is a counter's suffix only."""
+        with pytest.raises(KeyError, match="agent_registry_users_total"):
+            catalogue.family("agent_registry_users_total")
+
+    @pytest.mark.parametrize(
+        ("name", "unit", "help_text", "message"),
+        [
+            ("agent_registry_x_total", "", "X.", "without _total"),
+            ("other_x", "", "X.", "agent_registry_"),
+            ("agent_registry_x", "seconds", "X.", "must end with its unit"),
+            ("agent_registry_x", "", 'say "x".', "one plain sentence"),
+            ("agent_registry_x", "", "no full stop", "one plain sentence"),
+        ],
+    )
+    def test_a_malformed_entry_is_refused(self, name, unit, help_text, message) -> None:
+        """Names, units and help texts are checked where the catalogue is written."""
+        with pytest.raises(ValueError, match=message):
+            Family(name, Kind.GAUGE, help_text, catalogue.Writer.EXPORTER, unit=unit)
+
+
+def _queried(text: str) -> set[str]:
+    return {m for m in _METRIC.findall(text) if not m.startswith(catalogue.FOREIGN_PREFIXES)}
+
+
+class TestArtifactsQueryTheCatalogue:
+    def test_every_series_the_rules_select_is_catalogued(self) -> None:
+        """A renamed family breaks the rule file here, not silently in Prometheus."""
+        rules = yaml.safe_load((ROOT / "alerts/agent-registry.rules.yml").read_text())
+        exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+        samples = {f.sample for f in CATALOGUE}
+        assert _queried(exprs) <= samples
+        assert _queried(exprs)  # the pattern does find them
+
+    def test_every_series_the_dashboard_selects_is_catalogued(self) -> None:
+        """The same for every panel query and variable of the committed dashboard."""
+        board = json.loads((ROOT / "grafana/agent-registry.json").read_text())
+        queried = _queried(json.dumps(board))
+        assert queried <= {f.sample for f in CATALOGUE}
+        assert catalogue.USER_AGENTS.sample in queried
