@@ -53,12 +53,14 @@ pytest: $(STAMP) pytest-tools
 
 test: lint typecheck pytest
 
-# Regenerate the committed artefacts (rules, Alertmanager example, dashboard, Kubernetes manifests).
+# Regenerate the committed artefacts (rules, Alertmanager example, dashboard, Kubernetes manifests,
+# docs/metrics.md).
 rules: $(STAMP)
 	$(BIN)/agent-registry-exporter rules > alerts/agent-registry.rules.yml
 	$(BIN)/agent-registry-exporter alertmanager-config > alerts/alertmanager.example.yml
 	$(BIN)/agent-registry-exporter dashboard > grafana/agent-registry.json
 	$(BIN)/agent-registry-exporter kubernetes --output-dir deploy/kubernetes
+	$(BIN)/agent-registry-exporter metrics-doc > docs/metrics.md
 
 # The 1,000,000-user render takes a few minutes more: make bench RENDER_SIZES=100000,1000000
 RENDER_SIZES ?= 100000

@@ -12,6 +12,8 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, SidecarSource, Thresholds
+from agent_registry_exporter.artifacts import render_metrics_markdown
+from agent_registry_exporter.cli import main
 from agent_registry_exporter.exporting import (
     CATALOGUE,
     OPENMETRICS,
@@ -125,3 +127,21 @@ class TestArtifactsQueryTheCatalogue:
         queried = _queried(json.dumps(board))
         assert queried <= {f.sample for f in CATALOGUE}
         assert catalogue.USER_AGENTS.sample in queried
+
+
+class TestMetricsPage:
+    def test_committed_metrics_page_equals_the_rendering(self) -> None:
+        """docs/metrics.md is generated from the catalogue; regenerate with `make rules`."""
+        committed = (ROOT / "docs/metrics.md").read_text(encoding="utf-8")
+        assert committed == render_metrics_markdown(), "docs/metrics.md drifted: make rules"
+
+    def test_the_cli_prints_the_page(self, capsys) -> None:
+        """`agent-registry-exporter metrics-doc` is what `make rules` writes."""
+        assert main(["metrics-doc"]) == 0
+        assert capsys.readouterr().out == render_metrics_markdown()
+
+    def test_every_family_has_its_row(self) -> None:
+        """A family added to the catalogue shows up on the page without more work."""
+        page = render_metrics_markdown()
+        for family in CATALOGUE:
+            assert f"| `{family.sample}` | {family.kind} |" in page

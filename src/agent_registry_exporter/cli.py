@@ -22,6 +22,7 @@ from .artifacts import (
     RuleOptions,
     render_alertmanager_yaml,
     render_kubernetes_files,
+    render_metrics_markdown,
     render_rules_yaml,
 )
 from .common import configure_logging
@@ -153,6 +154,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "alertmanager-config", help="print the example Alertmanager route for the webhook"
+    )
+    commands.add_parser(
+        "metrics-doc", help="print docs/metrics.md, every metric family served (Markdown)"
     )
 
     label = commands.add_parser(
@@ -309,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_dashboard()
     if args.command == "alertmanager-config":
         sys.stdout.write(render_alertmanager_yaml())
+        return 0
+    if args.command == "metrics-doc":
+        sys.stdout.write(render_metrics_markdown())
         return 0
     if args.command == "user-id-label":
         return _print_labels(settings, args.user_ids)

@@ -1,5 +1,5 @@
 """What is rendered as code and committed: alert rules, Alertmanager route, Grafana dashboard,
-Kubernetes manifests.
+Kubernetes manifests, the metrics page of the docs.
 
 The dashboard (`artifacts.dashboard`) is not imported here: it needs Grafana's SDK, the optional
 `dashboard` extra, which serving metrics never does.
@@ -11,6 +11,7 @@ from .alertmanager_route import (
     render_alertmanager_yaml,
 )
 from .kubernetes import KubernetesOptions, render_kubernetes, render_kubernetes_files
+from .metrics_doc import render_metrics_markdown
 from .rules import GROUP_NAME, RuleOptions, render_rules, render_rules_yaml
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "render_alertmanager_yaml",
     "render_kubernetes",
     "render_kubernetes_files",
+    "render_metrics_markdown",
     "render_rules",
     "render_rules_yaml",
 ]

@@ -130,7 +130,7 @@ CLEANED_AGENTS_ALIVE = Family(
     _G,
     "Cleaned agents still referenced more than leak_grace_seconds after cleanup.",
     _REG,
-    when="the registry tracks cleaned agents",
+    when="the source reports it (AgentRegistry always does)",
 )
 CLEANED_AGENTS_UNTRACKED = Family(
     "agent_registry_cleaned_agents_untracked",
@@ -138,7 +138,7 @@ CLEANED_AGENTS_UNTRACKED = Family(
     "Cleaned agents not watched for a leak (no weak reference support, or over the tracking"
     " bound).",
     _REG,
-    when="the registry tracks cleaned agents",
+    when="the source reports it (AgentRegistry always does)",
 )
 RESIDENT_MEMORY = Family(
     "agent_registry_resident_memory_bytes",
