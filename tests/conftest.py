@@ -66,9 +66,17 @@ class FailingAgent(RecordingAgent):
 
 
 class HangingAgent(RecordingAgent):
+    """Never finishes closing on its own; records being cut off by the close timeout."""
+
+    cut_off = False
+
     async def aclose(self) -> None:
         self.closes += 1
-        await asyncio.sleep(3600)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cut_off = True
+            raise
 
 
 class SyncCloseAgent:
