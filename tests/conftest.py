@@ -26,6 +26,7 @@ from agent_registry_exporter import (
     start_exporter,
 )
 from agent_registry_exporter.exporting import ISAL, ZLIB
+from agent_registry_exporter.testing.log_handlers import no_stray_log_handlers
 
 DATA = Path(__file__).parent / "data"
 # Both deflate engines: ISA-L (a dependency: a test using it fails if it does not import)
@@ -33,6 +34,13 @@ DATA = Path(__file__).parent / "data"
 ENGINES = [pytest.param(ISAL, id="isal"), pytest.param(ZLIB, id="zlib")]
 # 2026-11-27T12:00:00Z: every test's "now" unless it moves the clock.
 T0 = 1_795_780_800.0
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_log_handlers() -> Iterator[None]:
+    """Every test leaves logging's handlers as it found them (a test that does not fails)."""
+    with no_stray_log_handlers():
+        yield
 
 
 class FakeClock:

@@ -5,11 +5,21 @@ Each case runs in its own interpreter: logging is process-wide state.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import subprocess
 import sys
 
+import pytest
+
+from agent_registry_exporter import configure_logging
+from agent_registry_exporter.cli import main
+from agent_registry_exporter.testing.log_handlers import no_stray_log_handlers
+
 from .conftest import DATA
+
+_PROBE = "agent_registry_exporter.tests.probe"
 
 # A backend embedding the exporter; `{setup}` is what the host does to logging first.
 _EMBEDDING = """
@@ -97,3 +107,44 @@ class TestConfigureLogging:
         (line,) = [json.loads(x) for x in done.stderr.splitlines()]
         assert line["logger"] == "agent_registry_exporter.remediation.policy"
         assert (line["user_id"], line["outcome"]) == ("u1", "cleaned")
+
+
+class TestNoHandlerOnAClosedStream:
+    def test_the_default_handler_follows_stderr_when_it_is_replaced_and_closed(
+        self, monkeypatch
+    ) -> None:
+        """Configured while stderr was a stream now closed, it writes to today's stderr."""
+        then, now = io.StringIO(), io.StringIO()
+        monkeypatch.setattr(sys, "stderr", then)
+        configure_logging(log_format="text", logger=_PROBE)
+        try:
+            then.close()  # what pytest does to a test's captured stderr
+            monkeypatch.setattr(sys, "stderr", now)
+            logging.getLogger(_PROBE).warning("still seen")
+        finally:
+            logging.getLogger(_PROBE).handlers.clear()
+        assert "still seen" in now.getvalue()
+        assert "Logging error" not in now.getvalue()
+
+    def test_check_config_leaves_the_process_logging_alone(self, capsys) -> None:
+        """`serve --check-config` validates and exits: no handler, no level changed."""
+        root = logging.getLogger()
+        before = (list(root.handlers), root.level)
+        assert main(["serve", "--check-config", "--listen-port", "0"]) == 0
+        assert (list(root.handlers), root.level) == before
+        assert "configuration is valid" in capsys.readouterr().out
+
+    def test_a_handler_left_behind_fails_the_guard_and_is_removed(self) -> None:
+        """The guard every test runs under names the handler and takes it away."""
+        with (
+            pytest.raises(AssertionError, match="log handlers left behind"),
+            no_stray_log_handlers(),
+        ):
+            configure_logging(logger=_PROBE, stream=io.StringIO())
+        assert logging.getLogger(_PROBE).handlers == []
+
+    def test_a_handler_removed_again_passes_the_guard(self) -> None:
+        """Adding and removing within the block is fine."""
+        with no_stray_log_handlers():
+            configure_logging(logger=_PROBE, stream=io.StringIO())
+            logging.getLogger(_PROBE).handlers.clear()

@@ -319,26 +319,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "user-id-label":
         return _print_labels(settings, args.user_ids)
+    if args.command in ("serve", "sidecar") and args.check_config:
+        # Validates and exits: the process's logging (a test's, a host's) is left alone.
+        problem = args.command == "sidecar" and socket_dir_problem(settings.socket_dir)
+        if problem:
+            print(
+                f"invalid setting socket_dir ({ENV_PREFIX}SOCKET_DIR): {problem}",
+                file=sys.stderr,
+            )
+            return 2
+        print("configuration is valid")
+        if settings.resolved_webhook_token() is None and not (
+            settings.webhook_allow_unauthenticated
+        ):
+            print(
+                f"warning: the webhook has no token ({ENV_PREFIX}WEBHOOK_TOKEN or "
+                f"{ENV_PREFIX}WEBHOOK_TOKEN_FILE): it will refuse Alertmanager with 403",
+                file=sys.stderr,
+            )
+        return 0
     configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "sidecar"):
-        if args.check_config:
-            problem = args.command == "sidecar" and socket_dir_problem(settings.socket_dir)
-            if problem:
-                print(
-                    f"invalid setting socket_dir ({ENV_PREFIX}SOCKET_DIR): {problem}",
-                    file=sys.stderr,
-                )
-                return 2
-            print("configuration is valid")
-            if settings.resolved_webhook_token() is None and not (
-                settings.webhook_allow_unauthenticated
-            ):
-                print(
-                    f"warning: the webhook has no token ({ENV_PREFIX}WEBHOOK_TOKEN or "
-                    f"{ENV_PREFIX}WEBHOOK_TOKEN_FILE): it will refuse Alertmanager with 403",
-                    file=sys.stderr,
-                )
-            return 0
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(

@@ -42,6 +42,26 @@ class _Handler(logging.StreamHandler[IO[str]]):
     """Ours, so configuring again replaces it instead of adding a second one."""
 
 
+class _StderrHandler(_Handler):
+    """Writes to whatever `sys.stderr` is when a line is logged, as `logging.lastResort` does.
+
+    A handler holding the stream `sys.stderr` was at configuration time keeps writing to it
+    after it is replaced and closed (pytest's capture, a host redirecting stderr): every
+    later line then fails with "I/O operation on closed file".
+    """
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        """Ignored: the handler always follows `sys.stderr`."""
+
+
 def configure_logging(
     level: str = "INFO",
     log_format: LogFormat = "auto",
@@ -57,7 +77,7 @@ def configure_logging(
     """
     out = stream if stream is not None else sys.stderr
     as_json = log_format == "json" or (log_format == "auto" and not out.isatty())
-    handler = _Handler(out)
+    handler = _Handler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(
         _JsonFormatter() if as_json else _TextFormatter("%(asctime)s %(levelname)s %(message)s")
     )
