@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent_registry_exporter.demo.workload import DemoAgent
+from agent_registry_exporter.testing import WaitTimeout, wait_until_async
 from agent_registry_exporter.testing.fleet import LocalFleet
 from agent_registry_exporter.testing.stack import LocalStack
 
@@ -90,15 +91,10 @@ class Bench:
     async def _until(
         self, check: Callable[[], bool | Awaitable[bool]], what: str, within: float = 60.0
     ) -> None:
-        deadline = time.monotonic() + within
-        while not await _value(check()):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{self.name}: not within {within:g}s: {what}")
-            await asyncio.sleep(0.05)
-
-
-async def _value(result: bool | Awaitable[bool]) -> bool:
-    return result if isinstance(result, bool) else await result
+        try:
+            await wait_until_async(check, timeout=within, message=what)
+        except WaitTimeout as exc:
+            raise SystemExit(f"{self.name}: {exc}") from None
 
 
 async def main(users: int, rounds: int) -> None:

@@ -36,7 +36,7 @@ from scrape import HEADERS, StallMeter, build_registry, start_ours, start_stock
 
 from agent_registry_exporter import AgentRegistry, serve_registry
 from agent_registry_exporter.sources import WorkerIdentity, encode_snapshot
-from agent_registry_exporter.testing import free_port
+from agent_registry_exporter.testing import free_port, wait_until
 
 
 @dataclass
@@ -79,15 +79,16 @@ async def measure(url: str, repeat: int) -> Run:
     return Run(statistics.median(cpus) * 1000, max(stalls) * 1000, statistics.median(walls) * 1000)
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback only
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def _wait_ready(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback only
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout:g}s")
+    wait_until(lambda: _answers(url), timeout=timeout, interval=0.1, message=f"{url} ready")
 
 
 async def stock_run(registry: AgentRegistry, repeat: int) -> Run:

@@ -8,7 +8,6 @@ import functools
 import os
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -155,14 +154,6 @@ async def source(socket_dir: Path) -> AsyncIterator[SidecarSource]:
 def fill(registry: AgentRegistry) -> Callable[..., Awaitable[list[RecordingAgent]]]:
     """`add_agents` bound to the test's registry."""
     return functools.partial(add_agents, registry)
-
-
-async def wait_until(condition: Callable[[], bool], deadline: float = 30.0) -> None:
-    """Poll `condition` on the loop until it holds (generous deadline: the machine is shared)."""
-    give_up = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < give_up, "condition never held"
-        await asyncio.sleep(0.01)
 
 
 async def loopback_exporter(registry: AgentRegistry, **settings: Any) -> ExporterServer:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 from agent_registry_exporter import AgentRegistry
+from agent_registry_exporter.testing import wait_until_async
 
 from .conftest import (
     FailingAgent,
@@ -13,7 +14,6 @@ from .conftest import (
     RecordingAgent,
     SyncCloseAgent,
     assert_kept_or_closed_once,
-    wait_until,
 )
 
 
@@ -228,7 +228,7 @@ class TestBlockingClose:
             await registry.register_user_agent("u1", f"sync-{n}", agent)
         cleanup = asyncio.create_task(registry.lifecycle_manager.trigger_cleanup("u1"))
         # Only a free loop gets here while the closes block.
-        await wait_until(lambda: all(a.closed_on for a in agents))
+        await wait_until_async(lambda: all(a.closed_on for a in agents))
         unblock.set()
         result = await cleanup
 

@@ -8,13 +8,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from agent_registry_exporter import RegistrySnapshot, Settings, SidecarSource
 from agent_registry_exporter.sources import discover_workers
-from agent_registry_exporter.testing import free_port
+from agent_registry_exporter.testing import free_port, wait_until
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -51,11 +50,13 @@ def test_sidecar_fastapi_example_serves_one_socket_per_worker(socket_dir, tmp_pa
         env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(socket_dir)},
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while len(workers := discover_workers(socket_dir)) < 2:
+
+        def both_served() -> dict[str, Path]:
             assert app.poll() is None, "uvicorn exited"
-            assert time.monotonic() < deadline, "the workers never served their sockets"
-            time.sleep(0.1)
+            found = discover_workers(socket_dir)
+            return found if len(found) >= 2 else {}
+
+        workers = wait_until(both_served, timeout=60, message="both workers serve their sockets")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/users/alice/agents/agent-1", b"")
         with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
             assert json.load(resp) == {"agents": 1}

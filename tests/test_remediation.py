@@ -27,6 +27,7 @@ from agent_registry_exporter.remediation import (
     TokenBucket,
 )
 from agent_registry_exporter.remediation.payload import WebhookPayload
+from agent_registry_exporter.testing import wait_until_async
 
 from .conftest import (
     FakeClock,
@@ -34,7 +35,6 @@ from .conftest import (
     RecordingAgent,
     add_agents,
     assert_kept_or_closed_once,
-    wait_until,
 )
 
 STARTS = "2026-11-27T20:07:48.84Z"
@@ -516,5 +516,5 @@ class _SlotsHeld:
     async def deliver_while_slots_are_held(self, victim: str) -> asyncio.Task[list[Decision]]:
         """One payload naming the slow users then `victim`; returns once every slot is busy."""
         handling = asyncio.create_task(self.remediator.handle(payload(*_SLOW_USERS, victim)))
-        await wait_until(lambda: self.closing == len(_SLOW_USERS))
+        await wait_until_async(lambda: self.closing == len(_SLOW_USERS))
         return handling

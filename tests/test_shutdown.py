@@ -11,8 +11,9 @@ import subprocess
 from aiohttp import ClientSession
 
 from agent_registry_exporter import AgentRegistry, ExporterServer
+from agent_registry_exporter.testing import wait_until_async
 
-from .conftest import RecordingAgent, console_script, loopback_exporter, wait_until
+from .conftest import RecordingAgent, console_script, loopback_exporter
 
 TOKEN = "s3cret-t0ken"
 
@@ -98,7 +99,7 @@ class TestGracefulStop:
         assert line.levelno == logging.WARNING
         assert line.fields == {"user_id": "slow", "agents_left": 57}
         gate.set()  # let the cleanup end, so the test leaves nothing running
-        await wait_until(lambda: all(a.closes == 1 for a in gated))
+        await wait_until_async(lambda: all(a.closes == 1 for a in gated))
 
 
 class TestSignals:

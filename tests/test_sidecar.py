@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -38,7 +37,7 @@ from agent_registry_exporter.sources import (
     discover_workers,
     worker_client,
 )
-from agent_registry_exporter.testing import free_port
+from agent_registry_exporter.testing import free_port, wait_until, wait_until_async
 
 from .conftest import add_agents, as_unprivileged, serving_workers
 from .test_exposition import PROMETHEUS_ACCEPT
@@ -213,10 +212,7 @@ class TestPartialFailure:
             server = await _serve(app)
             try:
                 scrape_task = asyncio.create_task(_get(server, "/metrics"))
-                deadline = time.monotonic() + 30
-                while not flag.exists():
-                    assert time.monotonic() < deadline, "the snapshot request never arrived"
-                    await asyncio.sleep(0.05)
+                await wait_until_async(flag.exists, message="the snapshot request arrived")
                 procs["p2"].kill()
                 procs["p2"].wait(10)
                 status, text = await scrape_task
@@ -360,11 +356,12 @@ class TestSidecarCommand:
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while _status(f"{url}/-/healthy") != 200:
+
+            def healthy() -> bool:
                 assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "sidecar never became healthy"
-                time.sleep(0.1)
+                return _status(f"{url}/-/healthy") == 200
+
+            wait_until(healthy, message="the sidecar is healthy")
             assert _status(f"{url}/-/ready") == 503
             assert [_status(f"{url}/metrics") for _ in range(3)] == [200, 200, 200]
         finally:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -58,22 +57,6 @@ class Harness:
 
     def decisions_for(self, users: set[str]) -> list[Decision]:
         return [d for d in self.decisions if d.user_id in users]
-
-
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], within: float = 30.0, what: str = ""
-) -> None:
-    """Poll `check` until it holds; fail with `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within:g}s: {what}")
-        await asyncio.sleep(0.2)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

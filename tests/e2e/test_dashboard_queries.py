@@ -23,13 +23,14 @@ from agent_registry_exporter import AgentRegistry, Settings, SidecarSource
 from agent_registry_exporter.artifacts.dashboard import render_dashboard
 from agent_registry_exporter.demo import populate
 from agent_registry_exporter.http import ExporterServer, create_app
+from agent_registry_exporter.testing import wait_until_async
 from agent_registry_exporter.testing.fleet import LocalFleet
 from agent_registry_exporter.testing.stack import LocalStack, free_port, get_json
 
 from ..conftest import add_agents, serving_workers
 from ..test_dashboard import CORE_PANELS, data_panels, substitute
 from ..test_remediation import payload
-from .conftest import STACK_KEY, eventually
+from .conftest import STACK_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -154,9 +155,13 @@ async def test_every_panel_query_runs_and_embedded_panels_have_data(harness, reg
             )
         )
 
-    await eventually(lambda: asyncio.to_thread(scraped), 20, "Prometheus scraped the workload")
-    await eventually(
-        lambda: asyncio.to_thread(webhook_called_and_scraped), 30, "a webhook call was scraped"
+    await wait_until_async(
+        lambda: asyncio.to_thread(scraped), timeout=20, message="Prometheus scraped the workload"
+    )
+    await wait_until_async(
+        lambda: asyncio.to_thread(webhook_called_and_scraped),
+        timeout=30,
+        message="a webhook call was scraped",
     )
     await asyncio.sleep(4)  # a few more samples, so rate() over 4 s has two points
 
@@ -234,7 +239,9 @@ async def test_sidecar_fills_the_worker_panels_and_the_pod_view_sums_workers(mod
         found = await instant(prom, f'agent_registry_users{{instance="{modes.sidecar}"}}')
         return {r["metric"].get("worker") for r in found} == {"w1", "w2"}
 
-    await eventually(both_workers_scraped, 20, "Prometheus scraped both workers")
+    await wait_until_async(
+        both_workers_scraped, timeout=20, message="Prometheus scraped both workers"
+    )
     await asyncio.sleep(4)  # a few more samples, so rate() over 4 s has two points
     dashboard = render_dashboard()
     assert await variable_values(prom, dashboard, "worker", instance=modes.sidecar) == [
@@ -282,7 +289,9 @@ async def test_fleet_panel_shows_forwarded_and_unknown_instance_by_replica(modes
     async def scraped_before() -> bool:
         return bool(await instant(prom, f'agent_registry_cleanups_total{{instance="{a.address}"}}'))
 
-    await eventually(scraped_before, 20, "Prometheus scraped the replicas' zeroed counters")
+    await wait_until_async(
+        scraped_before, timeout=20, message="Prometheus scraped the replicas' zeroed counters"
+    )
     async with ClientSession() as http:
         for user, instance in (("leaky", b.address), ("ghost", "127.0.0.9:9")):
             body = payload(user, instance=instance).model_dump_json(by_alias=True)
@@ -307,7 +316,9 @@ async def test_fleet_panel_shows_forwarded_and_unknown_instance_by_replica(modes
             rates.get((a.address, "unknown_instance"), 0) > 0
         )
 
-    await eventually(both_results_seen, 20, "forwarded and unknown_instance rates on a")
+    await wait_until_async(
+        both_results_seen, timeout=20, message="forwarded and unknown_instance rates on a"
+    )
     answers = await ask_every_target(prom, dashboard, instance=fleet_instances)
     assert answers.failures == []
     assert answers.silent_targets({FLEET_PANEL}, dashboard) == []

@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from agent_registry_exporter.testing import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -61,13 +62,15 @@ def test_ctrl_c_stops_the_demo_and_its_processes() -> None:
         [*DEMO, "--duration", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
-    lines = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "Prometheus http://" in line:
-            break
+    lines: list[str] = []
+
+    def prometheus_started() -> bool:
+        assert proc.stdout is not None
+        lines.append(line := proc.stdout.readline())
+        assert line or proc.poll() is None, "the demo ended early: " + "".join(lines)
+        return "Prometheus http://" in line
+
+    wait_until(prometheus_started, interval=0, message="the demo started Prometheus")
     # Children are listed per thread; the stack is started from a worker thread.
     children = [
         pid

@@ -7,8 +7,10 @@ import asyncio
 
 import pytest
 
+from agent_registry_exporter.testing import wait_until_async
+
 from ..conftest import add_agents
-from .conftest import Harness, eventually
+from .conftest import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -42,7 +44,9 @@ async def test_original_scenario_cleans_exactly_the_old_sessions(harness, regist
     old = {f"old{i:02d}": await add_agents(registry, f"old{i:02d}", 12, 26) for i in range(15)}
     healthy = {f"ok{i}": await add_agents(registry, f"ok{i}", 3, 1) for i in range(5)}
 
-    await eventually(lambda: cleanups_decided(harness, old), 45, "old sessions cleaned")
+    await wait_until_async(
+        lambda: cleanups_decided(harness, old), timeout=45, message="old sessions cleaned"
+    )
 
     for user, agents in healthy.items():
         assert registry.get_session(user).agent_count == 3, user
@@ -62,7 +66,9 @@ async def test_original_scenario_cleans_exactly_the_old_sessions(harness, regist
         am = firing(await alertmanager_alerts(harness), "AgentRegistrySessionTooOld")
         return not prom and not am
 
-    await eventually(resolved, 30, "AgentRegistrySessionTooOld resolved in both")
+    await wait_until_async(
+        resolved, timeout=30, message="AgentRegistrySessionTooOld resolved in both"
+    )
 
 
 async def test_user_over_the_agent_limit_is_cleaned(harness, registry) -> None:
@@ -70,7 +76,9 @@ async def test_user_over_the_agent_limit_is_cleaned(harness, registry) -> None:
     agents = await add_agents(registry, "greedy", 60)
     bystander = await add_agents(registry, "calm", 50)
 
-    await eventually(lambda: cleanups_decided(harness, {"greedy"}), 30, "greedy cleaned")
+    await wait_until_async(
+        lambda: cleanups_decided(harness, {"greedy"}), timeout=30, message="greedy cleaned"
+    )
 
     (decision,) = [d for d in harness.decisions_for({"greedy"}) if d.outcome == "cleaned"]
     assert decision.alertname == "AgentRegistryTooManyAgentsPerUser"
@@ -89,7 +97,9 @@ async def test_total_limit_alerts_but_cleans_nothing(harness, registry) -> None:
         alerts = await alertmanager_alerts(harness)
         return bool(firing(alerts, "AgentRegistryTooManyAgentsTotal", instance=harness.instance))
 
-    await eventually(total_alert_reached_alertmanager, 30, "total alert in Alertmanager")
+    await wait_until_async(
+        total_alert_reached_alertmanager, timeout=30, message="total alert in Alertmanager"
+    )
     (alert,) = firing(
         await prometheus_alerts(harness),
         "AgentRegistryTooManyAgentsTotal",
@@ -108,7 +118,9 @@ async def test_failed_receiver_is_retried_and_cleans_once(harness, registry) -> 
     harness.source.failing_cleanups = 1
     agents = await add_agents(registry, "flaky", 70)
 
-    await eventually(lambda: cleanups_decided(harness, {"flaky"}), 40, "flaky cleaned")
+    await wait_until_async(
+        lambda: cleanups_decided(harness, {"flaky"}), timeout=40, message="flaky cleaned"
+    )
 
     outcomes = [d.outcome.value for d in harness.decisions_for({"flaky"})]
     assert outcomes[0] == "error"
@@ -134,7 +146,9 @@ async def test_killed_exporter_raises_exporter_down(harness, registry) -> None:
         )
         return bool(prom and am)
 
-    await eventually(down_in_both, 30, "AgentRegistryExporterDown in Prometheus and Alertmanager")
+    await wait_until_async(
+        down_in_both, timeout=30, message="AgentRegistryExporterDown in Prometheus and Alertmanager"
+    )
     up = await asyncio.to_thread(harness.stack.query, f'up{{instance="{instance}"}}')
     assert up[0]["value"][1] == "0"
     assert not firing(

@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
-from .conftest import Harness, eventually
+from agent_registry_exporter.testing import wait_until_async
+
+from .conftest import Harness
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -32,12 +34,16 @@ async def test_every_piece_of_a_spliced_body_is_scraped(harness, registry) -> No
             await value(harness, agents) == USERS
         )
 
-    await eventually(all_users_scraped, 60, f"{USERS} users' series in Prometheus")
+    await wait_until_async(
+        all_users_scraped, timeout=60, message=f"{USERS} users' series in Prometheus"
+    )
     # One user late in the order changes: its chunk is re-rendered, the others are reused.
     await registry.register_user_agent(f"member-user-{USERS - 7:05d}", "b", object())
 
     async def change_scraped() -> bool:
         return await value(harness, agents) == USERS + 1
 
-    await eventually(change_scraped, 60, "the changed user's new count in Prometheus")
+    await wait_until_async(
+        change_scraped, timeout=60, message="the changed user's new count in Prometheus"
+    )
     assert await value(harness, count_created) == USERS

@@ -14,11 +14,12 @@ import pytest
 import pytest_asyncio
 from aiohttp import ClientSession
 
+from agent_registry_exporter.testing import wait_until_async
 from agent_registry_exporter.testing.fleet import LocalFleet, Replica
 from agent_registry_exporter.testing.stack import LocalStack, missing_binaries
 
 from ..conftest import RecordingAgent, add_agents, counting_listener
-from .conftest import STACK_KEY, eventually
+from .conftest import STACK_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -100,10 +101,10 @@ async def test_every_leak_is_cleaned_once_on_the_replica_that_holds_it(fleet_sta
         else:
             healthy.append((replica, "shared", await add_agents(replica.registry, "shared", 5)))
 
-    await eventually(
+    await wait_until_async(
         lambda: all(r.registry.get_session(u) is None for u, (r, _) in leaks.items()),
-        45,
-        "every leaking session cleaned",
+        timeout=45,
+        message="every leaking session cleaned",
     )
 
     async def resolved() -> bool:
@@ -114,8 +115,10 @@ async def test_every_leak_is_cleaned_once_on_the_replica_that_holds_it(fleet_sta
         # forwarded, or at a replica still forwarding the first.
         return all(any("duplicate" in o for o in fleet_stack.outcomes(u).values()) for u in leaks)
 
-    await eventually(resolved, 30, "the leak alerts resolved")
-    await eventually(both_deliveries_answered, 30, "each second delivery deduped by its owner")
+    await wait_until_async(resolved, timeout=30, message="the leak alerts resolved")
+    await wait_until_async(
+        both_deliveries_answered, timeout=30, message="each second delivery deduped by its owner"
+    )
     for user, (owner, agents) in leaks.items():
         assert closes(agents) == {1}, user
         assert [where for where, _ in fleet_stack.fleet.cleaned(user)] == [owner.address], (
@@ -159,7 +162,9 @@ async def test_forged_instance_is_never_contacted(fleet_stack) -> None:
     async with counting_listener("127.0.0.9", fleet_stack.port) as listener:
         async with ClientSession() as http, http.post(url, json=forged) as resp:
             assert resp.status == 200, await resp.text()
-        await eventually(answered, 30, "the forged alert answered unknown_instance")
+        await wait_until_async(
+            answered, timeout=30, message="the forged alert answered unknown_instance"
+        )
 
     assert listener.connections == 0
     assert all(closes(agents) == {0} for agents in victims)
@@ -180,7 +185,9 @@ async def test_stopped_replica_alerts_are_retried_and_cleaned_once_back(fleet_st
     proxy.pause()  # the delivery waits in "the Service" while the owner goes down
     try:
         agents = await add_agents(owner.registry, "late", 60)
-        await eventually(lambda: proxy.held > held_before, 30, "a delivery held in the Service")
+        await wait_until_async(
+            lambda: proxy.held > held_before, timeout=30, message="a delivery held in the Service"
+        )
         await owner.stop()
     finally:
         proxy.resume()
@@ -191,13 +198,15 @@ async def test_stopped_replica_alerts_are_retried_and_cleaned_once_back(fleet_st
         ]
         return bool(failed_forwards) or proxy.refused[owner.address] > refused_before
 
-    await eventually(delivery_failed, 30, "a delivery for the stopped owner failed")
+    await wait_until_async(
+        delivery_failed, timeout=30, message="a delivery for the stopped owner failed"
+    )
     assert owner.registry.get_session("late") is not None
     assert closes(agents) == {0}
 
     await owner.start()
     # The decision is recorded once the agents are closed; the detach comes before that.
-    await eventually(lambda: bool(fleet.cleaned("late")), 45, "late cleaned")
+    await wait_until_async(lambda: bool(fleet.cleaned("late")), timeout=45, message="late cleaned")
     assert owner.registry.get_session("late") is None
     assert closes(agents) == {1}
     assert [where for where, _ in fleet.cleaned("late")] == [owner.address]

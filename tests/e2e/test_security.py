@@ -20,10 +20,10 @@ import trustme
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings
 from agent_registry_exporter.http import ExporterServer, create_app
 from agent_registry_exporter.remediation import Decision
+from agent_registry_exporter.testing import wait_until_async
 from agent_registry_exporter.testing.stack import JOB, ExporterAccess, LocalStack, free_port
 
 from ..conftest import add_agents
-from .conftest import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -133,13 +133,17 @@ async def test_https_scrape_with_basic_auth_is_up_and_a_wrong_password_is_down(
     async def both_scraped() -> bool:
         return await up(secured, JOB) == "1" and await up(secured, WRONG_JOB) == "0"
 
-    await eventually(both_scraped, 30, "up 1 for the right password and 0 for the wrong one")
+    await wait_until_async(
+        both_scraped, timeout=30, message="up 1 for the right password and 0 for the wrong one"
+    )
 
     async def refusals_counted() -> bool:
         # Seen by the next good scrape after a refused one.
         return await refused_count() >= 1
 
-    await eventually(refusals_counted, 30, "the exporter counting the wrong password")
+    await wait_until_async(
+        refusals_counted, timeout=30, message="the exporter counting the wrong password"
+    )
 
 
 async def test_hashed_ids_loop_cleans_the_right_user_and_leaks_no_id(secured: Secured) -> None:
@@ -155,7 +159,9 @@ async def test_hashed_ids_loop_cleans_the_right_user_and_leaks_no_id(secured: Se
         answers.append(await asyncio.to_thread(secured.api_answers))
         return registry.get_session("leaky-alice@example.com") is None
 
-    await eventually(cleaned, 45, "the leaking user's session cleaned through the webhook")
+    await wait_until_async(
+        cleaned, timeout=45, message="the leaking user's session cleaned through the webhook"
+    )
     answers.append(await asyncio.to_thread(secured.api_answers))
 
     assert {a.closes for a in leaky} == {1}

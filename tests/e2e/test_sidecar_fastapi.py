@@ -10,7 +10,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter.sources import WorkerError, WorkerSource, discover_workers
+from agent_registry_exporter.testing import wait_until
 from agent_registry_exporter.testing.stack import LocalStack, ManagedProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -69,17 +69,6 @@ class Backend:
         }
 
 
-def eventually(check, within: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within:g}s: {what}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     workdir = tmp_path_factory.mktemp("sidecar")
@@ -107,10 +96,10 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     )  # fmt: skip
     stack = LocalStack(workdir=workdir, targets=[sidecar.address], token=token)
     try:
-        workers = eventually(
+        workers = wait_until(
             lambda: len(found := discover_workers(sockets)) == 2 and sorted(found),
-            60,
-            "both uvicorn workers serve a socket",
+            timeout=60,
+            message="both uvicorn workers serve a socket",
         )
         sidecar.start()
         stack.start()
@@ -128,14 +117,16 @@ class TestSidecarWithUvicornWorkers:
         leaking worker, that session is cleaned, the other worker's is untouched."""
         leaking = backend.add_agents("leaky", 60)
         other = backend.add_agents("leaky", 3, not_on=leaking)
-        assert eventually(lambda: backend.user_agents("leaky"), 10, "leaky scraped") == {
+        assert wait_until(
+            lambda: backend.user_agents("leaky"), timeout=10, message="leaky scraped"
+        ) == {
             leaking: 60,
             other: 3,
         }
-        eventually(
+        wait_until(
             lambda: backend.user_agents("leaky") == {other: 3},
-            60,
-            f"leaky cleaned on worker {leaking}",
+            timeout=60,
+            message=f"leaky cleaned on worker {leaking}",
         )
         assert backend.add_agents("leaky", 0, on=other) == other
         assert backend.user_agents("leaky") == {other: 3}
@@ -157,7 +148,9 @@ class TestSidecarWithUvicornWorkers:
                 second: "5",
             }
 
-        eventually(in_prometheus, 20, "both workers' series of shared in Prometheus")
+        wait_until(
+            in_prometheus, timeout=20, message="both workers' series of shared in Prometheus"
+        )
 
     def test_killed_worker_respawns_under_its_label(self, backend: Backend) -> None:
         """SIGKILL one worker: uvicorn starts a new one, which claims the dead one's slot
@@ -165,15 +158,15 @@ class TestSidecarWithUvicornWorkers:
         workers = asyncio.run(_identities(backend.sockets))
         victim = workers[backend.workers[0]]
         os.kill(victim, 9)
-        eventually(
+        wait_until(
             lambda: (
                 (now := asyncio.run(_identities(backend.sockets))).keys() == set(backend.workers)
                 and now[backend.workers[0]] != victim
             ),
-            60,
-            f"a new worker serving {backend.workers[0]}",
+            timeout=60,
+            message=f"a new worker serving {backend.workers[0]}",
         )
-        up = eventually(
+        up = wait_until(
             lambda: (
                 (
                     got := {
@@ -185,8 +178,8 @@ class TestSidecarWithUvicornWorkers:
                 == dict.fromkeys(backend.workers, 1)
                 and got
             ),
-            30,
-            "both workers up again",
+            timeout=30,
+            message="both workers up again",
         )
         assert sorted(up) == backend.workers
 
@@ -196,7 +189,11 @@ class TestSidecarWithUvicornWorkers:
             )
             return sorted(s["metric"]["worker"] for s in series)
 
-        eventually(lambda: labels_seen() == backend.workers, 20, "Prometheus saw both labels")
+        wait_until(
+            lambda: labels_seen() == backend.workers,
+            timeout=20,
+            message="Prometheus saw both labels",
+        )
         assert labels_seen() == backend.workers  # never a third value
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 import trustme
 
 from agent_registry_exporter.sources import UserIdHasher
+from agent_registry_exporter.testing import wait_until_async
 from agent_registry_exporter.testing.fleet import LocalFleet
 
 from ..conftest import add_agents
@@ -23,14 +22,6 @@ from .conftest import WEBHOOK_TOKEN, Pki, basic, bcrypt_hash, get
 TLS = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
 MTLS = TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"
 REFUSED = (aiohttp.ClientConnectionError, ssl.SSLError, ConnectionError)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    """Poll until `check` holds (file timestamps and a busy machine make this take a while)."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def served_sans(url: str, pki: Pki) -> set[str]:
@@ -125,7 +116,7 @@ class TestReload:
         async def rotated() -> bool:
             return "rotated.example" in await served_sans(server.url, pki)
 
-        await eventually(rotated)
+        await wait_until_async(rotated)
         assert (await get(f"{server.url}/metrics", pki.client_context()))[0] == 200
 
     async def test_users_are_reloaded(self, pki, serve) -> None:
@@ -139,7 +130,7 @@ class TestReload:
         async def bob_in() -> bool:
             return (await get(url, ctx, headers=basic("bob", "b-pass")))[0] == 200
 
-        await eventually(bob_in)
+        await wait_until_async(bob_in)
         assert (await get(url, ctx, headers=basic("alice", "a-pass")))[0] == 401
 
     async def test_broken_file_keeps_the_last_good_config(self, pki, serve, caplog) -> None:
@@ -155,7 +146,7 @@ class TestReload:
             await get(url, ctx, headers=alice)
             return "keeping the last good one" in caplog.text
 
-        await eventually(refusal_logged)
+        await wait_until_async(refusal_logged)
         assert f"web config {path}: basic_auth_user: unknown key" in caplog.text
         assert (await get(url, ctx, headers=alice))[0] == 200
         pki.write(TLS)
@@ -163,7 +154,7 @@ class TestReload:
         async def fixed() -> bool:
             return (await get(url, ctx))[0] == 200
 
-        await eventually(fixed)
+        await wait_until_async(fixed)
 
     async def test_a_broken_certificate_keeps_the_last_good_one(self, pki, serve, caplog) -> None:
         """A half-written key file is refused; connections keep the old certificate."""
@@ -175,7 +166,7 @@ class TestReload:
                 "tls_server_config.key_file" in caplog.text
             )
 
-        await eventually(refusal_logged)
+        await wait_until_async(refusal_logged)
 
     async def test_tls_cannot_be_switched_off_by_a_reload(self, pki, serve, caplog) -> None:
         """Removing tls_server_config is refused: the port stays HTTPS."""
@@ -187,7 +178,7 @@ class TestReload:
             await get(f"{server.url}/-/healthy", pki.client_context())
             return "TLS cannot be turned on or off without a restart" in caplog.text
 
-        await eventually(refusal_logged)
+        await wait_until_async(refusal_logged)
         assert (await get(f"{server.url}/metrics", pki.client_context()))[0] == 200
 
 

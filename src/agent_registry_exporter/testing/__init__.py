@@ -5,7 +5,9 @@ The project's tests and its demo both use it; so may a backend's own tests.
 """
 
 from .fleet import LocalFleet, Replica, RoundRobinProxy, free_port_on
+from .log_handlers import no_stray_log_handlers
 from .stack import INSTALL_HINT, LocalStack, ManagedProcess, free_port, get_json, missing_binaries
+from .waiting import WaitTimeout, wait_until, wait_until_async
 
 __all__ = [
     "INSTALL_HINT",
@@ -14,8 +16,12 @@ __all__ = [
     "ManagedProcess",
     "Replica",
     "RoundRobinProxy",
+    "WaitTimeout",
     "free_port",
     "free_port_on",
     "get_json",
     "missing_binaries",
+    "no_stray_log_handlers",
+    "wait_until",
+    "wait_until_async",
 ]

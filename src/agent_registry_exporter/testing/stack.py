@@ -10,7 +10,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +23,7 @@ from ..artifacts.alertmanager_route import AlertmanagerRoute, render_alertmanage
 from ..artifacts.rules import RuleOptions, render_rules
 from ..common.endpoints import WEBHOOK_PATH
 from ..registry import Thresholds
+from .waiting import WaitTimeout, wait_until
 
 __all__ = [
     "BINARIES",
@@ -98,17 +98,22 @@ class ManagedProcess:
             self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
                 raise StackError(
-                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
+                    f"{self.name} exited with {process.returncode}:\n{self.log_tail()}"
                 )
-            if _answers(self.ready_url):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise StackError(f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}")
+            return _answers(self.ready_url)
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.1, message=f"{self.name} ready")
+        except WaitTimeout:
+            self.stop()
+            raise StackError(
+                f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}"
+            ) from None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
