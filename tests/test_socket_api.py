@@ -33,8 +33,9 @@ from agent_registry_exporter.sources import (
     socket_path,
 )
 from agent_registry_exporter.sources.socket_api import listening
+from agent_registry_exporter.testing import wait_until_async
 
-from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once, wait_until
+from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once
 from .test_sidecar import FakeWorker
 
 HOSTILE_IDS = ["a/b", "50%", "x y?z#w", 'quo"te\\', "new\nline", "nul\x00byte", "..", "héllo 🦜"]
@@ -261,7 +262,7 @@ class TestNeverStopsTheBackend:
         try:
             assert not handle.serving
             blocker.unlink()
-            await wait_until(lambda: handle.serving)
+            await wait_until_async(lambda: handle.serving)
             assert handle.problem is None
             assert handle.worker == "w0"
             assert handle.path == blocker / "sockets" / "worker-w0.sock"

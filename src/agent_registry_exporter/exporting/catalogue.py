@@ -28,6 +28,7 @@ __all__ = [
     "SOURCE_SCRAPE_DURATION",
     "SOURCE_SOCKETS_REMOVED",
     "SOURCE_UP",
+    "SOURCE_WORKERS",
     "THRESHOLD",
     "USERS",
     "USER_AGENTS",
@@ -207,6 +208,13 @@ SOURCE_SCRAPE_DURATION = Family(
     unit="seconds",
     when="sidecar mode",
 )
+SOURCE_WORKERS = Family(
+    "agent_registry_source_workers",
+    _G,
+    "Worker sockets found in the socket directory at the last scrape.",
+    _SIDE,
+    when="sidecar mode",
+)
 SOURCE_SOCKETS_REMOVED = Family(
     "agent_registry_source_sockets_removed",
     _C,
@@ -235,6 +243,7 @@ CATALOGUE: tuple[Family, ...] = (
     AUTH_FAILURES,
     SOURCE_UP,
     SOURCE_SCRAPE_DURATION,
+    SOURCE_WORKERS,
     SOURCE_SOCKETS_REMOVED,
 )
 _BY_NAME = {f.name: f for f in CATALOGUE}

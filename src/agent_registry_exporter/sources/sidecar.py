@@ -169,11 +169,7 @@ class SidecarSource:
         for name, health in sorted(self._health.items()):
             up.add_metric([name], 1.0 if health.up else 0.0)
             duration.add_metric([name], health.duration)
-        found = GaugeMetricFamily(
-            "agent_registry_source_workers",
-            "Worker sockets found in the socket directory at the last scrape.",
-            value=self._found,
-        )
+        found = GaugeMetricFamily(c.SOURCE_WORKERS.name, c.SOURCE_WORKERS.help, value=self._found)
         removed = CounterMetricFamily(
             c.SOURCE_SOCKETS_REMOVED.name, c.SOURCE_SOCKETS_REMOVED.help, value=self._removed
         )
