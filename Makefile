@@ -69,6 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sidecar.py
 	cd benchmarks && ../$(BIN)/python render.py --sizes $(RENDER_SIZES) --stock
 	$(BIN)/python benchmarks/hostile.py
+	$(BIN)/python benchmarks/registry_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,8 @@
 
 1. Registrations, unregistrations, conditional cleanups and renders interleaved on one
    registry: after every step the totals equal the per-user sum rendered, no agent is lost or
-   closed twice, and no session healthy at the moment of its cleanup is detached.
+   closed twice, no session healthy at the moment of its cleanup is detached, and no session
+   emptied by an unregistration or a cleanup survives the step.
 2. Any user id `register_user_agent` accepts gives a scrape promtool and prometheus_client
    both accept, in both formats, with the id read back intact.
 """
@@ -84,6 +85,8 @@ class History:
     removed: set[int] = field(default_factory=set)  # handed back by unregister_user_agent
     cleanups: list[asyncio.Task[Any]] = field(default_factory=list)
     registrations: dict[str, int] = field(default_factory=dict)  # per user: names u/0, u/1...
+    # Every session object seen in the registry (plain list: sessions have no weakrefs).
+    seen: list[UserAgentSession] = field(default_factory=list)
 
     def registered(self) -> set[int]:
         return {id(a) for s in self.registry.sessions() for a in s.agents.values()}
@@ -99,7 +102,21 @@ class History:
         for count, uptime in self.registry.detached:
             violating = count > AGENT_LIMIT or uptime > AGE_LIMIT
             assert violating, f"a healthy session was detached ({count} agents, {uptime:g}s)"
+        self.check_no_empty_session_survives()
         assert_totals_are_the_rendered_sum(self.registry)
+
+    def check_no_empty_session_survives(self) -> None:
+        # Sessions are created here only by registering, so every one held has an agent: one
+        # emptied by an unregistration is gone, and one detached by a cleanup is gone too.
+        held = self.registry.sessions()
+        for session in held:
+            assert session.agent_count > 0, f"the emptied session of {session.user_id} survived"
+            assert not session.dropped, f"{session.user_id}'s session is held yet dropped"
+            if not any(session is s for s in self.seen):
+                self.seen.append(session)
+        for session in self.seen:
+            if not any(session is s for s in held):
+                assert session.dropped, f"{session.user_id}'s session left but is not dropped"
 
 
 _SAMPLE = re.compile(
@@ -196,9 +213,20 @@ class TestInterleavedHistories:
     @example(
         steps=[("register", "u0"), ("age", "u0", 2.0), ("cleanup", "u0", True), ("age", "u0", 0.5)]
     )
+    # Issue 20's finding 1: the last agent leaves, the user registers again meanwhile.
+    @example(
+        steps=[
+            ("register", "u0"),
+            ("register", "u0"),
+            ("unregister", "u0", 0),
+            ("cleanup", "u0", False),
+            ("register", "u0"),
+            ("unregister", "u0", 1),
+        ]
+    )
     def test_every_step_keeps_totals_agents_and_healthy_sessions(self, loop, steps) -> None:
         """After each step: totals = rendered sum; no agent lost or closed twice; none healthy
-        at its conditional check is detached."""
+        at its conditional check is detached; no emptied session survives."""
         loop.run(play(steps))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -230,9 +232,10 @@ class TestSessions:
         assert len(registry) == 4
 
     async def test_unregister_returns_the_agent(self, registry) -> None:
-        """Unregistering hands the agent back and leaves the session in place."""
+        """Unregistering hands the agent back; the session stays while it holds others."""
         agent = object()
         await registry.register_user_agent("u1", "a", agent)
+        await registry.register_user_agent("u1", "b", object())
         assert await registry.unregister_user_agent("u1", "a") is agent
         assert await registry.unregister_user_agent("u1", "a") is None
         assert registry.get_session("u1") is not None
@@ -246,3 +249,92 @@ class TestSessions:
         assert metrics["agent_count"] == 1
         assert metrics["uptime_seconds"] == 30
         assert metrics["created_at"].endswith("+00:00")
+
+
+class TestEmptySessions:
+    async def test_session_is_dropped_when_its_last_agent_is_unregistered(self, registry) -> None:
+        """Finding 1: a user whose agents all left is no longer in the registry."""
+        await registry.register_user_agent("u1", "a", object())
+        await registry.register_user_agent("u1", "b", object())
+        await registry.unregister_user_agent("u1", "a")
+        assert len(registry) == 1
+        await registry.unregister_user_agent("u1", "b")
+        assert len(registry) == 0
+        assert registry.get_session("u1") is None
+        assert registry.snapshot().sessions == ()
+
+    async def test_cleanup_of_one_agent_drops_the_emptied_session(self, registry) -> None:
+        """`cleanup_agent_resources` on the last agent leaves no empty session behind."""
+        await registry.register_user_agent("u1", "a", object())
+        assert await registry.lifecycle_manager.cleanup_agent_resources("u1", "a")
+        assert registry.get_session("u1") is None
+
+    async def test_empty_sessions_never_reach_the_age_alert(self, registry, clock) -> None:
+        """A user gone for 25 h is no 'Session too old' issue (nor a cleanup target)."""
+        for n in range(3):
+            await registry.register_user_agent(f"u{n}", "a", object())
+            await registry.unregister_user_agent(f"u{n}", "a")
+        clock.advance(25 * 3600)
+        report = await registry.monitor_all_users()
+        assert report["total_users"] == 0
+        assert report["global_issues"] == []
+
+    async def test_get_user_session_still_creates_an_empty_one(self, registry) -> None:
+        """The seed API: asking for a session creates it, agents or not."""
+        session = await registry.get_user_session("u1")
+        assert registry.get_session("u1") is session
+        assert session.agent_count == 0
+        assert not session.dropped
+
+    async def test_a_held_dropped_session_cannot_take_agents_unseen(self, registry) -> None:
+        """Holding the object of a dropped session, a caller's next agent lands in a fresh
+        session the registry exports; the old object says it was dropped."""
+        held = await registry.get_user_session("u1")
+        await registry.register_user_agent("u1", "a", object())
+        await registry.unregister_user_agent("u1", "a")
+        assert held.dropped
+        newcomer = object()
+        await registry.register_user_agent("u1", "b", newcomer)
+        fresh = registry.get_session("u1")
+        assert fresh is not None
+        assert fresh is not held
+        assert not fresh.dropped
+        assert dict(fresh.agents) == {"b": newcomer}
+        assert held.agent_count == 0
+        assert [s.user_id for s in registry.snapshot().sessions] == ["u1"]
+
+    async def test_a_detached_session_is_marked_dropped(self, registry) -> None:
+        """A cleanup's detached session is dropped too: the registry no longer holds it."""
+        held = await registry.get_user_session("u1")
+        await registry.register_user_agent("u1", "a", object())
+        await registry.lifecycle_manager.trigger_cleanup("u1")
+        assert held.dropped
+        assert registry.get_session("u1") is None
+
+    async def test_unregistering_an_unknown_agent_keeps_a_session_created_empty(
+        self, registry
+    ) -> None:
+        """Only an agent leaving empties a session: a miss does not drop a fresh one."""
+        session = await registry.get_user_session("u1")
+        assert await registry.unregister_user_agent("u1", "nobody") is None
+        assert registry.get_session("u1") is session
+
+    async def test_memory_of_removed_users_comes_back(self, clock) -> None:
+        """Registering then removing 20,000 one-agent users gives their memory back, the
+        session map's included (a dict does not shrink when emptied)."""
+        registry = AgentRegistry(clock=clock)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(20_000):
+                await registry.register_user_agent(f"user-{n:06d}", "a", object())
+            peak = tracemalloc.get_traced_memory()[0]
+            for n in range(20_000):
+                await registry.unregister_user_agent(f"user-{n:06d}", "a")
+            gc.collect()
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert len(registry) == 0
+        assert after - before < 0.02 * (peak - before), (before, peak, after)

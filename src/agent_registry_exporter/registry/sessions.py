@@ -24,7 +24,7 @@ Clock = Callable[[], float]
 class UserAgentSession:
     """One user's live agents and when the session started."""
 
-    __slots__ = ("_agents", "_clock", "created_timestamp", "user_id")
+    __slots__ = ("_agents", "_clock", "_dropped", "created_timestamp", "user_id")
 
     def __init__(
         self, user_id: str, *, clock: Clock = time.time, created_at: datetime | None = None
@@ -32,6 +32,7 @@ class UserAgentSession:
         self.user_id = user_id
         self._clock = clock
         self._agents: dict[str, Any] = {}
+        self._dropped = False
         # Kept as Unix seconds: the exporter reads it for every user on every scrape.
         self.created_timestamp: float = clock()
         if created_at is not None:
@@ -56,6 +57,13 @@ class UserAgentSession:
     @property
     def agent_count(self) -> int:
         return len(self._agents)
+
+    @property
+    def dropped(self) -> bool:
+        """True once the registry let go of this session (its last agent left, or a cleanup
+        detached it). Agents are never registered into it again: the user's next agent
+        starts a fresh session, the one the registry exports."""
+        return self._dropped
 
     @property
     def uptime_seconds(self) -> float:
