@@ -137,6 +137,9 @@ class TestRefusals:
             ("Basic !!!not-base64!!!", "malformed_credentials"),
             ("Basic " + base64.b64encode(b"no-colon").decode(), "malformed_credentials"),
             ("Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "malformed_credentials"),
+            # Issue 20, finding 3: valid UTF-8 that is no base64 alphabet raised ValueError.
+            ("Basic é", "malformed_credentials"),
+            ("Basic \u00e9\u00e9\u00e9\u00e9", "malformed_credentials"),
             (basic("mallory", "wonderland")["Authorization"], "unknown_user"),
             (basic("alice", "looking-glass")["Authorization"], "wrong_password"),
             (basic("alice", "w" * 500)["Authorization"], "wrong_password"),
@@ -153,6 +156,25 @@ class TestRefusals:
         assert {k: after[k] - before[k] for k in after} == {
             k: (1.0 if k == reason else 0.0) for k in after
         }
+
+    async def test_credentials_of_raw_non_utf8_bytes_are_a_counted_401(self, client, caplog):
+        """Attack (finding 3): `Basic \\xff\\xfe` on the wire answered 500 with a traceback
+        logged per request, and was not counted; now a 401 counted as malformed, no error."""
+        before = await scrape_failures(client)
+        caplog.set_level("WARNING")
+        host, port = client.server.host, client.server.port
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \xff\xfe\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        after = await scrape_failures(client)
+        assert after["malformed_credentials"] - before["malformed_credentials"] == 1
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
     async def test_oversized_credentials_are_refused_before_any_check(self, client) -> None:
         """A 64 KiB Authorization header is refused by the HTTP parser: no bcrypt, no 200."""

@@ -9,7 +9,6 @@ key that never leaves the process. Passwords are never stored, logged or echoed.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import hmac
 import secrets
 from base64 import b64decode
@@ -117,7 +116,9 @@ def _parse(header: str) -> tuple[str, bytes] | None:
         if not colon:
             return None
         return user.decode(), password
-    except (binascii.Error, UnicodeDecodeError):
+    # binascii.Error and UnicodeDecodeError are ValueErrors, and so is what b64decode
+    # raises for text outside ASCII ("Basic é", or raw bytes aiohttp hands on as surrogates).
+    except ValueError:
         return None
 
 
