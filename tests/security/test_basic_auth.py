@@ -6,7 +6,9 @@ import asyncio
 import base64
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -16,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, create_app
 from agent_registry_exporter.common.endpoints import WEBHOOK_PATH
-from agent_registry_exporter.http.security import PortGuard
+from agent_registry_exporter.http.security import PortGuard, basic_auth
+from agent_registry_exporter.http.security.basic_auth import AuthFailure, BasicAuthChecker
 
 from ..conftest import DATA
 from .conftest import WEBHOOK_TOKEN, basic, bcrypt_hash
@@ -248,6 +251,86 @@ class TestCost:
         assert os.stat(web_config).st_size == before.st_size
         assert (await client.get("/metrics", headers=ALICE)).status == 401
         assert (await client.get("/metrics", headers=basic("alice", "rotated!!"))).status == 200
+
+
+class ModelTime:
+    """Time as a model: a bcrypt run at cost c takes 2**c units; sleeping takes what it asks.
+
+    What a refusal costs is then exact, so comparing refusals is no wall-clock assertion.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+    def bcrypt_run(self, hashed: bytes) -> None:
+        self.now += 2 ** int(hashed.decode()[4:6])
+
+
+@pytest.fixture
+def model_time(monkeypatch) -> ModelTime:
+    model = ModelTime()
+    real_checkpw, real_hashpw = basic_auth.bcrypt.checkpw, basic_auth.bcrypt.hashpw
+
+    def checkpw(password: bytes, hashed: bytes) -> bool:
+        model.bcrypt_run(hashed)
+        return real_checkpw(password, hashed)
+
+    def hashpw(password: bytes, salt: bytes) -> bytes:
+        model.bcrypt_run(salt)
+        return real_hashpw(password, salt)
+
+    monkeypatch.setattr(basic_auth.bcrypt, "checkpw", checkpw)
+    monkeypatch.setattr(basic_auth.bcrypt, "hashpw", hashpw)
+    return model
+
+
+class TestRefusalTiming:
+    """Issue 20, finding 4: the time of a refusal named which users exist (a cost-10 decoy
+    for unknown users against each user's own cost: 152 ms, 767 ms at cost 12, 11 ms at 5)."""
+
+    USERS: Mapping[str, str] = MappingProxyType(
+        {"low": bcrypt_hash("pw-low", 4), "high": bcrypt_hash("pw-high", 6)}
+    )
+
+    async def refusal_cost(self, checker: BasicAuthChecker, model: ModelTime, user: str) -> float:
+        started = model.now
+        verdict = await checker.check(self.USERS, basic(user, "wrong guess")["Authorization"])
+        assert verdict in (AuthFailure.UNKNOWN_USER, AuthFailure.WRONG_PASSWORD)
+        return model.now - started
+
+    async def test_a_refusal_costs_the_same_whoever_is_named(self, model_time) -> None:
+        """Unknown user, a cost-4 user and a cost-6 user: each refusal costs one cost-6 run."""
+        checker = BasicAuthChecker(clock=model_time.clock, sleep=model_time.sleep)
+        await self.refusal_cost(checker, model_time, "warm-up")  # the first pays a decoy
+        costs = {
+            user: await self.refusal_cost(checker, model_time, user)
+            for user in ("mallory", "low", "high", "eve")
+        }
+        assert costs == dict.fromkeys(costs, 2.0**6)
+
+    async def test_the_first_refusal_costs_the_same_for_known_and_unknown_users(
+        self, model_time
+    ) -> None:
+        """The decoy of the highest cost is made by whichever refusal comes first."""
+        firsts = []
+        for user in ("mallory", "low"):
+            checker = BasicAuthChecker(clock=model_time.clock, sleep=model_time.sleep)
+            firsts.append(await self.refusal_cost(checker, model_time, user))
+        assert firsts[0] == firsts[1]
+
+    async def test_a_right_password_is_not_slowed_down(self, model_time) -> None:
+        """Only refusals are padded: alice at cost 4 is let in after her own check."""
+        checker = BasicAuthChecker(clock=model_time.clock, sleep=model_time.sleep)
+        await self.refusal_cost(checker, model_time, "warm-up")
+        started = model_time.now
+        assert await checker.check(self.USERS, basic("low", "pw-low")["Authorization"]) is None
+        assert model_time.now - started == 2.0**4
 
 
 class TestRateLimit:
