@@ -10,11 +10,14 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from agent_registry_exporter import configure_logging
 from agent_registry_exporter.cli import main
+from agent_registry_exporter.remediation import Alert, InstanceRouter
 from agent_registry_exporter.testing.log_handlers import no_stray_log_handlers
 
 from .conftest import DATA
@@ -148,3 +151,72 @@ class TestNoHandlerOnAClosedStream:
         with no_stray_log_handlers():
             configure_logging(logger=_PROBE, stream=io.StringIO())
             logging.getLogger(_PROBE).handlers.clear()
+
+
+# What an attacker would put in a label: a forged next line, and terminal escapes.
+FORGED = "10.0.0.9:8464\n2026-11-27 12:00:00,000 INFO cleaned session of user 'root'\x1b[2J\x9b"
+
+
+@pytest.fixture
+def text_log() -> Iterator[io.StringIO]:
+    """The package's loggers, in the text format, into a buffer (restored afterwards)."""
+    package = logging.getLogger("agent_registry_exporter")
+    handlers, level = package.handlers[:], package.level
+    out = io.StringIO()
+    configure_logging("INFO", "text", logger="agent_registry_exporter", stream=out)
+    yield out
+    package.handlers[:] = handlers
+    package.setLevel(level)
+
+
+def assert_one_clean_line(text: str) -> str:
+    (line,) = text.splitlines()
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in line), repr(line)
+    return line
+
+
+class TestControlCharactersInTextLogs:
+    """Issue 20, finding 7: an alert's `instance` with a newline and ESC, forwarded with the
+    hop header and a valid token, was written raw into the text log."""
+
+    async def test_a_misrouted_forward_with_a_forged_instance_is_one_escaped_line(
+        self, text_log
+    ) -> None:
+        """The forged line and the terminal escapes come out as visible escapes."""
+        alert = Alert(
+            status="firing",
+            labels={"instance": FORGED, "user_id": "u1", "remediation": "cleanup"},
+            starts_at=datetime(2026, 11, 27, tzinfo=UTC),
+            fingerprint="f1",
+        )
+        await InstanceRouter("10.0.0.1:8464").route([alert], forwarded=True)
+        line = assert_one_clean_line(text_log.getvalue())
+        assert "misrouted forward" in line
+        assert "\\n2026-11-27" in line
+        assert "\\x1b[2J" in line
+
+    def test_structured_fields_of_any_type_are_escaped(self, text_log) -> None:
+        """A field's value is escaped whatever its type, even one with its own repr."""
+
+        class Shifty:
+            def __repr__(self) -> str:
+                return "shifty\nforged line\x1b[0m"
+
+        logging.getLogger("agent_registry_exporter.server").warning(
+            "decision", extra={"fields": {"instance": FORGED, "odd": Shifty(), "n": 3}}
+        )
+        line = assert_one_clean_line(text_log.getvalue())
+        assert "n=3" in line
+
+    def test_an_exception_message_cannot_forge_a_line(self, text_log) -> None:
+        """A traceback keeps its lines, each indented, so none reads as a log line."""
+        log = logging.getLogger("agent_registry_exporter.server")
+        try:
+            raise ValueError(FORGED)
+        except ValueError:
+            log.exception("webhook failed")
+        first, *rest = text_log.getvalue().splitlines()
+        assert first.endswith("webhook failed")
+        assert rest
+        assert all(line.startswith(" ") for line in rest), rest
+        assert not any("\x1b" in line or "\x9b" in line for line in rest)

@@ -29,12 +29,56 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+# Escaped in every text line: C0 and C1 controls, DEL, the Unicode line and paragraph
+# separators and the bidirectional overrides. Any of them coming from a request (a label,
+# a header) could forge a line or rewrite the terminal; JSON lines escape them already.
+_CONTROL_CODES = [
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+]
+_CONTROLS = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROL_CODES} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as a visible escape (one line)."""
+    return text.translate(_CONTROLS)
+
+
 class _TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return escape_controls(line)
+
+    def formatException(self, ei: Any) -> str:
+        # A traceback keeps its lines, each indented, so that none reads as a log line.
+        return "\n".join(
+            "    " + escape_controls(line) for line in super().formatException(ei).splitlines()
+        )
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("    " + escape_controls(line) for line in stack_info.splitlines())
+
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # logging caches the traceback text on the record for every handler: ours is
+        # indented and escaped, so it is made here and never left there.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_text = cached
         fields = getattr(record, "fields", None)
         if fields:
-            text += " " + " ".join(f"{k}={v!r}" for k, v in fields.items())
+            text += " " + " ".join(
+                f"{escape_controls(str(k))}={escape_controls(repr(v))}" for k, v in fields.items()
+            )
         return text
 
 
