@@ -95,6 +95,28 @@ class TestDiscovery:
             other.bind(str(socket_dir / "other.sock"))
             assert list(discover_workers(socket_dir)) == ["a", "b", "c"]
 
+    @pytest.mark.parametrize("link", ["0", "zz"], ids=["sorted-first", "sorted-last"])
+    async def test_a_hard_link_to_a_worker_socket_is_not_a_second_worker(
+        self, socket_dir, workers, source, caplog, link
+    ) -> None:
+        """Attack (issue 20, finding 6): a hard link in the directory counted a worker twice
+        (28 agents exported for 16) and an alert for the link's name cleaned the original.
+        One socket is one worker, under the name it was served on, whatever sorts first."""
+        await add_agents(workers["a"], "u", 4)
+        os.link(socket_dir / "worker-a.sock", socket_dir / f"worker-{link}.sock")
+        assert list(discover_workers(socket_dir)) == ["a", "b", "c"]
+        for _ in range(2):
+            snapshot = await source.snapshot()
+            assert [p.worker for p in snapshot.workers or ()] == ["a", "b", "c"]
+            assert sum(s.agent_count for s in snapshot.sessions) == 4
+        assert source.worker(link) is None  # an alert naming it cleans nothing
+        assert source.worker("a") is not None
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warnings == [
+            f"ignoring worker-{link}.sock in {socket_dir}: another name (a hard link) for "
+            "the socket of worker a"
+        ]
+
     async def test_missing_directory_is_one_clear_line_and_not_ready(
         self, socket_dir, caplog
     ) -> None:

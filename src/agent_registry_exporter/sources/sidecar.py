@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import stat
 import time
 from collections.abc import Iterator, Sequence
@@ -72,16 +73,52 @@ class _AllWorkersSessions(Sequence[SessionLike]):
 
 
 def discover_workers(socket_dir: Path) -> dict[str, Path]:
-    """The worker sockets in `socket_dir` by worker name; OSError when it cannot be read."""
-    found = {}
+    """The worker sockets in `socket_dir` by worker name; OSError when it cannot be read.
+
+    A socket is one worker however many names it has (hard links): it is listed once,
+    under the name it was served on.
+    """
+    return _scan(socket_dir)[0]
+
+
+def _scan(socket_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """The workers, and each other name of a worker's socket -> the worker's name."""
+    names: dict[tuple[int, int], list[tuple[str, Path]]] = {}
     for path in socket_dir.iterdir():
         name = path.name
         if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                found[name[len(_PREFIX) : -len(_SUFFIX)]] = path
-    return dict(sorted(found.items()))
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISSOCK(info.st_mode):
+            worker = name[len(_PREFIX) : -len(_SUFFIX)]
+            names.setdefault((info.st_dev, info.st_ino), []).append((worker, path))
+    found: dict[str, Path] = {}
+    links: dict[str, str] = {}
+    for same in names.values():
+        same.sort()
+        worker, path = same[0] if len(same) == 1 else _served_name(same)
+        found[worker] = path
+        links.update((other, worker) for other, _ in same if other != worker)
+    return dict(sorted(found.items())), links
+
+
+def _served_name(same: list[tuple[str, Path]]) -> tuple[str, Path]:
+    """Of the names of one socket, the one its listener bound (the kernel keeps that path:
+    it is the peer address a client sees); the first by name when nobody answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)  # a full backlog must not stall discovery
+        try:
+            probe.connect(str(same[0][1]))
+            bound = probe.getpeername()
+        except OSError:
+            return same[0]
+    for worker, path in same:
+        if isinstance(bound, str) and Path(bound).name == path.name:
+            return worker, path
+    return same[0]
 
 
 def socket_dir_problem(socket_dir: Path) -> str | None:
@@ -109,6 +146,7 @@ class SidecarSource:
         self._removed = 0
         self._found = 0  # worker sockets found by the last snapshot
         self._dir_problem: str | None = None
+        self._links: dict[str, str] = {}
         # Clients of workers that went away, closing; referenced until they are closed.
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -185,14 +223,22 @@ class SidecarSource:
 
     def _discover(self) -> dict[str, WorkerSource]:
         try:
-            found = discover_workers(self.socket_dir)
+            found, links = _scan(self.socket_dir)
         except OSError as exc:
             self._note_dir_problem(
                 f"socket directory {self.socket_dir} cannot be read: {exc.strerror or exc}"
             )
-            found = {}
+            found, links = {}, {}
         else:
             self._note_dir_problem(None)
+        for link in sorted(links.keys() - self._links.keys()):
+            _log.warning(
+                "ignoring %s in %s: another name (a hard link) for the socket of worker %s",
+                socket_path("", link).name,
+                self.socket_dir,
+                links[link],
+            )
+        self._links = links
         for name in set(self._workers) - set(found):
             worker = self._workers.pop(name)
             self._health.pop(name, None)
