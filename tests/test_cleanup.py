@@ -251,3 +251,59 @@ class TestBlockingClose:
         assert "timed out after 0.2s" in result.errors["stuck"]
         assert good.closes == 1
         assert result.agents_cleaned == 1
+
+
+def close_threads() -> int:
+    """Threads alive running agents' synchronous closes."""
+    return sum(t.name == "agent-close" for t in threading.enumerate())
+
+
+class TestBlockedCloseThreads:
+    """Issue 20, finding 9: 100 close() calls blocking past their timeout left 100 threads,
+    with no cap across repeated cleanups (threads 4 -> 103)."""
+
+    async def test_blocked_closes_hold_at_most_the_pool_across_cleanups(self, clock) -> None:
+        """Two cleanups of 60 blocking closes each: never more threads than the pool; the
+        closes that could not even start are reported as such, not queued forever."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=0.05)
+        manager = registry.lifecycle_manager
+        release = threading.Event()
+        before = close_threads()
+        errors: list[str] = []
+        try:
+            for user in ("u1", "u2"):
+                for n in range(60):
+                    await registry.register_user_agent(user, f"a{n}", BlockingCloseAgent(release))
+                result = await manager.trigger_cleanup(user)
+                errors.extend(result.errors.values())
+                assert close_threads() - before <= manager.close_threads
+        finally:
+            release.set()
+        assert len(errors) == 120
+        not_started = [e for e in errors if "not started" in e]
+        assert len(not_started) >= 120 - manager.close_threads
+        assert not_started[0] == (
+            f"close() not started: all {manager.close_threads} close threads are held by"
+            " closes that have not returned"
+        )
+        await wait_until_async(lambda: close_threads() <= before)
+
+    async def test_the_pool_is_whole_again_once_blocked_closes_return(self, clock) -> None:
+        """Threads freed by closes that finally returned serve the next cleanup."""
+        registry = AgentRegistry(clock=clock, agent_close_timeout=0.05)
+        manager = registry.lifecycle_manager
+        release = threading.Event()
+        try:
+            for n in range(manager.close_threads):
+                await registry.register_user_agent("u1", f"a{n}", BlockingCloseAgent(release))
+            result = await manager.trigger_cleanup("u1")
+            assert all("timed out" in e for e in result.errors.values())
+        finally:
+            release.set()
+        sync = SyncCloseAgent()
+        await registry.register_user_agent("u2", "sync", sync)
+        # Generous: the freed threads hand their slots back through the loop.
+        registry.lifecycle_manager.agent_close_timeout = 30
+        result = await manager.trigger_cleanup("u2")
+        assert result.ok, result.errors
+        assert sync.closed == 1

@@ -24,8 +24,9 @@ _log = logging.getLogger(logger_name("lifecycle"))
 
 # Tried in this order; the first one an agent has is the one awaited.
 _CLOSE_METHODS = ("aclose", "close", "cleanup")
-# Synchronous closes run on threads, at most this many at once per manager. A thread whose
-# close outlives the per-agent timeout gives its slot back and is left to finish alone.
+# Synchronous closes run on threads, at most this many alive per manager, across all its
+# cleanups: a close that outlives the per-agent timeout is left to finish alone, but keeps
+# its thread's slot until it returns, so blocked closes cannot pile up threads.
 _CLOSE_THREADS = 16
 
 
@@ -89,7 +90,8 @@ class AgentLifecycleManager:
         self.cleaned_agents = CleanedAgentTracker(
             clock=registry.clock if registry is not None else time.time
         )
-        self._close_threads = asyncio.Semaphore(_CLOSE_THREADS)
+        self.close_threads = _CLOSE_THREADS
+        self._close_slots = asyncio.Semaphore(_CLOSE_THREADS)
         # The cleanups in progress and their agents not yet closed: what a shutdown reports.
         self._closing: set[_Closing] = set()
 
@@ -234,9 +236,18 @@ class AgentLifecycleManager:
                     await method()
             else:
                 # A synchronous close may block (time.sleep, a socket): never on the loop.
-                # Waiting for a free thread is not the agent's time, so it is not timed.
-                async with self._close_threads, asyncio.timeout(self.agent_close_timeout):
-                    outcome = await _in_daemon_thread(method)
+                # Waiting for a thread is not the agent's time, but it is bounded too: when
+                # every thread stays held by closes that never return, this one is reported.
+                try:
+                    async with asyncio.timeout(self.agent_close_timeout):
+                        await self._close_slots.acquire()
+                except TimeoutError:
+                    return (
+                        f"{name}() not started: all {self.close_threads} close threads are"
+                        " held by closes that have not returned"
+                    )
+                async with asyncio.timeout(self.agent_close_timeout):
+                    outcome = await _in_daemon_thread(method, self._close_slots.release)
                     if inspect.isawaitable(outcome):
                         await outcome
         except TimeoutError:
@@ -251,8 +262,11 @@ class AgentLifecycleManager:
         return None
 
 
-async def _in_daemon_thread(call: Callable[[], object]) -> object:
-    """`call()` on a daemon thread: one that never returns must not hold up process exit."""
+async def _in_daemon_thread(call: Callable[[], object], returned: Callable[[], None]) -> object:
+    """`call()` on a daemon thread: one that never returns must not hold up process exit.
+
+    `returned()` runs on the loop once `call()` returned, whoever still waits for it.
+    """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[object] = loop.create_future()
 
@@ -275,8 +289,13 @@ async def _in_daemon_thread(call: Callable[[], object]) -> object:
             error = RuntimeError(_describe(exc))
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(settle, outcome, error)
+            loop.call_soon_threadsafe(returned)
 
-    threading.Thread(target=run, name="agent-close", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="agent-close", daemon=True).start()
+    except BaseException:
+        returned()  # no thread, nothing to wait for
+        raise
     return await done
 
 
