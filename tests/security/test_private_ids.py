@@ -164,6 +164,92 @@ class TestRemediation:
         assert "leaky" not in json.dumps(result.as_dict())
 
 
+class CountingHasher(UserIdHasher):
+    """Counts every HMAC computed: the cost of searching the sessions."""
+
+    digests = 0
+
+    def digest(self, user_id: str) -> str:
+        self.digests += 1
+        return super().digest(user_id)
+
+
+def nobodys(n: int) -> list[str]:
+    """Labels of the shape the renderer writes that match no session (an old key's)."""
+    return [UserIdHasher(b"o" * 32).digest(f"gone-{i}") for i in range(n)]
+
+
+class TestUnknownHashes:
+    """Issue 20, finding 5: with 50,020 users, 200 alerts whose hash matched nothing (still
+    firing after a key rotation, re-sent every repeat interval) took 48.3 s of CPU: every
+    alert hashed every session again, once to verify and again to clean."""
+
+    async def test_a_payload_of_unknown_hashes_costs_one_search(self, registry) -> None:
+        """200 unknown hashes over 1,000 sessions: one pass (1,000 digests), not 200."""
+        for n in range(1000):
+            await registry.register_user_agent(f"user-{n}", "a", object())
+        hasher = CountingHasher(KEY, cache_size=10)  # nothing found in the cache
+        remediator = Remediator(private_ids(InProcessSource(registry), hasher))
+        decisions = await remediator.handle(payload(*nobodys(200)))
+        assert {d.outcome for d in decisions} == {Outcome.NO_SESSION}
+        assert len(decisions) == 200
+        assert hasher.digests <= 1000
+
+    async def test_the_same_unknown_hashes_again_cost_no_search(self, registry) -> None:
+        """Re-sent at the next repeat interval, sessions unchanged: nothing is hashed."""
+        for n in range(100):
+            await registry.register_user_agent(f"user-{n}", "a", object())
+        hasher = CountingHasher(KEY)
+        remediator = Remediator(private_ids(InProcessSource(registry), hasher))
+        labels = nobodys(50)
+        await remediator.handle(payload(*labels))
+        searched = hasher.digests
+        decisions = await remediator.handle(payload(*labels, starts="2026-11-27T21:00:00Z"))
+        assert {d.outcome for d in decisions} == {Outcome.NO_SESSION}
+        assert hasher.digests == searched
+
+    async def test_a_remembered_miss_is_forgotten_when_the_sessions_change(
+        self, registry, fill
+    ) -> None:
+        """A hash that matched nobody matches the user who registers later."""
+        hasher = CountingHasher(KEY)
+        remediator = Remediator(private_ids(InProcessSource(registry), hasher))
+        label = UserIdHasher(KEY).digest("late@example.com")
+        (first,) = await remediator.handle(payload(label))
+        assert first.outcome == Outcome.NO_SESSION
+        await fill("late@example.com", 60)
+        (second,) = await remediator.handle(payload(label, starts="2026-11-27T21:00:00Z"))
+        assert second.outcome == Outcome.CLEANED
+        assert registry.get_session("late@example.com") is None
+
+    async def test_remembered_misses_stay_bounded(self, registry) -> None:
+        """Hostile payloads of fresh labels never grow the memory of misses past its bound."""
+        source = PrivateIdSource(InProcessSource(registry), UserIdHasher(KEY), miss_cache_size=8)
+        await registry.register_user_agent("someone", "a", object())
+        for batch in range(5):
+            await source.look_up(nobodys(10 * (batch + 1))[10 * batch :])
+            assert source.remembered_misses <= 8
+
+    async def test_sidecar_workers_remember_their_misses_across_payloads(self, socket_dir) -> None:
+        """Sidecar mode: a worker's unknown hashes are searched once, not per payload."""
+        async with serving_workers(socket_dir, "w1") as workers:
+            for n in range(50):
+                await workers["w1"].register_user_agent(f"user-{n}", "a", object())
+            sidecar = SidecarSource(socket_dir, timeout=5.0)
+            hasher = CountingHasher(KEY)
+            remediator = Remediator(private_ids(sidecar, hasher))
+            try:
+                labels = nobodys(20)
+                for starts in ("2026-11-27T20:00:00Z", "2026-11-27T21:00:00Z"):
+                    decisions = await remediator.handle(
+                        payload(*labels, labels={"worker": "w1"}, starts=starts)
+                    )
+                    assert {d.outcome for d in decisions} == {Outcome.NO_SESSION}
+                assert hasher.digests == 50
+            finally:
+                await sidecar.close()
+
+
 class TestKeyAndCli:
     @pytest.mark.parametrize(
         ("content", "problem"),

@@ -19,7 +19,7 @@ from .._meta import logger_name
 from ..common.token_bucket import TokenBucket
 from ..registry import CleanupResult, MonitorResult, Status
 from ..settings import Settings
-from ..sources import RegistrySource, WorkerSources
+from ..sources import LooksUpInBatches, RegistrySource, WorkerSources
 from .decision import Decision, Outcome
 from .decision import decision_for as _decision
 from .payload import Alert, WebhookPayload
@@ -234,6 +234,14 @@ class Remediator:
 
     async def _verify(self, batch: _Batch) -> list[_Candidate]:
         """Keep the alerts whose user the registry itself sees over a threshold."""
+        # A source that finds users in batches (private ids) is asked once for them all:
+        # no alert costs a search of the sessions of its own.
+        named: dict[int, tuple[LooksUpInBatches, set[str]]] = {}
+        for cand in batch.candidates:
+            if isinstance(cand.source, LooksUpInBatches):
+                named.setdefault(id(cand.source), (cand.source, set()))[1].add(cand.user_id)
+        for source, user_ids in named.values():
+            await source.look_up(user_ids)
         violating = []
         for n, cand in enumerate(batch.candidates, 1):
             if n % _YIELD_EVERY == 0:

@@ -6,7 +6,7 @@ its registry on a Unix socket (`serve_registry`) and the sidecar gathers them al
 
 from .in_process import InProcessSource
 from .private_ids import PrivateIdSource, PrivateWorkerSources, UserIdHasher, private_ids
-from .protocol import RegistrySource, WorkerSources
+from .protocol import LooksUpInBatches, RegistrySource, WorkerSources
 from .sidecar import SidecarSource, discover_workers, socket_dir_problem
 from .snapshot_codec import API_VERSION, WorkerIdentity, decode_snapshot, encode_snapshot
 from .socket_api import (
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_SOCKET_DIR",
     "SOCKET_DIR_ENV",
     "InProcessSource",
+    "LooksUpInBatches",
     "PrivateIdSource",
     "PrivateWorkerSources",
     "RegistrySocket",

@@ -4,8 +4,9 @@ Every `user_id` label becomes `h:` plus 20 hex digits (80 bits) of HMAC-SHA256 u
 that only this process holds (the snapshot carries the hasher; the renderer applies it).
 Prometheus, Alertmanager, Grafana and their long-term storage see hashes only; an alert
 comes back with the hash, and this source maps it to the session it came from, from a map
-filled as the labels are rendered (or, on a miss, by hashing the current sessions again).
-No table of ids leaves the process.
+filled as the labels are rendered (or, on a miss, by hashing the current sessions again:
+once per webhook payload for all its labels, and a label that matched nobody is remembered,
+bounded, until the sessions change). No table of ids leaves the process.
 
 80 bits: the chance that two of n users share a label is about n^2 / 2^81, 4e-9 at a
 hundred million users (64 bits would be 3e-4 there). A shared label would merge two users'
@@ -17,13 +18,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client.core import Metric
 
 from ..common.keyfile import MIN_KEY_BYTES, read_key_file
-from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionColumns, Status
+from ..registry import (
+    CleanupResult,
+    MonitorResult,
+    RegistrySnapshot,
+    SessionColumns,
+    SessionLike,
+    Status,
+)
 from .protocol import RegistrySource, WorkerSources
 
 __all__ = [
@@ -107,9 +116,21 @@ def _hashed(snapshot: RegistrySnapshot, label: Callable[[str], str]) -> Registry
 class PrivateIdSource:
     """Wraps a `RegistrySource`: hashed ids out, hashed ids back in (webhook, monitoring)."""
 
-    def __init__(self, inner: RegistrySource, hasher: UserIdHasher) -> None:
+    def __init__(
+        self, inner: RegistrySource, hasher: UserIdHasher, *, miss_cache_size: int = 10_000
+    ) -> None:
         self.inner = inner
         self.hasher = hasher
+        # Labels the last search did not find (an old key's, a user gone), bounded, and which
+        # sessions that search went through: they are searched again only when those change.
+        self._misses: OrderedDict[str, None] = OrderedDict()
+        self._miss_cache_size = miss_cache_size
+        self._misses_among: int | None = None
+
+    @property
+    def remembered_misses(self) -> int:
+        """Labels remembered as matching no session."""
+        return len(self._misses)
 
     async def snapshot(self) -> RegistrySnapshot:
         return _hashed(await self.inner.snapshot(), self.hasher)
@@ -131,31 +152,60 @@ class PrivateIdSource:
         result = await self.inner.cleanup_user(real, if_violating=if_violating)
         return dataclasses.replace(result, user_id=user_id)
 
+    async def look_up(self, user_ids: Collection[str]) -> None:
+        """Find the ids behind every label of `user_ids` not known yet, in one search.
+
+        The receiver calls it once per payload; the sessions are read once, and hashed only
+        when a label is neither cached nor remembered as a miss among these same sessions.
+        """
+        wanted = {u for u in user_ids if u.startswith(PREFIX) and self.hasher.known(u) is None}
+        if not wanted:
+            return
+        ids = _user_ids((await self.inner.snapshot()).sessions)
+        among = hash(tuple(ids))  # cheap next to hashing: str hashes are cached
+        if among != self._misses_among:
+            self._misses.clear()
+            self._misses_among = among
+        wanted.difference_update(self._misses)
+        if not wanted:
+            return
+        found = await asyncio.to_thread(self._search, ids, wanted)
+        for label in wanted.difference(found):
+            self._misses[label] = None
+        while len(self._misses) > self._miss_cache_size:
+            self._misses.popitem(last=False)
+
     async def _resolve(self, label: str) -> str | None:
         """The id behind an exported label; a clear id is not accepted."""
         if not label.startswith(PREFIX):
             return None
         known = self.hasher.known(label)
-        if known is not None:
+        if known is not None or label in self._misses:
             return known
         # Not rendered since the cache was emptied (or since a restart): hash the current
         # sessions again, off the loop, and look once more.
-        sessions = (await self.inner.snapshot()).sessions
-        ids = (
-            list(sessions.user_ids)
-            if isinstance(sessions, SessionColumns)
-            else [s.user_id for s in sessions]
-        )
-        return await asyncio.to_thread(self._search, ids, label)
+        await self.look_up((label,))
+        return self.hasher.known(label)
 
-    def _search(self, ids: list[str], label: str) -> str | None:
-        # Plain digests: a search through every session must not churn the bounded cache.
+    def _search(self, ids: Sequence[str], wanted: set[str]) -> set[str]:
+        # Plain digests: a search through every session must not churn the bounded cache;
+        # only what is found is remembered.
         digest = self.hasher.digest
+        found = set()
         for user_id in ids:
-            if digest(user_id) == label:
+            label = digest(user_id)
+            if label in wanted:
                 self.hasher.remember(user_id, label)
-                return user_id
-        return None
+                found.add(label)
+                if len(found) == len(wanted):
+                    break
+        return found
+
+
+def _user_ids(sessions: Sequence[SessionLike]) -> Sequence[str]:
+    if isinstance(sessions, SessionColumns):
+        return sessions.user_ids
+    return [s.user_id for s in sessions]
 
 
 class PrivateWorkerSources(PrivateIdSource):
@@ -164,10 +214,18 @@ class PrivateWorkerSources(PrivateIdSource):
     def __init__(self, inner: WorkerSources, hasher: UserIdHasher) -> None:
         super().__init__(inner, hasher)  # type: ignore[arg-type]
         self._workers = inner
+        # One wrapper per worker, kept while that worker is: it remembers its misses.
+        self._each: dict[str, tuple[RegistrySource, PrivateIdSource]] = {}
 
     def worker(self, name: str) -> RegistrySource | None:
         source = self._workers.worker(name)
-        return None if source is None else PrivateIdSource(source, self.hasher)
+        if source is None:
+            self._each.pop(name, None)
+            return None
+        kept = self._each.get(name)
+        if kept is None or kept[0] is not source:
+            kept = self._each[name] = (source, PrivateIdSource(source, self.hasher))
+        return kept[1]
 
     async def ready(self) -> str | None:
         return await self._workers.ready()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Protocol, runtime_checkable
 
 from prometheus_client.core import Metric
 
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot
 
-__all__ = ["RegistrySource", "WorkerSources"]
+__all__ = ["LooksUpInBatches", "RegistrySource", "WorkerSources"]
 
 
 class RegistrySource(Protocol):
@@ -51,4 +51,17 @@ class WorkerSources(Protocol):
 
     async def close(self) -> None:
         """Release the connections to the workers."""
+        ...
+
+
+@runtime_checkable
+class LooksUpInBatches(Protocol):
+    """A source that finds many users in one pass (private ids: one search of the sessions).
+
+    The receiver calls `look_up` once per payload with every user the payload names, before
+    asking about each of them: what one alert costs is then never a search of its own.
+    """
+
+    async def look_up(self, user_ids: Collection[str]) -> None:
+        """Prepare the answers about `user_ids`, in one pass at most."""
         ...
