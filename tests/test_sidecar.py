@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from agent_registry_exporter.sources import (
     discover_workers,
     worker_client,
 )
+from agent_registry_exporter.sources import sidecar as sidecar_module
 from agent_registry_exporter.testing import free_port, wait_until, wait_until_async
 
 from .conftest import add_agents, as_unprivileged, serving_workers
@@ -249,6 +251,7 @@ class TestPartialFailure:
                 for _ in range(3):  # refused three times in a row: the socket is removed
                     status, text = await _get(server, "/metrics")
                     assert status == 200
+                await sidecar.settled()  # removed off the scrape
                 assert not (socket_dir / "worker-p2.sock").exists()
                 status, text = await _get(server, "/metrics")
                 got = samples(text)
@@ -327,6 +330,72 @@ class TestPartialFailure:
             f"worker web ({socket_dir / 'worker-web.sock'}): answers something else: "
             "HTTP 200 text/html"
         ]
+
+
+def stale_sockets(socket_dir: Path, count: int) -> list[Path]:
+    """Sockets left behind by workers that died: the files stay, nobody listens."""
+    paths = []
+    for n in range(count):
+        path = socket_dir / f"worker-dead{n:04d}.sock"
+        with socket.socket(socket.AF_UNIX) as dead:
+            dead.bind(str(path))
+        paths.append(path)
+    return paths
+
+
+def sidecar_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.endswith("sources.sidecar")]
+
+
+class TestStaleSockets:
+    """Issue 20, finding 10: 5,000 stale sockets logged 10,003 lines, and the first three
+    scrapes took up to 4.5 s while they were removed."""
+
+    async def test_many_stale_sockets_make_one_line_per_scrape(
+        self, socket_dir, workers, source, caplog
+    ) -> None:
+        """300 dead workers' sockets: refused, then removed, in at most one line a scrape."""
+        caplog.set_level(logging.INFO)
+        stale = stale_sockets(socket_dir, 300)
+        for scrape_number in range(1, 6):
+            before = len(sidecar_lines(caplog))
+            snapshot = await source.snapshot()
+            assert [p.worker for p in snapshot.workers or ()] == ["a", "b", "c"]
+            await source.settled()  # removals run off the scrape; their line may come now
+            assert len(sidecar_lines(caplog)) - before <= 1, scrape_number
+        assert not any(path.exists() for path in stale)
+        lines = sidecar_lines(caplog)
+        assert lines[0].startswith("300 workers down: connection refused: no process listens:")
+        assert lines[0].endswith("and 290 more")
+        assert lines[-1].startswith(
+            "removed the sockets of 300 dead workers after 3 refused connections each:"
+        )
+        removed = next(f for f in source.collect() if f.name.endswith("sockets_removed"))
+        assert removed.samples[0].value == 300
+
+    async def test_removing_stale_sockets_is_off_the_scrape(
+        self, socket_dir, workers, source, monkeypatch
+    ) -> None:
+        """The scrape that finds sockets dead for the third time does not wait for their
+        removal (a check and an unlink each, on a thread)."""
+        gate = threading.Event()
+        real = sidecar_module.listening
+
+        def held_listening(path: Path) -> bool:
+            gate.wait(timeout=3)  # bounded: the old inline removal fails the test, not hangs
+            return real(path)
+
+        monkeypatch.setattr(sidecar_module, "listening", held_listening)
+        stale = stale_sockets(socket_dir, 2)
+        try:
+            for _ in range(3):
+                snapshot = await source.snapshot()
+                assert [p.worker for p in snapshot.workers or ()] == ["a", "b", "c"]
+            assert all(path.exists() for path in stale), "removed within the scrape"
+        finally:
+            gate.set()
+        await source.settled()
+        assert not any(path.exists() for path in stale)
 
 
 def _start_workers(socket_dir: Path, flag: Path) -> dict[str, subprocess.Popen[str]]:

@@ -13,10 +13,10 @@ import logging
 import socket
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -147,6 +147,8 @@ class SidecarSource:
         self._found = 0  # worker sockets found by the last snapshot
         self._dir_problem: str | None = None
         self._links: dict[str, str] = {}
+        # Workers whose dead socket a background task is removing.
+        self._removing: set[str] = set()
         # Clients of workers that went away, closing; referenced until they are closed.
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -154,9 +156,14 @@ class SidecarSource:
 
     async def snapshot(self) -> RegistrySnapshot:
         """One part per worker that answered; never raises for a worker's failure."""
-        workers = self._discover()
-        self._found = len(workers)
-        results = await asyncio.gather(*(self._snapshot_of(w) for w in workers.values()))
+        found = self._discover()
+        self._found = len(found)
+        # A socket being removed is dead already (refused again and again): not asked.
+        workers = {n: w for n, w in found.items() if n not in self._removing}
+        changes: list[tuple[WorkerSource, str | None]] = []
+        results = await asyncio.gather(*(self._snapshot_of(w, changes) for w in workers.values()))
+        _report(changes)
+        self._remove_dead(workers.values())
         parts = tuple(part for part in results if part is not None)
         return RegistrySnapshot(
             taken_at=time.time(),
@@ -213,11 +220,16 @@ class SidecarSource:
         )
         yield from (up, duration, found, removed)
 
+    async def settled(self) -> None:
+        """Wait for what scrapes left running: removals of dead sockets, clients closing."""
+        while self._closing:
+            await asyncio.gather(*self._closing)
+
     async def close(self) -> None:
+        await self.settled()
         for worker in self._workers.values():
             await worker.close()
         self._workers.clear()
-        await asyncio.gather(*self._closing)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -242,9 +254,7 @@ class SidecarSource:
         for name in set(self._workers) - set(found):
             worker = self._workers.pop(name)
             self._health.pop(name, None)
-            task = asyncio.get_running_loop().create_task(worker.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._in_background(worker.close())
         for name, path in found.items():
             known = self._workers.get(name)
             if known is None or known.path != path:
@@ -259,7 +269,14 @@ class SidecarSource:
                 _log.info("socket directory %s readable again", self.socket_dir)
             self._dir_problem = problem
 
-    async def _snapshot_of(self, worker: WorkerSource) -> RegistrySnapshot | None:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _snapshot_of(
+        self, worker: WorkerSource, changes: list[tuple[WorkerSource, str | None]]
+    ) -> RegistrySnapshot | None:
         health = self._health.setdefault(worker.worker, _Health())
         started = time.perf_counter()
         try:
@@ -267,38 +284,104 @@ class SidecarSource:
         except WorkerError as exc:
             health.up, health.duration = False, time.perf_counter() - started
             health.refused_in_a_row = health.refused_in_a_row + 1 if exc.refused else 0
-            self._note(worker, health, exc.cause)
-            if health.refused_in_a_row >= self.remove_after:
-                await self._remove(worker)
+            _note(worker, health, exc.cause, changes)
             return None
         health.up, health.duration = True, time.perf_counter() - started
         health.refused_in_a_row = 0
-        self._note(worker, health, None)
+        _note(worker, health, None, changes)
         return snapshot
 
-    def _note(self, worker: WorkerSource, health: _Health, problem: str | None) -> None:
-        # One line when a worker's state changes, never one per scrape.
-        if problem == health.problem:
-            return
-        if problem is not None:
-            _log.warning("worker %s (%s): %s", worker.worker, worker.path, problem)
-        elif health.problem is not None:
-            _log.info("worker %s answers again", worker.worker)
-        health.problem = problem
+    def _remove_dead(self, workers: Iterable[WorkerSource]) -> None:
+        """Remove, off the scrape, the sockets refused `remove_after` times in a row."""
+        dead = [
+            w
+            for w in workers
+            if w.worker not in self._removing
+            and (health := self._health.get(w.worker)) is not None
+            and health.refused_in_a_row >= self.remove_after
+        ]
+        if dead:
+            self._removing.update(w.worker for w in dead)
+            self._in_background(self._remove(dead))
 
-    async def _remove(self, worker: WorkerSource) -> None:
-        # Checked again right before: a new worker may have taken the name meanwhile.
-        with contextlib.suppress(FileNotFoundError):
-            if listening(worker.path):
-                return
-            worker.path.unlink()
-            self._removed += 1
+    async def _remove(self, dead: list[WorkerSource]) -> None:
+        try:
+            # A check and an unlink per socket: thousands of them must not stall the loop.
+            removed = await asyncio.to_thread(_unlink_unserved, [w.path for w in dead])
+        finally:
+            self._removing.difference_update(w.worker for w in dead)
+        gone = [w for w in dead if w.path in removed]
+        for worker in gone:
+            if self._workers.get(worker.worker) is worker:
+                del self._workers[worker.worker]
+                self._health.pop(worker.worker, None)
+            await worker.close()
+        self._removed += len(gone)
+        if len(gone) == 1:
             _log.warning(
                 "removed the socket of dead worker %s after %d refused connections: %s",
-                worker.worker,
+                gone[0].worker,
                 self.remove_after,
-                worker.path,
+                gone[0].path,
             )
-        self._workers.pop(worker.worker, None)
-        self._health.pop(worker.worker, None)
-        await worker.close()
+        elif gone:
+            _log.warning(
+                "removed the sockets of %d dead workers after %d refused connections each: %s",
+                len(gone),
+                self.remove_after,
+                _listed(w.worker for w in gone),
+            )
+
+
+def _unlink_unserved(paths: list[Path]) -> set[Path]:
+    """Unlink each socket nobody listens on; checked right before: a new worker may have
+    taken the name meanwhile."""
+    removed = set()
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            if not listening(path):
+                path.unlink()
+                removed.add(path)
+    return removed
+
+
+def _note(
+    worker: WorkerSource,
+    health: _Health,
+    problem: str | None,
+    changes: list[tuple[WorkerSource, str | None]],
+) -> None:
+    # Reported when a worker's state changes, never once per scrape.
+    if problem != health.problem:
+        if problem is not None or health.problem is not None:
+            changes.append((worker, problem))
+        health.problem = problem
+
+
+def _report(changes: list[tuple[WorkerSource, str | None]]) -> None:
+    """One line for the workers that went down in a scrape, one for those back up."""
+    down = [(w, p) for w, p in changes if p is not None]
+    up = [w for w, p in changes if p is None]
+    if len(down) == 1:
+        worker, problem = down[0]
+        _log.warning("worker %s (%s): %s", worker.worker, worker.path, problem)
+    elif down:
+        causes: dict[str, list[str]] = {}
+        for worker, problem in down:
+            causes.setdefault(problem or "", []).append(worker.worker)
+        _log.warning(
+            "%d workers down: %s",
+            len(down),
+            "; ".join(f"{cause}: {_listed(names)}" for cause, names in causes.items()),
+        )
+    if len(up) == 1:
+        _log.info("worker %s answers again", up[0].worker)
+    elif up:
+        _log.info("%d workers answer again: %s", len(up), _listed(w.worker for w in up))
+
+
+def _listed(names: Iterable[str], shown: int = 10) -> str:
+    """The first names, and how many more: a line stays short whatever the count."""
+    names = list(names)
+    text = ", ".join(names[:shown])
+    return f"{text} and {len(names) - shown} more" if len(names) > shown else text
