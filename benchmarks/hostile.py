@@ -19,7 +19,15 @@ Per server, with scrapes made one after another from a thread with Prometheus' o
 Prints the worst scrape latency of phases 1 and 3, failed scrapes, and CPU per bomb.
 Figures are ratios within one run; the machine's load moves them.
 
+Then the sidecar against a hostile worker (issue 20, finding 2): the `sidecar` command in its
+own process gathers a good worker (`--users` users) and a socket answering `--flood-mib` MiB
+to every snapshot request, streamed; printed: the sidecar's resident memory once idle (after
+scrapes of the good worker alone) and at its peak (the kernel's high-water mark) over
+`--scrapes` scrapes with the flood beside it, for the default `max_worker_answer_bytes` and
+for 1 GiB (the bound before it was a setting).
+
     .venv/bin/python benchmarks/hostile.py [--users 10000] [--slow 2000] [--bombs 20]
+        [--flood-mib 200] [--parts clients,sidecar]
 """
 
 from __future__ import annotations
@@ -30,14 +38,23 @@ import contextlib
 import os
 import resource
 import sys
+import tempfile
 import time
+import urllib.request
+import uuid
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
 from scrape import build_registry, fetch, start_stock
 
-from agent_registry_exporter import Settings, start_exporter
+from agent_registry_exporter import AgentRegistry, Settings, serve_registry, start_exporter
+from agent_registry_exporter.settings import ENV_PREFIX
+from agent_registry_exporter.sources import socket_path
+from agent_registry_exporter.sources.snapshot_codec import SNAPSHOT_CONTENT_TYPE
+from agent_registry_exporter.testing import free_port
 
 TOKEN = "bench-t0ken"  # noqa: S105 - a benchmark's throwaway token
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -200,6 +217,97 @@ SLOW = 2000
 BOMBS = 20
 
 
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident memory (VmRSS) or its high-water mark (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(field)
+
+
+def plain_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - loopback only
+        return str(resp.read().decode())
+
+
+async def flood_worker(path: Path, mebibytes: int) -> web.AppRunner:
+    """A socket answering `mebibytes` MiB to every snapshot request, streamed, no length."""
+    piece = b"A" * (1 << 20)
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": SNAPSHOT_CONTENT_TYPE})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(mebibytes):
+                await response.write(piece)
+            await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/snapshot", flood)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    return runner
+
+
+async def uuid_registry(users: int) -> AgentRegistry:
+    """`users` one-agent users with random UUID ids (56 bytes each in a snapshot)."""
+    registry = AgentRegistry()
+    for _ in range(users):
+        await registry.register_user_agent(str(uuid.uuid4()), "agent-0", object())
+    return registry
+
+
+Joined = Callable[[str], Awaitable[list[Callable[[], Awaitable[None]]]]]
+
+
+async def sidecar_memory(
+    users: int, scrape_count: int, bound: int | None, join: Joined
+) -> tuple[float, float, str]:
+    """The sidecar's idle and peak RSS (MiB), and its source_up lines.
+
+    Idle: a good worker alone, scraped `scrape_count` times; then `join(directory)` adds
+    the workers under test and the sidecar is scraped as often again.
+    """
+    with tempfile.TemporaryDirectory(prefix="ars-") as directory:
+        good = await serve_registry(await build_registry(users), directory, worker="good")
+        port = free_port()
+        env = {**os.environ, f"{ENV_PREFIX}WEBHOOK_TOKEN": TOKEN, f"{ENV_PREFIX}LOG_LEVEL": "ERROR"}
+        if bound is not None:
+            env[f"{ENV_PREFIX}MAX_WORKER_ANSWER_BYTES"] = str(bound)
+        command = Path(sys.executable).parent / "agent-registry-exporter"
+        sidecar = await asyncio.create_subprocess_exec(
+            str(command), "sidecar", "--socket-dir", directory,
+            "--listen-host", "127.0.0.1", "--listen-port", str(port),
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/metrics"
+        stops: list[Callable[[], Awaitable[None]]] = []
+        try:
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(fetch, url)
+                    break
+                await asyncio.sleep(0.1)
+            for _ in range(scrape_count):  # idle: the good worker alone, caches warm
+                await asyncio.to_thread(fetch, url)
+            idle = rss_mib(sidecar.pid)
+            stops = await join(directory)
+            for _ in range(scrape_count):
+                await asyncio.to_thread(fetch, url)
+            peak = rss_mib(sidecar.pid, "VmHWM")
+            text = await asyncio.to_thread(plain_text, url)
+            up = [line for line in text.splitlines() if line.startswith("agent_registry_source_up")]
+            return idle, peak, ", ".join(line.split("_up")[1] for line in up)
+        finally:
+            sidecar.terminate()
+            await sidecar.wait()
+            for stop in stops:
+                await stop()
+            await good.stop()
+
+
 async def main() -> None:
     global SLOW, BOMBS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -208,12 +316,60 @@ async def main() -> None:
     parser.add_argument("--bombs", type=int, default=BOMBS)
     parser.add_argument("--scrapes", type=int, default=20)
     parser.add_argument("--servers", default="stock,ours", help="which to run (stock,ours)")
+    parser.add_argument("--flood-mib", type=int, default=200)
+    parser.add_argument("--bound-workers", type=int, default=2)
+    parser.add_argument("--parts", default="clients,sidecar", help="clients, sidecar or both")
     parser.add_argument("--serve", choices=["stock", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         await serve(args.serve, args.users)
         return
     SLOW, BOMBS = args.slow, args.bombs
+    parts = args.parts.split(",")
+    if "clients" in parts:
+        await hostile_clients(args)
+    if "sidecar" in parts:
+        await hostile_worker(args)
+
+
+async def hostile_worker(args: argparse.Namespace) -> None:
+    default: int = Settings.model_fields["max_worker_answer_bytes"].default
+
+    async def flooding(directory: str) -> list[Callable[[], Awaitable[None]]]:
+        runner = await flood_worker(socket_path(directory, "flood"), args.flood_mib)
+        return [runner.cleanup]
+
+    print(
+        f"\nsidecar: a good worker ({args.users:,} users) and a socket answering "
+        f"{args.flood_mib} MiB per snapshot, {args.scrapes} scrapes"
+    )
+    header = f"{'max_worker_answer_bytes':>24}  {'idle RSS MiB':>12}  {'peak RSS MiB':>12}"
+    print(f"{header}  peak/idle  source_up")
+    for bound in (default, 1 << 30):
+        idle, peak, up = await sidecar_memory(args.users, args.scrapes, bound, flooding)
+        name = f"{bound >> 20} MiB" + (" (default)" if bound == default else "")
+        print(f"{name:>24}  {idle:>12.1f}  {peak:>12.1f}  {peak / idle:>8.2f}x  {up}")
+
+    # What a valid snapshot at the bound costs: the basis of the memory limit's formula.
+    at_bound = int(default / 56 * 0.95)
+    registries = [await uuid_registry(at_bound) for _ in range(args.bound_workers)]
+
+    async def full(directory: str) -> list[Callable[[], Awaitable[None]]]:
+        handles = [
+            await serve_registry(r, directory, worker=f"full{n}") for n, r in enumerate(registries)
+        ]
+        return [h.stop for h in handles]
+
+    idle, peak, up = await sidecar_memory(args.users, args.scrapes, None, full)
+    extra = (peak - idle) * (1 << 20) / (args.bound_workers * default)
+    print(
+        f"\nsidecar: the good worker and {args.bound_workers} workers of {at_bound:,} UUID users"
+        f" each (95% of the default bound): idle {idle:.1f} MiB, peak {peak:.1f} MiB;"
+        f" {extra:.2f}x the bound per worker  {up}"
+    )
+
+
+async def hostile_clients(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, SLOW + 512)), hard))
     bomb = gzip_bomb()

@@ -7,11 +7,13 @@ import contextlib
 import io
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -36,7 +38,6 @@ from agent_registry_exporter.sources import (
     WorkerError,
     WorkerSource,
     discover_workers,
-    worker_client,
 )
 from agent_registry_exporter.sources import sidecar as sidecar_module
 from agent_registry_exporter.testing import free_port, wait_until, wait_until_async
@@ -292,11 +293,8 @@ class TestPartialFailure:
         assert got[("agent_registry_source_scrape_duration_seconds", (("worker", "slow"),))] >= 0.5
         assert got[("agent_registry_agents", (("worker", "a"),))] == 4
 
-    async def test_endless_answer_is_cut_at_the_bound(
-        self, socket_dir, workers, source, monkeypatch, caplog
-    ) -> None:
+    async def test_endless_answer_is_cut_at_the_bound(self, socket_dir, workers, caplog) -> None:
         """A socket streaming a never-ending 'snapshot': read up to the bound, then down."""
-        monkeypatch.setattr(worker_client, "MAX_ANSWER_BYTES", 1 << 20)
 
         async def endless(request: web.Request) -> web.StreamResponse:
             response = web.StreamResponse(
@@ -306,12 +304,75 @@ class TestPartialFailure:
             while True:
                 await response.write(b"A" * 65536)
 
-        async with FakeWorker(socket_dir / "worker-flood.sock", endless):
-            snapshot = await source.snapshot()
+        source = SidecarSource(socket_dir, max_answer_bytes=1 << 20)
+        try:
+            async with FakeWorker(socket_dir / "worker-flood.sock", endless):
+                snapshot = await source.snapshot()
+        finally:
+            await source.close()
         assert [p.worker for p in snapshot.workers or ()] == ["a", "b", "c"]
         up = {s.labels["worker"]: s.value for s in next(iter(source.collect())).samples}
         assert up == {"a": 1, "b": 1, "c": 1, "flood": 0}
         assert f"answers more than {1 << 20} bytes" in caplog.text
+
+    def test_the_bound_on_an_answer_is_a_setting_of_tens_of_mib(self) -> None:
+        """Issue 20, finding 2: the bound was 1 GiB, past the sidecar's own memory limit.
+        It is `max_worker_answer_bytes` now, sized from the measured 56 bytes per user."""
+        default = Settings.model_fields["max_worker_answer_bytes"].default
+        assert 8 << 20 <= default <= 64 << 20
+        assert WorkerSource("w", Path("/nowhere")).max_answer_bytes == default
+        assert SidecarSource(Path("/nowhere")).max_answer_bytes == default
+
+    def test_the_shipped_memory_limit_holds_four_workers_at_the_bound(self) -> None:
+        """The Kubernetes patch's limit comes from the measured formula, not from a guess."""
+        from agent_registry_exporter.artifacts.kubernetes import SIDECAR_WORKERS
+        from agent_registry_exporter.common.sidecar_memory import sidecar_memory_bytes
+
+        patch = ROOT / "deploy" / "kubernetes" / "deployment-patch.yaml"
+        limit = re.search(r"limits:\n\s+memory: (\d+)Mi", patch.read_text())
+        assert limit is not None
+        fields = Settings.model_fields
+        needed = sidecar_memory_bytes(
+            SIDECAR_WORKERS,
+            fields["max_worker_answer_bytes"].default,
+            fields["max_user_series"].default,
+        )
+        assert SIDECAR_WORKERS >= 4
+        assert needed <= int(limit[1]) << 20 < needed + (64 << 20)
+
+    @pytest.mark.parametrize("sized", [True, False], ids=["content-length", "chunked"])
+    async def test_an_answer_is_read_into_one_buffer_not_twice(self, socket_dir, sized) -> None:
+        """Reading an 8 MiB answer allocates about 8 MiB, not its chunks and then their join
+        (which doubled what every worker's answer cost the sidecar)."""
+        body = b"ARS0" + bytes(8 << 20)  # read whole, then refused as no snapshot
+
+        async def big(request: web.Request) -> web.StreamResponse:
+            content_type = "application/vnd.agent-registry.snapshot.v1"
+            if request.path == "/v1/":
+                return web.json_response({"worker": "big", "pid": 1, "started_at": 0.0})
+            # Written a piece at a time: this process's own server must not buffer it all.
+            response = web.StreamResponse(headers={"Content-Type": content_type})
+            if sized:
+                response.content_length = len(body)
+            await response.prepare(request)
+            for start in range(0, len(body), 1 << 16):
+                await response.write(body[start : start + (1 << 16)])
+            await response.write_eof()
+            return response
+
+        async with FakeWorker(socket_dir / "worker-big.sock", big):
+            worker = WorkerSource("big", socket_dir / "worker-big.sock")
+            await worker.identity()  # the connection and its buffers exist before measuring
+            tracemalloc.start()
+            try:
+                tracemalloc.reset_peak()
+                with pytest.raises(WorkerError, match="invalid snapshot"):
+                    await worker.snapshot()
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+                await worker.close()
+        assert peak < 1.5 * len(body), f"peak {peak / len(body):.2f}x the answer"
 
     async def test_socket_answering_something_else_is_named_once(
         self, socket_dir, workers, source, caplog

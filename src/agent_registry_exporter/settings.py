@@ -22,6 +22,7 @@ from .registry import DEFAULT_LEAK_GRACE_SECONDS, Thresholds
 __all__ = [
     "DEFAULT_SOCKET_DIR",
     "ENV_PREFIX",
+    "MAX_WORKER_ANSWER_BYTES",
     "SOCKET_DIR_ENV",
     "Settings",
     "ThresholdSettings",
@@ -33,6 +34,8 @@ ENV_PREFIX = "AGENT_REGISTRY_EXPORTER_"
 # The workers' `serve_registry` reads the same variable as the sidecar's setting.
 SOCKET_DIR_ENV = f"{ENV_PREFIX}SOCKET_DIR"
 DEFAULT_SOCKET_DIR = Path("/run/agent-registry")
+# 16 MiB: about 300,000 users per worker at the measured 56 bytes per user (UUID ids).
+MAX_WORKER_ANSWER_BYTES = 16 << 20
 
 
 class Settings(BaseSettings):
@@ -87,6 +90,15 @@ class Settings(BaseSettings):
     socket_dir: Path = Field(
         default=DEFAULT_SOCKET_DIR,
         description="sidecar mode: the directory where each worker serves its registry socket",
+    )
+    max_worker_answer_bytes: int = Field(
+        default=MAX_WORKER_ANSWER_BYTES,
+        gt=0,
+        description="sidecar mode: the most bytes read of one worker's answer (more: that"
+        " worker is down for the scrape). A snapshot is about 56 bytes per user with UUID ids:"
+        " the default holds about 300,000 users per worker. The sidecar's memory limit must"
+        " hold every worker's answer at once and what it decodes to (docs: the sidecar's"
+        " memory)",
     )
 
     webhook_token: SecretStr | None = None

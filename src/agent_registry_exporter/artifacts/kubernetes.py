@@ -19,6 +19,7 @@ import yaml
 
 from .._meta import __version__
 from ..common.endpoints import WEBHOOK_PATH
+from ..common.sidecar_memory import sidecar_memory_bytes
 from ..registry import Thresholds
 from ..settings import ENV_PREFIX, Settings
 from .alertmanager_route import RECEIVER, AlertmanagerRoute, render_alertmanager_config
@@ -38,6 +39,10 @@ PORT_NAME = "exporter"
 PORT: int = Settings.model_fields["listen_port"].default
 SOCKET_VOLUME = "agent-registry-sockets"
 SOCKET_DIR = str(Settings.model_fields["socket_dir"].default)
+# The backend workers per pod the sidecar's memory limit is sized for, each answering up to
+# `max_worker_answer_bytes` (default): sidecar_memory_bytes gives the formula, docs/
+# sidecar-memory.md the measurement. More workers, or a larger bound: raise the limit.
+SIDECAR_WORKERS = 4
 WEBHOOK_VOLUME = "agent-registry-webhook-token"
 WEBHOOK_MOUNT = "/etc/agent-registry-exporter/webhook"
 CREDENTIALS_KEY = "token"
@@ -154,7 +159,7 @@ def _sidecar(o: KubernetesOptions) -> dict[str, Any]:
         "readinessProbe": probe("/-/ready", 15, 4),
         "resources": {
             "requests": {"cpu": "50m", "memory": "96Mi"},
-            "limits": {"memory": "384Mi"},
+            "limits": {"memory": _memory_limit(SIDECAR_WORKERS)},
         },
         "securityContext": {
             "runAsNonRoot": True,
@@ -171,6 +176,16 @@ def _sidecar(o: KubernetesOptions) -> dict[str, Any]:
             {"name": WEBHOOK_VOLUME, "mountPath": WEBHOOK_MOUNT, "readOnly": True},
         ],
     }
+
+
+def _memory_limit(workers: int) -> str:
+    """`sidecar_memory_bytes` for `workers` and the default settings, rounded up to 64 MiB."""
+    needed = sidecar_memory_bytes(
+        workers,
+        Settings.model_fields["max_worker_answer_bytes"].default,
+        Settings.model_fields["max_user_series"].default,
+    )
+    return f"{-(-needed // (64 << 20)) * 64}Mi"
 
 
 def _deployment_patch(o: KubernetesOptions) -> dict[str, Any]:

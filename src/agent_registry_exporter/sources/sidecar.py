@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .._meta import logger_name
 from ..exporting import catalogue
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionLike, Thresholds
+from ..settings import Settings
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
 
@@ -31,6 +32,7 @@ __all__ = ["SidecarSource", "discover_workers", "socket_dir_problem"]
 _log = logging.getLogger(logger_name("sources.sidecar"))
 
 _PREFIX, _SUFFIX = socket_path("", "*").name.split("*")
+_MAX_ANSWER_BYTES: int = Settings.model_fields["max_worker_answer_bytes"].default
 
 
 @dataclass
@@ -133,14 +135,23 @@ def socket_dir_problem(socket_dir: Path) -> str | None:
 class SidecarSource:
     """The registries of all workers serving a socket in `socket_dir` (sidecar mode).
 
-    Each worker is asked under `timeout`; a socket refusing connections `remove_after`
-    times in a row belongs to a dead worker and is removed.
+    Each worker is asked under `timeout`, and at most `max_answer_bytes` of its answer is
+    read; a socket refusing connections `remove_after` times in a row belongs to a dead
+    worker and is removed.
     """
 
-    def __init__(self, socket_dir: Path, *, timeout: float = 5.0, remove_after: int = 3) -> None:
+    def __init__(
+        self,
+        socket_dir: Path,
+        *,
+        timeout: float = 5.0,
+        remove_after: int = 3,
+        max_answer_bytes: int = _MAX_ANSWER_BYTES,
+    ) -> None:
         self.socket_dir = Path(socket_dir)
         self.timeout = timeout
         self.remove_after = remove_after
+        self.max_answer_bytes = max_answer_bytes
         self._workers: dict[str, WorkerSource] = {}
         self._health: dict[str, _Health] = {}
         self._removed = 0
@@ -258,7 +269,9 @@ class SidecarSource:
         for name, path in found.items():
             known = self._workers.get(name)
             if known is None or known.path != path:
-                self._workers[name] = WorkerSource(name, path, timeout=self.timeout)
+                self._workers[name] = WorkerSource(
+                    name, path, timeout=self.timeout, max_answer_bytes=self.max_answer_bytes
+                )
         return dict(self._workers)
 
     def _note_dir_problem(self, problem: str | None) -> None:

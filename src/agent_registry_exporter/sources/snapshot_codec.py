@@ -74,7 +74,7 @@ def _packed(typecode: str, values: Sequence[Any] | array.array[Any]) -> bytes:
     return packed.tobytes()
 
 
-def _unpacked(typecode: str, data: bytes) -> array.array[Any]:
+def _unpacked(typecode: str, data: bytes | memoryview) -> array.array[Any]:
     values = array.array(typecode)
     values.frombytes(data)
     if not _LITTLE:
@@ -123,8 +123,14 @@ async def encode_snapshot(snapshot: RegistrySnapshot, identity: WorkerIdentity) 
     )
 
 
-def decode_snapshot(data: bytes) -> tuple[WorkerIdentity, RegistrySnapshot]:
-    """The worker's identity and its snapshot; `SnapshotFormatError` says what is wrong."""
+def decode_snapshot(
+    answer: bytes | bytearray | memoryview,
+) -> tuple[WorkerIdentity, RegistrySnapshot]:
+    """The worker's identity and its snapshot; `SnapshotFormatError` says what is wrong.
+
+    Read through a memoryview: no part of the answer is copied before it is decoded.
+    """
+    data = memoryview(answer)
     if len(data) < _PREFIX.size:
         raise SnapshotFormatError(f"{len(data)} bytes is too short for a snapshot")
     magic, header_len = _PREFIX.unpack_from(data)
@@ -132,7 +138,7 @@ def decode_snapshot(data: bytes) -> tuple[WorkerIdentity, RegistrySnapshot]:
         raise SnapshotFormatError(f"starts with {magic!r}, not {_MAGIC!r}")
     offset = _PREFIX.size + header_len
     try:
-        header = json.loads(data[_PREFIX.size : offset])
+        header = json.loads(bytes(data[_PREFIX.size : offset]))
         n = int(header["users"])
         identity = WorkerIdentity(
             worker=str(header["worker"]),
@@ -151,7 +157,7 @@ def decode_snapshot(data: bytes) -> tuple[WorkerIdentity, RegistrySnapshot]:
     lengths = _unpacked("I", data[offset : offset + 4 * n])
     ids_end = len(data) - 16 * n
     try:
-        text = data[offset + 4 * n : ids_end].decode("utf-8", _ERRORS)
+        text = str(data[offset + 4 * n : ids_end], "utf-8", _ERRORS)
     except UnicodeDecodeError as exc:
         raise SnapshotFormatError(f"user ids are not UTF-8: {exc}") from None
     ends = list(itertools.accumulate(lengths))

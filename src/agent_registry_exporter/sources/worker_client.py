@@ -14,6 +14,7 @@ import aiohttp
 from yarl import URL
 
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot
+from ..settings import Settings
 from .snapshot_codec import (
     API_VERSION,
     SNAPSHOT_CONTENT_TYPE,
@@ -22,10 +23,10 @@ from .snapshot_codec import (
     decode_snapshot,
 )
 
-__all__ = ["MAX_ANSWER_BYTES", "WorkerError", "WorkerSource"]
+__all__ = ["WorkerError", "WorkerSource"]
 
-# Far beyond any snapshot (100,000 users encode to about 3 MB).
-MAX_ANSWER_BYTES = 1 << 30
+_MAX_ANSWER_BYTES: int = Settings.model_fields["max_worker_answer_bytes"].default
+_READ_SIZE = 1 << 20
 _CLEANUP_FIELDS = frozenset(f.name for f in dataclasses.fields(CleanupResult))
 
 
@@ -43,10 +44,18 @@ class WorkerError(ConnectionError):
 class WorkerSource:
     """One worker's registry, reached through its socket; each call bounded by `timeout`."""
 
-    def __init__(self, worker: str, path: Path, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        worker: str,
+        path: Path,
+        *,
+        timeout: float = 5.0,
+        max_answer_bytes: int = _MAX_ANSWER_BYTES,
+    ) -> None:
         self.worker = worker
         self.path = path
         self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -113,7 +122,7 @@ class WorkerSource:
             raise self._error("answers something else: JSON that is not an object")
         return body
 
-    async def _fetch(self, method: str, path: str, content_type: str, **kwargs: Any) -> bytes:
+    async def _fetch(self, method: str, path: str, content_type: str, **kwargs: Any) -> bytearray:
         url = URL(f"http://worker-{self.worker}{path}", encoded=True)
         try:
             async with self._client().request(method, url, **kwargs) as resp:
@@ -140,18 +149,26 @@ class WorkerSource:
             f"answers something else: HTTP {status} {received or 'without a content type'}"
         )
 
-    async def _read_bounded(self, resp: aiohttp.ClientResponse) -> bytes:
-        # A socket answering something else may stream without end: read only so much.
-        limit = MAX_ANSWER_BYTES
-        if resp.content_length is not None and resp.content_length > limit:
-            raise self._error(f"answers {resp.content_length} bytes, more than {limit}")
-        chunks, size = [], 0
-        async for chunk in resp.content.iter_chunked(1 << 20):
-            size += len(chunk)
-            if size > limit:
+    async def _read_bounded(self, resp: aiohttp.ClientResponse) -> bytearray:
+        """The answer, read into one buffer: chunks kept and then joined would cost twice
+        its size, for every worker at once. A socket answering something else may stream
+        without end: no more than `max_answer_bytes` is read."""
+        limit = self.max_answer_bytes
+        expected = resp.content_length
+        if expected is not None and expected > limit:
+            raise self._error(f"answers {expected} bytes, more than {limit}")
+        # Sized by the announced length (bounded above), else grown in place as it comes.
+        buffer = bytearray(expected or 0)
+        size = 0
+        async for chunk in resp.content.iter_chunked(_READ_SIZE):
+            end = size + len(chunk)
+            if end > limit:
                 raise self._error(f"answers more than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            buffer[size:end] = chunk
+            size = end
+        if size < len(buffer):
+            raise self._error(f"closed the connection after {size} of {expected} bytes")
+        return buffer
 
     def _error(self, cause: str, *, refused: bool = False) -> WorkerError:
         return WorkerError(self.worker, cause, refused=refused)
