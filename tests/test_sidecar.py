@@ -36,8 +36,11 @@ from agent_registry_exporter import (
 from agent_registry_exporter.cli import main
 from agent_registry_exporter.sources import (
     WorkerError,
+    WorkerIdentity,
     WorkerSource,
     discover_workers,
+    encode_snapshot,
+    scrape_budget,
 )
 from agent_registry_exporter.sources import sidecar as sidecar_module
 from agent_registry_exporter.testing import free_port, wait_until, wait_until_async
@@ -406,6 +409,91 @@ def stale_sockets(socket_dir: Path, count: int) -> list[Path]:
 
 def sidecar_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name.endswith("sources.sidecar")]
+
+
+SNAPSHOT_TYPE = "application/vnd.agent-registry.snapshot.v1"
+
+
+class TestScrapersDeadline:
+    """Issue 20, finding 11: a worker that never answers held /metrics for the whole 5 s
+    gather deadline plus the render (6 s seen): a job with `scrape_timeout: 5s` lost the
+    whole scrape. Prometheus sends its timeout with every scrape; the sidecar answers
+    within it (a margin kept for the render), never later than `worker_timeout_seconds`."""
+
+    @staticmethod
+    async def scrape_within(client, header: str | None) -> dict:  # type: ignore[no-untyped-def]
+        headers = {} if header is None else {"X-Prometheus-Scrape-Timeout-Seconds": header}
+        async with asyncio.timeout(60):  # a liveness bound, not a measurement
+            resp = await client.get("/metrics", headers=headers)
+            assert resp.status == 200
+            return samples(await resp.text())
+
+    async def test_a_silent_worker_is_down_within_the_scrapers_timeout(
+        self, socket_dir, workers, aiohttp_client
+    ) -> None:
+        """The worker timeout is 10 minutes, the scraper's 1 s: the scrape answers, the
+        silent worker down and absent, the others exported."""
+        await add_agents(workers["a"], "u", 4)
+
+        async def never(request: web.Request) -> web.Response:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        async with FakeWorker(socket_dir / "worker-slow.sock", never):
+            sidecar = SidecarSource(socket_dir, timeout=600)
+            client = await aiohttp_client(create_app(sidecar, Settings(webhook_token="t")))
+            got = await self.scrape_within(client, "1")
+        assert got[("agent_registry_source_up", (("worker", "slow"),))] == 0
+        assert ("agent_registry_users", (("worker", "slow"),)) not in got
+        assert got[("agent_registry_agents", (("worker", "a"),))] == 4
+
+    async def test_a_late_worker_is_not_rendered_from_its_previous_answer(
+        self, socket_dir, aiohttp_client
+    ) -> None:
+        """A worker that answered the last scrape and is late for this one is down, and none
+        of its rows are shown: an older answer is no answer."""
+        registry = AgentRegistry()
+        await add_agents(registry, "once", 3)
+        body = await encode_snapshot(registry.snapshot(), WorkerIdentity("flaky", 1, 0.0))
+        asked = 0
+
+        async def answers_once(request: web.Request) -> web.Response:
+            nonlocal asked
+            asked += 1
+            if asked > 1:
+                await asyncio.sleep(3600)
+            return web.Response(body=body, content_type=SNAPSHOT_TYPE)
+
+        async with FakeWorker(socket_dir / "worker-flaky.sock", answers_once):
+            sidecar = SidecarSource(socket_dir, timeout=600)
+            client = await aiohttp_client(create_app(sidecar, Settings(webhook_token="t")))
+            first = await self.scrape_within(client, "10")
+            second = await self.scrape_within(client, "1")
+        user = ("agent_registry_user_agents", (("user_id", "once"), ("worker", "flaky")))
+        assert first[user] == 3
+        assert second[("agent_registry_source_up", (("worker", "flaky"),))] == 0
+        assert not [k for k in second if ("worker", "flaky") in k[1] and "source" not in k[0]]
+
+    async def test_the_worker_timeout_is_a_setting_of_five_seconds(self) -> None:
+        """`worker_timeout_seconds` (default 5) bounds every worker, whatever the scraper
+        allows."""
+        assert Settings().worker_timeout_seconds == 5
+
+    @pytest.mark.parametrize(("header", "budget"), [("10", 9.5), ("1", 0.75), ("0.2", 0.15)])
+    def test_the_budget_keeps_a_margin_for_the_render(self, header, budget) -> None:
+        """Half a second is kept (blackbox_exporter's offset), a quarter of a short timeout."""
+        assert scrape_budget(header) == pytest.approx(budget)
+
+    @pytest.mark.parametrize("header", ["abc", "-3", "0", "nan", "inf", "1e999", ""])
+    async def test_a_hostile_timeout_header_is_ignored(
+        self, socket_dir, workers, aiohttp_client, header
+    ) -> None:
+        """Attack: a header that is no positive number falls back to the worker timeout."""
+        await add_agents(workers["b"], "u", 2)
+        sidecar = SidecarSource(socket_dir, timeout=5)
+        client = await aiohttp_client(create_app(sidecar, Settings(webhook_token="t")))
+        got = await self.scrape_within(client, header)
+        assert got[("agent_registry_agents", (("worker", "b"),))] == 2
 
 
 class TestStaleSockets:

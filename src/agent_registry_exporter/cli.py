@@ -232,7 +232,11 @@ async def _serve(settings: Settings, thresholds: Thresholds, demo: bool) -> None
 
 
 async def _sidecar(settings: Settings) -> None:
-    source = SidecarSource(settings.socket_dir, max_answer_bytes=settings.max_worker_answer_bytes)
+    source = SidecarSource(
+        settings.socket_dir,
+        timeout=settings.worker_timeout_seconds,
+        max_answer_bytes=settings.max_worker_answer_bytes,
+    )
     server = await start_exporter(source, settings)
     _log.info("gathering the workers serving a socket in %s", settings.socket_dir)
     await _run_until_signalled(server)

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         default=DEFAULT_SOCKET_DIR,
         description="sidecar mode: the directory where each worker serves its registry socket",
     )
+    worker_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="sidecar mode: how long one worker may take to answer; never past the"
+        " scraper's own timeout (X-Prometheus-Scrape-Timeout-Seconds, less a margin for the"
+        " render): a worker late for a scrape is down for it",
+    )
     max_worker_answer_bytes: int = Field(
         default=MAX_WORKER_ANSWER_BYTES,
         gt=0,

@@ -12,6 +12,7 @@ from aiohttp import hdrs, web
 from .._meta import logger_name
 from ..common.json_errors import json_error
 from ..exporting import Renderer, choose_format, wants_gzip
+from ..sources import SCRAPE_TIMEOUT_HEADER, answer_within, scrape_budget
 from .keys import METRICS, SETTINGS, SOURCE
 
 __all__ = ["RENDERING", "Rendering", "metrics"]
@@ -44,9 +45,12 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     exposition = choose_format(",".join(request.headers.getall(hdrs.ACCEPT, [])))
     gzipped = wants_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
     rendering = app[RENDERING]
+    # Counted from the request's arrival: the scraper's timeout runs while a scrape queues.
+    budget = scrape_budget(request.headers.get(SCRAPE_TIMEOUT_HEADER))
     async with rendering.slots:
         # Taken once a slot is free, so a queued scrape does not render stale data.
-        snapshot = await app[SOURCE].snapshot()
+        with answer_within(budget):
+            snapshot = await app[SOURCE].snapshot()
         try:
             rendered = await asyncio.to_thread(
                 rendering.renderer.render,

@@ -4,6 +4,7 @@ Embedded mode reads the registry in-process; in sidecar mode each backend worker
 its registry on a Unix socket (`serve_registry`) and the sidecar gathers them all.
 """
 
+from .deadline import SCRAPE_TIMEOUT_HEADER, answer_within, scrape_budget, time_left
 from .in_process import InProcessSource
 from .private_ids import PrivateIdSource, PrivateWorkerSources, UserIdHasher, private_ids
 from .protocol import LooksUpInBatches, RegistrySource, WorkerSources
@@ -22,6 +23,7 @@ from .worker_client import WorkerError, WorkerSource
 __all__ = [
     "API_VERSION",
     "DEFAULT_SOCKET_DIR",
+    "SCRAPE_TIMEOUT_HEADER",
     "SOCKET_DIR_ENV",
     "InProcessSource",
     "LooksUpInBatches",
@@ -35,12 +37,15 @@ __all__ = [
     "WorkerIdentity",
     "WorkerSource",
     "WorkerSources",
+    "answer_within",
     "create_registry_app",
     "decode_snapshot",
     "discover_workers",
     "encode_snapshot",
     "private_ids",
+    "scrape_budget",
     "serve_registry",
     "socket_dir_problem",
     "socket_path",
+    "time_left",
 ]

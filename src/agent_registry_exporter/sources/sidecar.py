@@ -24,6 +24,7 @@ from .._meta import logger_name
 from ..exporting import catalogue
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionLike, Thresholds
 from ..settings import Settings
+from .deadline import time_left
 from .socket_api import listening, socket_path
 from .worker_client import WorkerError, WorkerSource
 
@@ -172,9 +173,23 @@ class SidecarSource:
         # A socket being removed is dead already (refused again and again): not asked.
         workers = {n: w for n, w in found.items() if n not in self._removing}
         changes: list[tuple[WorkerSource, str | None]] = []
-        results = await asyncio.gather(*(self._snapshot_of(w, changes) for w in workers.values()))
+        # Every worker within its own timeout, and all of them within the scrape's deadline:
+        # a late one is down for this scrape (no older answer of it is shown instead).
+        left = time_left()
+        budget = self.timeout if left is None else min(self.timeout, left)
+        asked = {asyncio.ensure_future(self._snapshot_of(w, changes)): w for w in workers.values()}
+        done, late = await asyncio.wait(asked, timeout=budget) if asked else (set(), set())
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        for task in late:
+            worker = asked[task]
+            health = self._health.setdefault(worker.worker, _Health())
+            health.up, health.duration, health.refused_in_a_row = False, budget, 0
+            _note(worker, health, f"no answer within {budget:g}s", changes)
         _report(changes)
         self._remove_dead(workers.values())
+        results = [task.result() for task in asked if task in done]
         parts = tuple(part for part in results if part is not None)
         return RegistrySnapshot(
             taken_at=time.time(),
