@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -23,11 +25,21 @@ from agent_registry_exporter.exporting import (
     catalogue,
     render,
 )
+from agent_registry_exporter.http.security import CertificateExpiry
+from agent_registry_exporter.http.security.certificates import Validity
 
 from .conftest import T0
 
 ROOT = Path(__file__).parent.parent
 _METRIC = re.compile(r"\b(?:agent_registry|process|python_gc)_[a-z0-9_]*[a-z0-9]\b")
+
+
+class _ServingACertificate:
+    """A web config watcher's stand-in, serving a certificate valid until 2031."""
+
+    def current(self) -> object:
+        validity = Validity(datetime(2025, 1, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC))
+        return SimpleNamespace(certificate=validity)
 
 
 def served_families(tmp_path: Path) -> dict:
@@ -37,6 +49,7 @@ def served_families(tmp_path: Path) -> dict:
     metrics.webhook_requests.labels(code="200").inc()
     metrics.auth_failures.labels(reason="bad_password").inc()
     metrics.registry.register(SidecarSource(tmp_path))
+    metrics.registry.register(CertificateExpiry(_ServingACertificate()))  # type: ignore[arg-type]
     worker = RegistrySnapshot(
         taken_at=T0,
         thresholds=Thresholds(),

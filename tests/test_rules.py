@@ -25,6 +25,7 @@ ALERT_NAMES = {
     "AgentRegistryCleanupFailing",
     "AgentRegistryExporterDown",
     "AgentRegistryCleanedAgentsNotFreed",
+    "AgentRegistryExporterCertificateExpiring",
 }
 
 

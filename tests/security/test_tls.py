@@ -4,13 +4,16 @@ reloaded from disk without a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
 import trustme
 
+from agent_registry_exporter.http.security.certificates import certificate_validity
 from agent_registry_exporter.sources import UserIdHasher
 from agent_registry_exporter.testing import wait_until_async
 from agent_registry_exporter.testing.fleet import LocalFleet
@@ -218,3 +221,92 @@ class TestReplicas:
             assert b.outcomes(label) == ["cleaned"]
         finally:
             await fleet.stop()
+
+
+EXPIRY = "agent_registry_exporter_tls_cert_expiry_timestamp_seconds"
+
+
+def dated_cert(pki: Pki, not_before: datetime, not_after: datetime) -> trustme.LeafCert:
+    """The server certificate and key of the web config, valid between these dates."""
+    cert = pki.ca.issue_cert("127.0.0.1", "localhost", not_before=not_before, not_after=not_after)
+    cert.private_key_pem.write_to_path(str(pki.dir / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(pki.dir / "server.crt"))
+    return cert
+
+
+async def exported_expiry(url: str, pki: Pki) -> float | None:
+    _, _, body = await get(f"{url}/metrics", pki.client_context())
+    values = [float(line.split()[-1]) for line in body.splitlines() if line.startswith(EXPIRY)]
+    return values[0] if values else None
+
+
+def day(year: int, month: int = 1, dd: int = 1) -> datetime:
+    return datetime(year, month, dd, tzinfo=UTC)
+
+
+class TestCertificateExpiry:
+    """Issue 20, finding 8: an expired server certificate was loaded without a word, at
+    start-up or rotated in; every scrape then failed verification."""
+
+    async def test_the_served_certificates_expiry_is_a_gauge(self, pki, serve) -> None:
+        """`agent_registry_exporter_tls_cert_expiry_timestamp_seconds` is its notAfter."""
+        dated_cert(pki, day(2025), datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC))
+        server = await serve(web_config_file=pki.write(TLS))
+        expiry = await exported_expiry(server.url, pki)
+        assert expiry == datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC).timestamp()
+
+    async def test_a_rotated_certificate_moves_the_gauge(self, pki, serve) -> None:
+        """After a rotation the gauge gives the new certificate's expiry."""
+        dated_cert(pki, day(2025), day(2031))
+        server = await serve(web_config_file=pki.write(TLS))
+        assert await exported_expiry(server.url, pki) == day(2031).timestamp()
+        dated_cert(pki, day(2025), day(2033))
+
+        async def rotated() -> bool:
+            return await exported_expiry(server.url, pki) == day(2033).timestamp()
+
+        await wait_until_async(rotated)
+
+    async def test_plain_http_exports_no_expiry(self, serve) -> None:
+        """No TLS, no certificate, no gauge."""
+        server = await serve()
+        _, _, body = await get(f"{server.url}/metrics")
+        assert EXPIRY not in body
+
+    async def test_an_expired_certificate_is_named_with_its_dates_at_start_up(
+        self, pki, serve, caplog
+    ) -> None:
+        """Served all the same (clients decide), with one warning naming file and dates."""
+        dated_cert(pki, day(2020), day(2021))
+        await serve(web_config_file=pki.write(TLS))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [
+            f"the server certificate of {pki.dir / 'server.crt'} is expired: valid from "
+            "2020-01-01T00:00:00+00:00 until 2021-01-01T00:00:00+00:00: every client verifying"
+            " it will refuse it"
+        ]
+
+    async def test_a_certificate_not_valid_yet_rotated_in_is_named(
+        self, pki, serve, caplog
+    ) -> None:
+        """A rotation to a certificate whose notBefore is to come warns once, naming it."""
+        dated_cert(pki, day(2025), day(2031))
+        server = await serve(web_config_file=pki.write(TLS))
+        dated_cert(pki, day(2098), day(2099))
+
+        async def warned() -> bool:
+            with contextlib.suppress(*REFUSED):
+                await get(f"{server.url}/metrics", pki.client_context())
+            return any("is not valid yet" in r.getMessage() for r in caplog.records)
+
+        await wait_until_async(warned)
+        (line,) = [r.getMessage() for r in caplog.records if "not valid yet" in r.getMessage()]
+        assert "valid from 2098-01-01T00:00:00+00:00 until 2099-01-01T00:00:00+00:00" in line
+
+    @pytest.mark.parametrize("key_type", list(trustme.KeyType), ids=lambda k: k.name)
+    @pytest.mark.parametrize("until", [day(2049, 12, 31), day(2050), day(2120)])
+    def test_dates_are_read_from_any_certificate(self, ca, key_type, until) -> None:
+        """UTCTime before 2050, GeneralizedTime from then on (RFC 5280), any key type."""
+        cert = ca.issue_cert("x.example", not_before=day(2024), not_after=until, key_type=key_type)
+        validity = certificate_validity(cert.cert_chain_pems[0].bytes().decode())
+        assert (validity.not_before, validity.not_after) == (day(2024), until)

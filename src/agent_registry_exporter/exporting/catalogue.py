@@ -30,6 +30,7 @@ __all__ = [
     "SOURCE_UP",
     "SOURCE_WORKERS",
     "THRESHOLD",
+    "TLS_CERT_EXPIRY",
     "USERS",
     "USER_AGENTS",
     "USER_SERIES_OMITTED",
@@ -191,6 +192,14 @@ AUTH_FAILURES = Family(
     _EXP,
     ("reason",),
 )
+TLS_CERT_EXPIRY = Family(
+    "agent_registry_exporter_tls_cert_expiry_timestamp_seconds",
+    _G,
+    "When the served TLS certificate expires (its notAfter), in Unix seconds.",
+    _EXP,
+    unit="seconds",
+    when="TLS on (web config)",
+)
 SOURCE_UP = Family(
     "agent_registry_source_up",
     _G,
@@ -241,6 +250,7 @@ CATALOGUE: tuple[Family, ...] = (
     RENDER_FAILURES,
     WEBHOOK_REQUESTS,
     AUTH_FAILURES,
+    TLS_CERT_EXPIRY,
     SOURCE_UP,
     SOURCE_SCRAPE_DURATION,
     SOURCE_WORKERS,

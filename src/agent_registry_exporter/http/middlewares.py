@@ -14,7 +14,7 @@ from ..common.endpoints import WEBHOOK_PATH
 from ..common.json_errors import json_errors
 from .keys import CONNECTIONS, METRICS, SETTINGS, WEB_CONFIG
 from .limits import ConnectionLimiter, descriptor_bound
-from .security import PortGuard, WebConfigWatcher
+from .security import CertificateExpiry, PortGuard, WebConfigWatcher
 
 __all__ = ["setup_middlewares"]
 
@@ -37,5 +37,8 @@ def setup_middlewares(app: web.Application) -> None:
         app.middlewares.append(guard)
         app[WEB_CONFIG] = guard.watcher
         app.on_response_prepare.append(guard.add_headers)
+        if guard.watcher.tls:
+            # The served certificate's expiry, scraped beside the registry.
+            app[METRICS].registry.register(CertificateExpiry(guard.watcher))
     app.middlewares.append(refuse_encoded_bodies)
     app.middlewares.append(json_errors(_log, whose_log="the exporter's log"))

@@ -2,6 +2,7 @@
 with rotation, client certificates, bcrypt basic auth, headers, a rate limit."""
 
 from .basic_auth import AuthFailure, BasicAuthChecker
+from .certificates import CertificateExpiry
 from .middleware import PROBE_PATHS, PortGuard
 from .reload import ActiveWebConfig, WebConfigWatcher
 from .tls import ReloadingSSLContext, server_ssl_context
@@ -11,6 +12,7 @@ __all__ = [
     "ActiveWebConfig",
     "AuthFailure",
     "BasicAuthChecker",
+    "CertificateExpiry",
     "PortGuard",
     "ReloadingSSLContext",
     "WebConfigWatcher",

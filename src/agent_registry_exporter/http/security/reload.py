@@ -17,6 +17,7 @@ from pathlib import Path
 from ..._meta import logger_name
 from ...common.setting_checks import register_setting_check
 from ...common.token_bucket import TokenBucket
+from .certificates import Validity, served_validity, warn_if_invalid
 from .tls import peer_ssl_context, server_ssl_context
 from .webconfig import WebConfig, WebConfigError, load_web_config
 
@@ -39,6 +40,8 @@ class ActiveWebConfig:
     users: Mapping[str, str]
     rate_limit: TokenBucket | None
     files: tuple[Path, ...]
+    # The served certificate's dates, when TLS is on (and they can be read).
+    certificate: Validity | None = None
 
     @classmethod
     def load(cls, path: Path) -> ActiveWebConfig:
@@ -61,7 +64,13 @@ class ActiveWebConfig:
                 TokenBucket(1.0 / limit.interval, limit.burst) if limit.interval > 0 else None
             ),
             files=_files(path, config),
+            certificate=served_validity(tls) if tls.enabled else None,
         )
+
+    def warn_if_not_valid(self, path: Path) -> None:
+        """One warning naming the dates when the certificate just loaded is not valid now."""
+        tls = self.config.tls_server_config
+        warn_if_invalid(self.certificate, tls.cert_file or f"{path} (tls_server_config.cert)")
 
 
 # `Settings(web_config_file=...)` loads the file as a reload would (settings cannot import this).
@@ -94,6 +103,7 @@ class WebConfigWatcher:
         self._active = ActiveWebConfig.load(path)
         self._watched = self._active.files
         self._signature = _signature(self._watched)
+        self._active.warn_if_not_valid(path)
 
     @property
     def tls(self) -> bool:
@@ -137,6 +147,7 @@ class WebConfigWatcher:
         self._active = new
         self._watched = new.files
         self._signature = _signature(self._watched)
+        new.warn_if_not_valid(self.path)
         _log.info(
             "web config reloaded from %s",
             self.path,
