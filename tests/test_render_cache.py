@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
@@ -85,6 +86,7 @@ change = st.one_of(
         st.sampled_from([3, 10, 1000]),
         st.booleans(),
         st.booleans(),
+        st.sampled_from([0.0, 0.0, 0.5]),
     ),
 )
 
@@ -103,7 +105,7 @@ class TestSameBodyAsAFullRender:
         renderer = Renderer(chunk_users=2, engine=engine)  # tiny chunks: boundaries everywhere
         metrics = ExporterMetrics("1")
         now = T0
-        for op, *args in [*changes, ("render", True, True, 1000, True, False)]:
+        for op, *args in [*changes, ("render", True, True, 1000, True, False, 0.0)]:
             keys = list(rows)
             if op == "add" and args[0] not in rows:
                 rows[args[0]] = SessionRow(args[0], args[1], T0 - args[2])
@@ -117,13 +119,14 @@ class TestSameBodyAsAFullRender:
                 del rows[user]
                 rows[user] = SessionRow(user, 1, T0 - args[1])
             elif op == "render":
-                openmetrics, gzipped, cap, age, sidecar = args
+                openmetrics, gzipped, cap, age, sidecar, pressure = args
                 now += 15
                 options = dict(
                     format=OPENMETRICS if openmetrics else TEXT,
                     gzipped=gzipped,
                     max_user_series=cap,
                     export_session_age=age,
+                    user_series_min_pressure=pressure,
                 )
                 snapshot = (sidecar_snapshot_of if sidecar else snapshot_of)(rows, now)
                 ours = renderer.render(snapshot, metrics, **options)
@@ -178,6 +181,51 @@ class TestEncodings:
         untouched = {key: chunk.agents_data for key, chunk in deflated_chunks(renderer).items()}
         assert untouched == held  # the holder's cache was not touched
         assert registry_part(racing) == registry_part(render(snapshot_of(rows), metrics, **options))
+
+
+class TestMinPressure:
+    def test_only_notable_users_get_series_and_the_rest_are_counted_omitted(self) -> None:
+        """At 0.5, users under half of both limits are left out; totals count everyone and
+        the omitted gauge counts every user not exported."""
+        rows = {f"calm{n}": SessionRow(f"calm{n}", 3, T0 - 60) for n in range(500)}
+        rows["busy"] = SessionRow("busy", 30, T0 - 60)  # 30 of 50 agents: 0.6
+        rows["old"] = SessionRow("old", 1, T0 - 50_000)  # 50,000 of 86,400 s: 0.58
+        rows["over"] = SessionRow("over", 51, T0)  # a violator
+        metrics = _own_metrics_left_out()
+        body = render(
+            snapshot_of(rows), metrics, format=OPENMETRICS, user_series_min_pressure=0.5
+        ).body.decode()
+        families = {f.name: f for f in parse_om(body)}
+        exported = {s.labels["user_id"] for s in families["agent_registry_user_agents"].samples}
+        assert exported == {"busy", "old", "over"}
+        (omitted,) = families["agent_registry_user_series_omitted"].samples
+        assert omitted.value == 500
+        (users,) = families["agent_registry_users"].samples
+        (agents,) = families["agent_registry_agents"].samples
+        assert (users.value, agents.value) == (503, 500 * 3 + 30 + 1 + 51)
+
+    def test_the_cap_still_bounds_the_notable_users_violators_first(self) -> None:
+        """More notable users than the cap: the cap keeps the highest pressures."""
+        rows = {f"near{n}": SessionRow(f"near{n}", 40, T0) for n in range(20)}
+        rows["over"] = SessionRow("over", 70, T0)
+        body = render(
+            snapshot_of(rows),
+            _own_metrics_left_out(),
+            format=OPENMETRICS,
+            max_user_series=5,
+            user_series_min_pressure=0.5,
+        ).body.decode()
+        families = {f.name: f for f in parse_om(body)}
+        exported = [s.labels["user_id"] for s in families["agent_registry_user_agents"].samples]
+        assert "over" in exported
+        assert len(exported) == 5
+        assert families["agent_registry_user_series_omitted"].samples[0].value == 16
+
+
+def _own_metrics_left_out() -> ExporterMetrics:
+    metrics = ExporterMetrics("1")
+    metrics.registry = CollectorRegistry()
+    return metrics
 
 
 class TestColumns:
@@ -320,6 +368,32 @@ class TestSelection:
         expected = by_sorting_everyone(counts, created, keep, limits)
         assert select_indexes(counts, created, T0, limits, keep) == expected
 
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 120),
+                st.sampled_from([0.0, 1800.0, 43_200.0]) | st.floats(-100, 300_000),
+            ),
+            max_size=60,
+        ),
+        st.integers(1, 70),
+        st.booleans(),
+        st.sampled_from([0.25, 0.5, 1.0]),
+    )
+    def test_min_pressure_keeps_only_users_that_close_to_a_limit(
+        self, users, keep, in_creation_order, min_pressure
+    ) -> None:
+        """With user_series_min_pressure, only users at least that fraction of a threshold
+        are candidates; the cap then keeps the top of them, violators first."""
+        if in_creation_order:
+            users = sorted(users, key=lambda u: -u[1])
+        counts = [c for c, _ in users]
+        created = [T0 - age for _, age in users]
+        limits = Thresholds(agents_per_user=10, session_age_seconds=86_400)
+        expected = by_sorting_everyone(counts, created, keep, limits, min_pressure)
+        assert select_indexes(counts, created, T0, limits, keep, min_pressure) == expected
+
     @pytest.mark.parametrize("in_creation_order", [True, False])
     def test_a_few_violators_among_many_users_are_found(self, in_creation_order) -> None:
         """Many users, a handful over the agent limit: every one of them is kept."""
@@ -337,9 +411,14 @@ class TestSelection:
 
 
 def by_sorting_everyone(
-    counts: list[int], created: list[float], keep: int, limits: Thresholds | None = None
+    counts: list[int],
+    created: list[float],
+    keep: int,
+    limits: Thresholds | None = None,
+    min_pressure: float = 0.0,
 ) -> list[int]:
-    """The reference: every user's pressure, sorted, earliest position first on ties."""
+    """The reference: every user's pressure, sorted, earliest position first on ties; with
+    `min_pressure`, only the users at least that close to a limit."""
     limits = limits or Thresholds()
 
     def pressure(i: int) -> float:
@@ -348,4 +427,5 @@ def by_sorting_everyone(
             (T0 - created[i]) * (1.0 / limits.session_age_seconds),
         )
 
-    return sorted(sorted(range(len(counts)), key=pressure, reverse=True)[:keep])
+    eligible = [i for i in range(len(counts)) if not min_pressure or pressure(i) >= min_pressure]
+    return sorted(sorted(eligible, key=pressure, reverse=True)[:keep])

@@ -40,6 +40,8 @@ class TestSettings:
             ("LISTEN_PORT", "http", "invalid setting listen_port"),
             ("MAX_USER_SERIES", "0", "invalid setting max_user_series"),
             ("BREAKER_MAX_SHARE", "1.5", "invalid setting breaker_max_share"),
+            ("USER_SERIES_MIN_PRESSURE", "1.5", "invalid setting user_series_min_pressure"),
+            ("USER_SERIES_MIN_PRESSURE", "-0.1", "invalid setting user_series_min_pressure"),
             ("DRY_RUN", "perhaps", "invalid setting dry_run"),
         ],
     )

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         " headers; reloaded when it or a file it names changes",
     )
     max_user_series: int = Field(default=10_000, gt=0)
+    user_series_min_pressure: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="export a user's own series only when its agents or its session age are at"
+        " least this fraction of a threshold (violators always, first); 0 exports every user"
+        " up to max_user_series. The histograms and totals still describe everyone",
+    )
     user_id_hmac_key_file: Path | None = Field(
         default=None,
         description="file holding a secret key: every exported user_id becomes h: plus a keyed"

@@ -124,7 +124,8 @@ THRESHOLD = Family(
 USER_SERIES_OMITTED = Family(
     "agent_registry_user_series_omitted",
     _G,
-    "Users left out of the per-user series by the max_user_series cap.",
+    "Users left out of the per-user series (by the max_user_series cap or below"
+    " user_series_min_pressure).",
     _REG,
 )
 CLEANED_AGENTS_ALIVE = Family(

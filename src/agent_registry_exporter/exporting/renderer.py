@@ -110,6 +110,7 @@ class Renderer:
         gzipped: bool = False,
         max_user_series: int = 10_000,
         export_session_age: bool = True,
+        user_series_min_pressure: float = 0.0,
     ) -> Rendered:
         """Render a snapshot plus the exporter's own metrics. CPU-bound: call it off the loop.
 
@@ -118,7 +119,9 @@ class Renderer:
         """
         started = time.perf_counter()
         snapshots = snapshot.workers if snapshot.workers is not None else (snapshot,)
-        registries = [RegistryView.of(one, max_user_series) for one in snapshots]
+        registries = [
+            RegistryView.of(one, max_user_series, user_series_min_pressure) for one in snapshots
+        ]
         write = (registries, metrics, format, export_session_age)
         if gzipped:
             body = _write(self._deflated, GzipParts(self.engine), self.chunk_users, *write)
@@ -164,6 +167,7 @@ class RenderOptions(TypedDict, total=False):
     gzipped: bool
     max_user_series: int
     export_session_age: bool
+    user_series_min_pressure: float
 
 
 def render(

@@ -85,7 +85,9 @@ class RegistryView:
     worker: str  # 'worker="w1",' in sidecar mode, else empty
 
     @classmethod
-    def of(cls, snapshot: RegistrySnapshot, max_user_series: int) -> RegistryView:
+    def of(
+        cls, snapshot: RegistrySnapshot, max_user_series: int, min_pressure: float = 0.0
+    ) -> RegistryView:
         sessions = snapshot.sessions
         # Each count is read once, so the totals are the sum of what is printed.
         if isinstance(sessions, SessionColumns):  # a worker's snapshot: columns already
@@ -97,9 +99,14 @@ class RegistryView:
             counts = list(map(_AGENT_COUNT, sessions))
             created = list(map(_CREATED, sessions))
         total_agents = sum(counts)
-        if len(sessions) > max_user_series:
+        if len(sessions) > max_user_series or min_pressure > 0:
             keep = select_indexes(
-                counts, created, snapshot.taken_at, snapshot.thresholds, max_user_series
+                counts,
+                created,
+                snapshot.taken_at,
+                snapshot.thresholds,
+                max_user_series,
+                min_pressure,
             )
             user_ids = [user_ids[i] for i in keep]
             counts = [counts[i] for i in keep]

@@ -60,6 +60,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
                 gzipped=gzipped,
                 max_user_series=app[SETTINGS].max_user_series,
                 export_session_age=app[SETTINGS].export_session_age,
+                user_series_min_pressure=app[SETTINGS].user_series_min_pressure,
             )
         except Exception as exc:
             # Never silent: counted, logged, and /-/ready fails until a render succeeds.
