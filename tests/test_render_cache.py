@@ -9,6 +9,7 @@ import zlib
 from array import array
 from dataclasses import replace
 
+import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,7 +29,7 @@ from agent_registry_exporter.exporting.chunks import spans
 from agent_registry_exporter.exporting.selection import select_indexes
 from agent_registry_exporter.registry import SessionColumns
 
-from .conftest import ENGINES, T0
+from .conftest import ENGINES, T0, loopback_exporter
 
 OWN = b"# HELP process_"  # the exporter's own figures move between renders: compared apart
 
@@ -429,3 +430,22 @@ def by_sorting_everyone(
 
     eligible = [i for i in range(len(counts)) if not min_pressure or pressure(i) >= min_pressure]
     return sorted(sorted(eligible, key=pressure, reverse=True)[:keep])
+
+
+class TestServedWithMinPressure:
+    async def test_the_setting_reaches_the_served_scrape(self, registry) -> None:
+        """Settings(user_series_min_pressure=0.5): /metrics leaves the calm user out."""
+        for n in range(3):
+            await registry.register_user_agent("calm", f"a{n}", object())
+        for n in range(30):
+            await registry.register_user_agent("busy", f"a{n}", object())
+        server = await loopback_exporter(registry, user_series_min_pressure=0.5)
+        try:
+            url = f"http://127.0.0.1:{server.port}/metrics"
+            async with aiohttp.ClientSession() as client, client.get(url) as resp:
+                body = await resp.text()
+        finally:
+            await server.stop()
+        assert 'agent_registry_user_agents{user_id="busy"} 30' in body
+        assert 'user_id="calm"' not in body
+        assert "agent_registry_user_series_omitted 1" in body
