@@ -26,6 +26,7 @@ from agent_registry_exporter.exporting import (
     render,
 )
 from agent_registry_exporter.exporting.chunks import spans
+from agent_registry_exporter.exporting.columns import SLICE, session_columns, sliced_sum
 from agent_registry_exporter.exporting.selection import select_indexes
 from agent_registry_exporter.registry import SessionColumns
 
@@ -230,6 +231,20 @@ def _own_metrics_left_out() -> ExporterMetrics:
 
 
 class TestColumns:
+    def test_sessions_past_one_slice_read_into_whole_columns(self) -> None:
+        """Read a slice at a time (the GIL is handed over between slices), the columns hold
+        every session once, in order, for live rows and a worker's packed columns alike."""
+        rows = [SessionRow(f"u{n}", n % 7, T0 - n) for n in range(2 * SLICE + 5)]
+        expected = (
+            [r.user_id for r in rows],
+            [r.agent_count for r in rows],
+            [r.created_timestamp for r in rows],
+        )
+        packed = SessionColumns(expected[0], array("q", expected[1]), array("d", expected[2]))
+        assert session_columns(rows) == expected
+        assert session_columns(packed) == expected
+        assert sliced_sum(expected[1]) == sum(expected[1])
+
     def test_a_workers_columns_render_as_its_rows_do(self) -> None:
         """A sidecar worker's packed columns (arrays) give the rows' body, cached or not."""
         rows = {f"u{n}": SessionRow(f"u{n}", n % 9, T0 - 7 * n) for n in range(500)}

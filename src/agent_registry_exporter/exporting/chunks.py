@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import compress, count
+from itertools import chain, compress, count
 from operator import not_
 from typing import Generic, TypeVar
 
@@ -37,9 +37,10 @@ def spans(user_ids: Sequence[str], average: int = DEFAULT_CHUNK_USERS) -> Iterat
     check_chunk_users(average)
     mask, longest = average - 1, 4 * average
     lo = 0
-    # str hashes are cached on the string objects and computed in C: no Python-level loop.
+    # str hashes are cached on the string objects and computed in C: no Python-level loop,
+    # and consumed lazily, a chunk at a time (one pass over every id would hold the GIL).
     ends = compress(count(1), map(not_, map(mask.__and__, map(hash, user_ids))))
-    for end in (*ends, len(user_ids)):
+    for end in chain(ends, (len(user_ids),)):
         while end - lo > longest:
             yield lo, lo + longest
             lo += longest

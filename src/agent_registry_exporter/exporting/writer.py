@@ -10,12 +10,12 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import TypeVar
 
-from ..registry import RegistrySnapshot, SessionColumns
+from ..registry import RegistrySnapshot
 from . import catalogue as c
 from .chunks import Chunk
+from .columns import session_columns, sliced_sum
 from .formats import Format
 from .parts import BodyParts
 from .selection import select_indexes
@@ -32,10 +32,6 @@ __all__ = [
 ]
 
 P = TypeVar("P")
-# C-level attribute reads: no Python loop over every session.
-_USER_ID = attrgetter("user_id")
-_AGENT_COUNT = attrgetter("agent_count")
-_CREATED = attrgetter("created_timestamp")
 _UNENCODABLE = "agent_registry_exporter.label_value"
 # Seconds to the millisecond: exact enough for a session age, and twice as fast as repr.
 COUNT, SECONDS = "%d\n", "%.3f\n"
@@ -90,15 +86,8 @@ class RegistryView:
     ) -> RegistryView:
         sessions = snapshot.sessions
         # Each count is read once, so the totals are the sum of what is printed.
-        if isinstance(sessions, SessionColumns):  # a worker's snapshot: columns already
-            user_ids = list(sessions.user_ids)
-            counts = list(sessions.agent_counts)
-            created = list(sessions.created_timestamps)
-        else:
-            user_ids = list(map(_USER_ID, sessions))
-            counts = list(map(_AGENT_COUNT, sessions))
-            created = list(map(_CREATED, sessions))
-        total_agents = sum(counts)
+        user_ids, counts, created = session_columns(sessions)
+        total_agents = sliced_sum(counts)
         if len(sessions) > max_user_series or min_pressure > 0:
             keep = select_indexes(
                 counts,
