@@ -25,6 +25,8 @@ __all__ = [
     "RENDER_FAILURES",
     "RESIDENT_MEMORY",
     "SCRAPE_DURATION",
+    "SESSION_AGE",
+    "SESSION_AGENTS",
     "SOURCE_SCRAPE_DURATION",
     "SOURCE_SOCKETS_REMOVED",
     "SOURCE_UP",
@@ -53,6 +55,7 @@ class Kind(StrEnum):
 
     GAUGE = "gauge"
     COUNTER = "counter"
+    HISTOGRAM = "histogram"
 
 
 class Writer(StrEnum):
@@ -86,11 +89,19 @@ class Family:
 
     @property
     def sample(self) -> str:
-        """The name of the series PromQL selects (`_total` appended for a counter)."""
+        """The name of the series PromQL selects (`_total` appended for a counter; a
+        histogram's family name, whose series are `series`)."""
         return self.name + "_total" if self.kind is Kind.COUNTER else self.name
 
+    @property
+    def series(self) -> tuple[str, ...]:
+        """Every series name the family's samples carry (a histogram's three)."""
+        if self.kind is Kind.HISTOGRAM:
+            return tuple(self.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        return (self.sample,)
 
-_G, _C = Kind.GAUGE, Kind.COUNTER
+
+_G, _C, _H = Kind.GAUGE, Kind.COUNTER, Kind.HISTOGRAM
 _REG, _EXP, _SIDE = Writer.REGISTRY, Writer.EXPORTER, Writer.SIDECAR
 _USER = ("user_id",)
 
@@ -127,6 +138,21 @@ USER_SERIES_OMITTED = Family(
     "Users left out of the per-user series (by the max_user_series cap or below"
     " user_series_min_pressure).",
     _REG,
+)
+SESSION_AGENTS = Family(
+    "agent_registry_session_agents",
+    _H,
+    "Agents per session, every session of the registry (buckets 1 to 200 and the"
+    " agents_per_user limit).",
+    _REG,
+)
+SESSION_AGE = Family(
+    "agent_registry_session_age_seconds",
+    _H,
+    "Session ages, every session of the registry (buckets 1h to 7d and the"
+    " session_age_seconds limit).",
+    _REG,
+    unit="seconds",
 )
 CLEANED_AGENTS_ALIVE = Family(
     "agent_registry_cleaned_agents_alive",
@@ -241,6 +267,8 @@ CATALOGUE: tuple[Family, ...] = (
     AGENTS,
     THRESHOLD,
     USER_SERIES_OMITTED,
+    SESSION_AGENTS,
+    SESSION_AGE,
     CLEANED_AGENTS_ALIVE,
     CLEANED_AGENTS_UNTRACKED,
     RESIDENT_MEMORY,

@@ -17,6 +17,7 @@ from . import catalogue as c
 from .chunks import Chunk
 from .columns import session_columns, sliced_sum
 from .formats import Format
+from .histograms import Histogram, age_histogram, agents_histogram
 from .parts import BodyParts
 from .selection import select_indexes
 
@@ -79,6 +80,8 @@ class RegistryView:
     total_agents: int
     omitted: int
     worker: str  # 'worker="w1",' in sidecar mode, else empty
+    agents: Histogram  # every session, before the cap and the minimum pressure
+    ages: Histogram
 
     @classmethod
     def of(
@@ -88,6 +91,9 @@ class RegistryView:
         # Each count is read once, so the totals are the sum of what is printed.
         user_ids, counts, created = session_columns(sessions)
         total_agents = sliced_sum(counts)
+        limits = snapshot.thresholds
+        agents = agents_histogram(counts, limits.agents_per_user)
+        ages = age_histogram(created, snapshot.taken_at, limits.session_age_seconds)
         if len(sessions) > max_user_series or min_pressure > 0:
             keep = select_indexes(
                 counts,
@@ -102,11 +108,14 @@ class RegistryView:
             created = [created[i] for i in keep]
         worker = "" if snapshot.worker is None else f'worker="{escape(snapshot.worker)}",'
         omitted = len(sessions) - len(user_ids)
-        return cls(snapshot, user_ids, counts, created, total_agents, omitted, worker)
+        return cls(snapshot, user_ids, counts, created, total_agents, omitted, worker, agents, ages)
 
     def sample(self, family: c.Family, value: object, labels: str = "") -> str:
+        return self.sample_named(family.sample, value, labels)
+
+    def sample_named(self, name: str, value: object, labels: str = "") -> str:
+        """One sample of the series `name` (a histogram's bucket, sum or count)."""
         joined = (self.worker + labels).rstrip(",")
-        name = family.sample
         return f"{name}{{{joined}}} {value}\n" if joined else f"{name} {value}\n"
 
     def line(self, family: c.Family, value_format: str) -> str:
@@ -160,6 +169,20 @@ _OPTIONAL = (
 )
 
 
+def _histogram(view: RegistryView, family: c.Family, histogram: Histogram) -> str:
+    """One registry's buckets (`le` as Prometheus spells floats), sum and count."""
+    bucket, total, count = family.series
+    out = [
+        view.sample_named(bucket, at_most, f'le="{bound!r}"')
+        for bound, at_most in zip(histogram.bounds, histogram.cumulative, strict=False)
+    ]
+    out.append(view.sample_named(bucket, histogram.count, 'le="+Inf"'))
+    value = histogram.total
+    out.append(view.sample_named(total, value if isinstance(value, int) else repr(value)))
+    out.append(view.sample_named(count, histogram.count))
+    return "".join(out)
+
+
 def registry_totals(fmt: Format, views: Sequence[RegistryView]) -> str:
     """The registry-wide families (one series per registry), and the optional figures the
     snapshots carry (a family only when some registry sent it)."""
@@ -181,6 +204,10 @@ def registry_totals(fmt: Format, views: Sequence[RegistryView]) -> str:
         ]
     out.append(fmt.header(c.USER_SERIES_OMITTED))
     out += [v.sample(c.USER_SERIES_OMITTED, v.omitted) for v in views]
+    out.append(fmt.header(c.SESSION_AGENTS))
+    out += [_histogram(v, c.SESSION_AGENTS, v.agents) for v in views]
+    out.append(fmt.header(c.SESSION_AGE))
+    out += [_histogram(v, c.SESSION_AGE, v.ages) for v in views]
     for attr, family in _OPTIONAL:
         having = [(v, getattr(v.snapshot, attr)) for v in views]
         samples = [v.sample(family, value) for v, value in having if value is not None]
