@@ -277,10 +277,14 @@ class TestBuiltWithoutEngine:
         self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
     ) -> None:
         """As in the pod: the backend (another user) serves its socket, the sidecar runs as
-        the patch's user and reads it through the pod's fsGroup; /metrics shows the worker."""
+        the patch's user and reads it through the pod's fsGroup; /metrics shows the worker.
+        Alice's 3 agents are under half the limit: with the patch's minimum pressure (0.5)
+        she is in the histogram, not in per-user series."""
         ready, body = _scrape_one_worker(image, runtime, token_file, socket_dir, tmp_path, True)
         assert ready == 200
-        assert 'agent_registry_user_agents{worker="w1",user_id="alice"} 3' in body
+        assert 'agent_registry_session_agents_bucket{worker="w1",le="5.0"} 1' in body
+        assert 'agent_registry_user_series_omitted{worker="w1"} 1' in body
+        assert 'user_id="alice"' not in body
         assert 'agent_registry_source_up{worker="w1"} 1.0' in body
         assert f'agent_registry_exporter_build_info{{version="{__version__}"}} 1' in body
         assert (tmp_path / "sidecar.log").read_text().startswith("{")  # LOG_FORMAT=json

@@ -47,6 +47,7 @@ CORE_PANELS = {
     "Users with the most agents",
     "Oldest sessions",
     "Session-age distribution",
+    "Agents-per-session distribution",
     "Cleanups per second by trigger and result",
     "Webhook responses by code",
     "Scrape render duration",

@@ -26,6 +26,7 @@ ALERT_NAMES = {
     "AgentRegistryExporterDown",
     "AgentRegistryCleanedAgentsNotFreed",
     "AgentRegistryExporterCertificateExpiring",
+    "AgentRegistryViolatorsOmitted",
 }
 
 

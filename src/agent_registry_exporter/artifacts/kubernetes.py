@@ -136,6 +136,9 @@ def _sidecar(o: KubernetesOptions) -> dict[str, Any]:
         {"name": f"{ENV_PREFIX}SOCKET_DIR", "value": SOCKET_DIR},
         {"name": f"{ENV_PREFIX}WEBHOOK_TOKEN_FILE", "value": f"{WEBHOOK_MOUNT}/{CREDENTIALS_KEY}"},
         {"name": f"{ENV_PREFIX}LOG_FORMAT", "value": "json"},
+        # Per-user series only for users at half a threshold or more: a fleet of pods x
+        # workers x 10,000 users is millions of series; the histograms describe everyone.
+        {"name": f"{ENV_PREFIX}USER_SERIES_MIN_PRESSURE", "value": "0.5"},
     ]
 
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:

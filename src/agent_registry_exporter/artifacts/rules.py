@@ -45,6 +45,7 @@ class RuleOptions:
     # Agents in reference cycles wait for a full collection; 10m rides that out.
     for_cleaned_agents_not_freed: str = "10m"
     for_certificate_expiring: str = "10m"
+    for_violators_omitted: str = "5m"
     job: str = "agent-registry-exporter"
 
     def __post_init__(self) -> None:
@@ -155,6 +156,25 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
             f"{CERTIFICATE_WARNING_DAYS} days. Once it has, every scrape fails verification and "
             "the sessions there go unmonitored. Rotate it: the exporter reloads the files of "
             "its web config without a restart.",
+        ),
+        _rule(
+            "AgentRegistryViolatorsOmitted",
+            # Violators rank first under the cap, so they are left out only once every
+            # exported user is one (and users are left out).
+            "count without (user_id) ("
+            f"{c.USER_AGENTS.sample} > {t.agents_per_user}"
+            " or "
+            f"time() - {c.USER_SESSION_CREATED.sample} > {age}"
+            f") == count without (user_id) ({c.USER_AGENTS.sample})"
+            f" and {c.USER_SERIES_OMITTED.sample} > 0",
+            o.for_violators_omitted,
+            {"severity": "warning"},
+            "Violating users are left out of the per-user series on {{ $labels.instance }}",
+            "Every user exported one by one on {{ $labels.instance }} violates a threshold and "
+            "more users are left out: violators alone fill max_user_series, so some get no "
+            "series, no alert and no automatic cleanup. The histograms "
+            f"{c.SESSION_AGENTS.name} and {c.SESSION_AGE.name} still count them; raise "
+            "max_user_series.",
         ),
     ]
     return {"groups": [{"name": GROUP_NAME, "rules": rules}]}

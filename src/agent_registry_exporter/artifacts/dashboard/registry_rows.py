@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...exporting import catalogue as c
 from .promql import SEL, SESSION, SESSION_AGE, USER_SEL, WORKER_SEL, threshold, threshold_line
 from .sdk import (
     Dashboard,
     Row,
     graph_panel,
-    histogram,
-    legend,
     panel,
     query,
     stat_panel,
@@ -145,14 +145,43 @@ def users(board: Dashboard) -> Dashboard:
             )
         )
         .with_panel(
-            panel(
-                histogram.Panel(),
-                "Session-age distribution",
-                "How are session ages spread over age buckets?",
-                "s",
-                [query(SESSION_AGE, instant=True)],
+            graph_panel(
+                "Agents-per-session distribution",
+                "How many agents do sessions hold, over every session (the "
+                "agent_registry_session_agents histogram, whatever the series cap and minimum "
+                "pressure leave out), against agents_per_user?",
+                "none",
+                [
+                    *_quantiles(c.SESSION_AGENTS.series[0]),
+                    query(threshold_line("agents_per_user"), "limit"),
+                ],
                 w=12,
                 h=9,
-            ).legend(legend())
+            )
+        )
+        .with_panel(
+            graph_panel(
+                "Session-age distribution",
+                "How old are sessions, over every session (the "
+                "agent_registry_session_age_seconds histogram), against session_age_seconds?",
+                "s",
+                [
+                    *_quantiles(c.SESSION_AGE.series[0]),
+                    query(threshold_line("session_age_seconds"), "limit"),
+                ],
+                w=12,
+                h=9,
+            )
         )
     )
+
+
+def _quantiles(buckets: str) -> list[Any]:
+    """The median, 90th and 99th percentiles of a histogram over the selected registries."""
+    return [
+        query(
+            f"histogram_quantile({q}, sum by (le) ({buckets}{{{WORKER_SEL}}}))",
+            f"p{round(q * 100)}",
+        )
+        for q in (0.5, 0.9, 0.99)
+    ]
