@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 import yaml
 
+from ..common.durations import parse_duration
 from ..exporting import catalogue as c
 from ..registry import Thresholds
 
 __all__ = ["GROUP_NAME", "RuleOptions", "render_rules", "render_rules_yaml"]
 
 GROUP_NAME = "agent-registry"
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _MAX_FOR_SECONDS = 600
 # AgentRegistryExporterCertificateExpiring fires this long before the served certificate's
 # notAfter: time to rotate it through the usual change process.
@@ -25,12 +24,12 @@ _HEADER = (
 )
 
 
-def _seconds(duration: str) -> int:
-    match = _DURATION.match(duration)
-    if not duration or match is None:
-        raise ValueError(f"{duration!r} is not a duration like 5m, 90s or 1m30s")
-    hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+def _seconds(duration: str) -> float:
+    try:
+        # What Prometheus reads in `for:`; at most 10m, so hours, minutes and seconds only.
+        return parse_duration(duration, prometheus=True, units=("h", "m", "s"))
+    except ValueError as exc:
+        raise ValueError(f"{duration!r} is {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from ...common.durations import parse_duration
+
 __all__ = [
     "HTTPServerConfig",
     "RateLimit",
@@ -102,8 +104,6 @@ _NAMES: dict[str, tuple[str, Mapping[str, object], str]] = {
     "curve_preferences": ("curve", _CURVES, f"; one of {', '.join(_CURVES)}"),
 }
 _BCRYPT = re.compile(r"\$2[aby]?\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _blank_is_unset(value: Any) -> Any:
@@ -263,11 +263,7 @@ class RateLimit(_Section):
     def _go_duration(cls, value: Any) -> float:
         if value == 0:
             return 0.0
-        text = str(value) if isinstance(value, str) else ""
-        parts = _DURATION.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError("not a duration such as 1s, 500ms or 0")
-        return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        return parse_duration(value if isinstance(value, str) else "")
 
 
 class WebConfig(_Section):
