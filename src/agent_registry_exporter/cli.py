@@ -30,6 +30,7 @@ from .http import ExporterServer, ListenError, start_exporter
 from .registry import AgentRegistry, Thresholds
 from .settings import (
     ENV_PREFIX,
+    NO_WEBHOOK_TOKEN,
     Settings,
     ThresholdSettings,
     describe_validation_error,
@@ -334,14 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         print("configuration is valid")
-        if settings.resolved_webhook_token() is None and not (
-            settings.webhook_allow_unauthenticated
-        ):
-            print(
-                f"warning: the webhook has no token ({ENV_PREFIX}WEBHOOK_TOKEN or "
-                f"{ENV_PREFIX}WEBHOOK_TOKEN_FILE): it will refuse Alertmanager with 403",
-                file=sys.stderr,
-            )
+        if settings.webhook_disabled():
+            print(f"warning: {NO_WEBHOOK_TOKEN}", file=sys.stderr)
         return 0
     configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "sidecar"):

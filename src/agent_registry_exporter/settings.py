@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_SOCKET_DIR",
     "ENV_PREFIX",
     "MAX_WORKER_ANSWER_BYTES",
+    "NO_WEBHOOK_TOKEN",
     "SOCKET_DIR_ENV",
     "Settings",
     "ThresholdSettings",
@@ -36,6 +37,12 @@ SOCKET_DIR_ENV = f"{ENV_PREFIX}SOCKET_DIR"
 DEFAULT_SOCKET_DIR = Path("/run/agent-registry")
 # 16 MiB: about 300,000 users per worker at the measured 56 bytes per user (UUID ids).
 MAX_WORKER_ANSWER_BYTES = 16 << 20
+# Said at start-up, by `--check-config` and in the webhook's 403 answer: one sentence.
+NO_WEBHOOK_TOKEN = (
+    f"webhook disabled: no token configured; set {ENV_PREFIX}WEBHOOK_TOKEN or"
+    f" {ENV_PREFIX}WEBHOOK_TOKEN_FILE (or {ENV_PREFIX}WEBHOOK_ALLOW_UNAUTHENTICATED=true on a"
+    " trusted network)"
+)
 
 
 class Settings(BaseSettings):
@@ -192,6 +199,10 @@ class Settings(BaseSettings):
         if self.webhook_token_file is not None:
             self.read_token_file(self.webhook_token_file)
         return self
+
+    def webhook_disabled(self) -> bool:
+        """No token and no explicit unauthenticated mode: the webhook refuses every alert."""
+        return self.resolved_webhook_token() is None and not self.webhook_allow_unauthenticated
 
     def resolved_webhook_token(self) -> str | None:
         """The bearer token the webhook requires, or None when none is configured."""
