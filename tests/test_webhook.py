@@ -17,6 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, create_app
+from agent_registry_exporter.cli import main
+from agent_registry_exporter.settings import NO_WEBHOOK_TOKEN
 
 from .conftest import DATA, RecordingAgent
 
@@ -245,6 +247,22 @@ class TestBadInput:
         assert resp.status == 403
         assert "AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN" in (await resp.json())["error"]
         assert registry.get_session("leaky").agent_count == 60
+
+    async def test_no_token_is_one_sentence_everywhere(
+        self, aiohttp_client, registry, users, caplog, capsys
+    ) -> None:
+        """Start-up log, the 403 answer and --check-config say the same sentence."""
+        with caplog.at_level(logging.WARNING, logger="agent_registry_exporter"):
+            app = create_app(InProcessSource(registry), Settings())
+        logged = [r.getMessage() for r in caplog.records if "token" in r.getMessage()]
+        client = await aiohttp_client(app)
+        body = (WEBHOOK / "firing-too-many-agents.json").read_bytes()
+        answered = (await (await client.post("/webhook/alertmanager", data=body)).json())["error"]
+        assert main(["serve", "--check-config", "--listen-port", "0"]) == 0
+        checked = capsys.readouterr().err.strip()
+        assert logged == [NO_WEBHOOK_TOKEN]
+        assert answered == NO_WEBHOOK_TOKEN
+        assert checked == f"warning: {NO_WEBHOOK_TOKEN}"
 
     async def test_unauthenticated_mode_must_be_explicit(self, client_factory, registry, users):
         """webhook_allow_unauthenticated=true acts without a token."""

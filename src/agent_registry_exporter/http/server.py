@@ -11,6 +11,7 @@ import socket
 from aiohttp import web
 
 from .._meta import logger_name
+from ..common.addresses import bracket_host, format_host_port
 from ..common.logs import show_decisions
 from ..registry import AgentRegistry
 from ..settings import Settings
@@ -36,7 +37,7 @@ class ListenError(OSError):
             self.setting = "listen_host"
         else:
             self.setting = "listen_host/listen_port"
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = format_host_port(host, port)
         self.reason = cause.strerror or str(cause)
 
     def __str__(self) -> str:
@@ -56,9 +57,7 @@ class ExporterServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else bracket_host(self.host)
         return f"{'https' if self._ssl_context() else 'http'}://{host}:{self.port}"
 
     def _ssl_context(self) -> ReloadingSSLContext | None:

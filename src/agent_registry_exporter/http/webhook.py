@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .._meta import logger_name
 from ..common.json_errors import json_error
 from ..remediation import HOP_HEADER, WebhookPayload
-from ..settings import ENV_PREFIX, Settings
+from ..settings import NO_WEBHOOK_TOKEN, Settings
 from .keys import METRICS, REMEDIATOR, SETTINGS
 from .security import AuthFailure
 
@@ -41,14 +41,7 @@ class WebhookAuth:
         self._token = settings.resolved_webhook_token()
         self._problem: str | None = None
         if self.token() is None and not self.allow_unauthenticated:
-            _log.warning(
-                "webhook disabled: no token configured; set %sWEBHOOK_TOKEN or "
-                "%sWEBHOOK_TOKEN_FILE (or %sWEBHOOK_ALLOW_UNAUTHENTICATED=true on a trusted "
-                "network)",
-                ENV_PREFIX,
-                ENV_PREFIX,
-                ENV_PREFIX,
-            )
+            _log.warning(NO_WEBHOOK_TOKEN)
 
     def token(self) -> str | None:
         if self._file is None:
@@ -127,11 +120,7 @@ def _refused(request: web.Request) -> web.Response | None:
     if token is None:
         if auth.allow_unauthenticated:
             return None
-        return json_error(
-            403,
-            "webhook disabled: no token configured (set "
-            f"{ENV_PREFIX}WEBHOOK_TOKEN or {ENV_PREFIX}WEBHOOK_TOKEN_FILE)",
-        )
+        return json_error(403, NO_WEBHOOK_TOKEN)
     if _bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), token):
         return None
     request.app[METRICS].auth_failures.labels(reason=AuthFailure.WEBHOOK_TOKEN.value).inc()
