@@ -118,7 +118,7 @@ class TestRendering:
         assert drifted(written) == ["prometheusrule.yaml"]
         rule = yaml.safe_load(written["prometheusrule.yaml"])
         exprs = [r["expr"] for r in rule["spec"]["groups"][0]["rules"]]
-        assert "agent_registry_user_agents > 51" in exprs
+        assert any("(agent_registry_user_agents > 51)" in e for e in exprs)
 
     def test_cli_writes_the_committed_files(self, tmp_path: Path, capsys) -> None:
         """`agent-registry-exporter kubernetes --output-dir DIR` with defaults: no drift."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,12 @@ ALERT_NAMES = {
     "AgentRegistryCleanedAgentsNotFreed",
     "AgentRegistryExporterCertificateExpiring",
     "AgentRegistryViolatorsOmitted",
+    "AgentRegistryNoWorkers",
+    "AgentRegistryWorkerDown",
+    "AgentRegistryExporterAbsent",
+    "AgentRegistryUnknownInstance",
 }
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def tool(name: str) -> str:
@@ -58,9 +65,11 @@ class TestRendering:
         """Each limit of Thresholds appears in its alert's expression."""
         limits = Thresholds(agents_per_user=7, session_age_seconds=3600, total_agents=70)
         exprs = {r["alert"]: r["expr"] for r in render_rules(limits)["groups"][0]["rules"]}
-        assert exprs["AgentRegistryTooManyAgentsPerUser"].endswith("> 7")
-        assert exprs["AgentRegistrySessionTooOld"] == (
-            "time() - agent_registry_user_session_created_timestamp_seconds > 3600"
+        assert exprs["AgentRegistryTooManyAgentsPerUser"].endswith(
+            "(agent_registry_user_agents > 7)"
+        )
+        assert exprs["AgentRegistrySessionTooOld"].startswith(
+            "(time() - agent_registry_user_session_created_timestamp_seconds > 3600) * "
         )
         assert exprs["AgentRegistryTooManyAgentsTotal"].endswith("> 70")
 
@@ -69,7 +78,7 @@ class TestRendering:
         rules = render_rules(Thresholds())["groups"][0]["rules"]
         assert {r["alert"] for r in rules} == ALERT_NAMES
         for rule in rules:
-            assert set(rule["annotations"]) == {"summary", "description"}
+            assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}
             assert rule["labels"]["severity"] in {"warning", "critical"}
         remediating = {r["alert"] for r in rules if r["labels"].get("remediation") == "cleanup"}
         assert remediating == {"AgentRegistryTooManyAgentsPerUser", "AgentRegistrySessionTooOld"}
@@ -80,6 +89,44 @@ class TestRendering:
         (age,) = [r for r in rules if r["alert"] == "AgentRegistrySessionTooOld"]
         assert "agent_registry_user_session_created_timestamp_seconds" in age["expr"]
         assert "age_seconds" not in age["expr"]
+
+    def test_every_runbook_url_is_the_documentation_url_and_the_alerts_anchor(self) -> None:
+        """runbook_url = pyproject's Documentation URL + runbooks/#<alert in lower case>, the
+        docs' anchor scheme (a heading per alert)."""
+        base = PYPROJECT["project"]["urls"]["Documentation"]
+        assert RuleOptions().runbook_url_base == base
+        for rule in render_rules(Thresholds())["groups"][0]["rules"]:
+            assert rule["annotations"]["runbook_url"] == (
+                f"{base.rstrip('/')}/runbooks/#{rule['alert'].lower()}"
+            )
+
+    def test_runbook_base_is_an_option(self, capsys) -> None:
+        """`rules --runbook-url-base` moves every link; a base that is no URL is refused."""
+        assert main(["rules", "--runbook-url-base", "https://docs.example/are/"]) == 0
+        rules = yaml.safe_load(capsys.readouterr().out)["groups"][0]["rules"]
+        assert {r["annotations"]["runbook_url"].split("#")[0] for r in rules} == {
+            "https://docs.example/are/runbooks/"
+        }
+        assert main(["rules", "--runbook-url-base", "docs/runbooks"]) == 2
+        assert "runbook_url_base" in capsys.readouterr().err
+
+    def test_rules_keep_every_target_label_where_they_aggregate(self) -> None:
+        """No `by (...)` list: aggregations say which labels they drop (`without`), so
+        namespace, pod and whatever else the scrape adds reach Alertmanager."""
+        for rule in render_rules(Thresholds())["groups"][0]["rules"]:
+            assert not re.search(r"\bby\s*\(", rule["expr"]), rule["alert"]
+
+    def test_cleanup_alerts_join_the_advertised_address_and_fall_back_without_it(self) -> None:
+        """Both remediating rules multiply in agent_registry_exporter_info's address on every
+        target label, `or` the bare condition when the info series is missing."""
+        rules = render_rules(Thresholds())["groups"][0]["rules"]
+        for rule in (r for r in rules if r["labels"].get("remediation") == "cleanup"):
+            joined, _, bare = rule["expr"].partition(" or ignoring (address) ")
+            assert joined.endswith(
+                "* ignoring (user_id, worker, address) group_left (address) "
+                "agent_registry_exporter_info"
+            )
+            assert joined.startswith(bare)
 
     @pytest.mark.parametrize("duration", ["11m", "1h", "10m1s"])
     def test_for_longer_than_ten_minutes_is_refused(self, duration: str) -> None:
@@ -108,6 +155,7 @@ class TestRendering:
         assert rules["AgentRegistryTooManyAgentsTotal"]["expr"] == "agent_registry_agents > 900"
         assert rules["AgentRegistryTooManyAgentsTotal"]["for"] == "2m"
         assert rules["AgentRegistryExporterDown"]["expr"] == 'up{job="agents"} == 0'
+        assert rules["AgentRegistryExporterAbsent"]["expr"] == 'absent(up{job="agents"})'
 
     def test_cli_refuses_a_long_for(self, capsys) -> None:
         """A bad duration exits 2 with a message."""

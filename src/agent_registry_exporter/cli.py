@@ -62,6 +62,12 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--job", default=defaults.job, help="scrape job of the exporter (%(default)s)"
     )
+    parser.add_argument(
+        "--runbook-url-base",
+        default=defaults.runbook_url_base,
+        help="the docs' URL: every alert's runbook_url is <base>/runbooks/#<alert in lower"
+        " case> (%(default)s, pyproject's Documentation URL)",
+    )
 
 
 def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
