@@ -320,3 +320,53 @@ class TestAlertWithoutInstance:
         assert (status, answer["alerts"][0]["outcome"]) == (200, "unknown_instance")
         assert "no instance" in answer["alerts"][0]["detail"]
         assert closes(agents) == {0}
+
+
+class TestRoutingByAddress:
+    """Operators relabel `instance` (to the pod name); the cleanup rules join each replica's
+    advertised address (agent_registry_exporter_info) onto the alert: routing follows it."""
+
+    async def test_every_replica_exports_its_advertised_address(self, fleet) -> None:
+        """agent_registry_exporter_info{address="<its instance>"} 1 on each replica."""
+        for name in "abc":
+            text = await fleet.metrics(name)
+            assert f'agent_registry_exporter_info{{address="{fleet[name].address}"}} 1.0' in text
+
+    async def test_relabelled_instance_with_the_owners_address_is_cleaned_there(
+        self, fleet
+    ) -> None:
+        """instance = a pod name nobody knows, address = b: sent to a, cleaned on b only."""
+        on_b = await add_agents(fleet["b"].registry, "leaky", 60)
+        on_a = await add_agents(fleet["a"].registry, "leaky", 60)
+        text = relabelled("leaky", instance="agent-backend-7f9c-b", address=fleet["b"].address)
+
+        status, answer = await fleet.post("a", text)
+
+        assert status == 200
+        (decision,) = answer["alerts"]
+        assert (decision["outcome"], decision["peer_outcome"]) == ("forwarded", "cleaned")
+        assert decision["peer"] == fleet["b"].address
+        assert (closes(on_b), closes(on_a)) == ({1}, {0})
+
+    async def test_own_address_under_a_relabelled_instance_is_acted_on_here(self, fleet) -> None:
+        """address = the receiving replica: cleaned locally, whatever instance says."""
+        agents = await add_agents(fleet["c"].registry, "leaky", 60)
+        text = relabelled("leaky", instance="agent-backend-7f9c-c", address=fleet["c"].address)
+
+        status, answer = await fleet.post("c", text)
+
+        assert (status, answer["alerts"][0]["outcome"]) == (200, "cleaned")
+        assert closes(agents) == {1}
+
+    async def test_address_of_no_peer_is_never_contacted(self, fleet) -> None:
+        """A forged address is as unknown as a forged instance: nobody is contacted."""
+        agents = await add_agents(fleet["a"].registry, "leaky", 60)
+        port = int(fleet["a"].address.rsplit(":", 1)[1])
+        async with counting_listener("127.0.0.9", port) as listener:
+            text = relabelled(
+                "leaky", instance=fleet["a"].address, address=f"127.0.0.9:{listener.port}"
+            )
+            status, answer = await fleet.post("a", text)
+        assert (status, answer["alerts"][0]["outcome"]) == (200, "unknown_instance")
+        assert listener.connections == 0
+        assert closes(agents) == {0}

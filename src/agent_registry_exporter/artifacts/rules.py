@@ -32,7 +32,7 @@ __all__ = [
 
 GROUP_NAME = "agent-registry"
 _DISTRIBUTION = "agent-registry-exporter"
-INFO_METRIC = "agent_registry_exporter_info"
+INFO_METRIC = c.EXPORTER_INFO.name
 # The docs' runbooks page (mkdocs, directory URLs): one section per alert, headed by its name,
 # so its anchor is the name in lower case (docs/runbooks.md says so too).
 RUNBOOK_PAGE = "runbooks/"

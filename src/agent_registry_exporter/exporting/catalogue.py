@@ -21,6 +21,7 @@ __all__ = [
     "CLEANED_AGENTS_ALIVE",
     "CLEANED_AGENTS_UNTRACKED",
     "CLEANUPS",
+    "EXPORTER_INFO",
     "FOREIGN_PREFIXES",
     "RENDER_FAILURES",
     "RESIDENT_MEMORY",
@@ -184,6 +185,14 @@ BUILD_INFO = Family(
     _EXP,
     ("version",),
 )
+# The cleanup rules join `address` onto their alerts: routing survives relabelling.
+EXPORTER_INFO = Family(
+    "agent_registry_exporter_info",
+    _G,
+    "Always 1; address is the instance this replica advertises (its own alerts' owner).",
+    _EXP,
+    ("address",),
+)
 SCRAPE_DURATION = Family(
     "agent_registry_exporter_scrape_duration_seconds",
     _G,
@@ -273,6 +282,7 @@ CATALOGUE: tuple[Family, ...] = (
     CLEANED_AGENTS_UNTRACKED,
     RESIDENT_MEMORY,
     BUILD_INFO,
+    EXPORTER_INFO,
     SCRAPE_DURATION,
     CLEANUPS,
     CLEANED_AGENTS,

@@ -21,6 +21,7 @@ class ExporterMetrics:
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self._gauge(c.BUILD_INFO).labels(version=version).set(1)
+        self.exporter_info = self._gauge(c.EXPORTER_INFO)
         self.scrape_duration = self._gauge(c.SCRAPE_DURATION)
         self.cleanups = self._counter(c.CLEANUPS)
         self.cleaned_agents = self._counter(c.CLEANED_AGENTS)

@@ -44,6 +44,7 @@ def create_app(
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or ExporterMetrics(__version__)
+    app[METRICS].exporter_info.labels(address=settings.instance or "").set(1)
     app[SOURCE] = source
     app[WEBHOOK_AUTH] = WebhookAuth(settings)
     app[RENDERING] = Rendering()

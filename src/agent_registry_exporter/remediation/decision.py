@@ -7,7 +7,16 @@ from enum import StrEnum
 
 from .payload import Alert
 
-__all__ = ["Decision", "Outcome", "decision_for"]
+__all__ = ["ADDRESS_LABEL", "Decision", "Outcome", "decision_for", "owner"]
+
+# The replica's own advertised instance, joined onto cleanup alerts by the rules from
+# agent_registry_exporter_info: it names the owner even where `instance` was relabelled.
+ADDRESS_LABEL = "address"
+
+
+def owner(alert: Alert) -> str | None:
+    """The replica an alert belongs to: its `address` when present, else its `instance`."""
+    return alert.labels.get(ADDRESS_LABEL) or alert.labels.get("instance") or None
 
 
 class Outcome(StrEnum):
@@ -60,6 +69,12 @@ class Decision:
     peer: str | None = None
     peer_outcome: Outcome | None = None
     worker: str | None = None
+    address: str | None = None
+
+    @property
+    def owner(self) -> str | None:
+        """The replica the alert belongs to (`address`, else `instance`)."""
+        return self.address or self.instance
 
     @property
     def effective_outcome(self) -> Outcome:
@@ -79,6 +94,8 @@ class Decision:
         }
         if self.worker is not None:
             fields["worker"] = self.worker
+        if self.address is not None:
+            fields["address"] = self.address
         if self.peer is not None:
             fields["peer"] = self.peer
         if self.peer_outcome is not None:
@@ -93,6 +110,7 @@ def decision_for(alert: Alert, outcome: Outcome, detail: str = "") -> Decision:
         user_id=alert.labels.get("user_id") or None,
         instance=alert.labels.get("instance"),
         worker=alert.labels.get("worker"),
+        address=alert.labels.get(ADDRESS_LABEL) or None,
         fingerprint=alert.fingerprint,
         outcome=outcome,
         detail=detail,

@@ -149,10 +149,10 @@ class Remediator:
         elapsed = time.perf_counter() - started
         own = self.policy.instance
         for decision in decisions:
-            if own and decision.instance != own and own not in decision.detail:
+            if own and decision.owner != own and own not in decision.detail:
                 # Whatever the outcome, say whose alert it was and who answered it.
                 decision.detail = "; ".join(
-                    filter(None, [decision.detail, f"alert for {decision.instance}, seen by {own}"])
+                    filter(None, [decision.detail, f"alert for {decision.owner}, seen by {own}"])
                 )
             # A cleanup reports its own duration; any other decision took the whole handling.
             decision.duration_seconds = decision.duration_seconds or elapsed

@@ -1,6 +1,8 @@
 """Whose alert is it: this replica's, another peer's (forwarded), or nobody's.
 
-An alert belongs to the replica its `instance` label names. Ours is acted on here; a
+An alert belongs to the replica its `address` label names (the rules join it from the
+owner's agent_registry_exporter_info, so it survives relabelling of `instance`), else the
+one its `instance` label names. Ours is acted on here; a
 current peer's is forwarded to it (batched per peer, concurrently); any other instance is
 never contacted. A forwarded request is never forwarded again.
 """
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._meta import logger_name
-from .decision import Decision, Outcome, decision_for
+from .decision import Decision, Outcome, decision_for, owner
 from .forwarding import Forwarder
 from .payload import Alert, WebhookPayload
 from .peers import Peers
@@ -53,7 +55,7 @@ class InstanceRouter:
         own = self.own_instance
         foreign: list[int] = []
         for n, alert in enumerate(alerts):
-            instance = alert.labels.get("instance")
+            instance = owner(alert)
             named = instance or "no instance"
             if not own or instance == own:
                 routes.local.append(n)
@@ -77,10 +79,10 @@ class InstanceRouter:
         self, alerts: Sequence[Alert], foreign: list[int], routes: Routes
     ) -> None:
         assert self.peers is not None
-        instances = {alerts[n].labels.get("instance") for n in foreign}
+        instances = {owner(alerts[n]) for n in foreign}
         known = await self.peers.lookup(i for i in instances if i)
         for n in foreign:
-            instance = alerts[n].labels.get("instance")
+            instance = owner(alerts[n])
             named = instance or "no instance"
             if instance and instance in known.addresses:
                 routes.remote.setdefault(instance, []).append(n)
