@@ -112,6 +112,30 @@ class TestCli:
         monkeypatch.setenv(SOCKET_DIR_ENV, "/srv/sockets")
         assert Settings().socket_dir == Path("/srv/sockets")
 
+    @pytest.mark.parametrize("command", ["serve", "sidecar"])
+    def test_help_takes_descriptions_and_defaults_from_the_models(
+        self, capsys, monkeypatch, command
+    ) -> None:
+        """Each option's help is its field's description and default: none restated."""
+        monkeypatch.setenv("COLUMNS", "1000")  # one line per option: nothing wrapped
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        options = ["listen_host", "listen_port", "max_user_series", "web_config_file", "dry_run"]
+        fields = {name: Settings.model_fields[name] for name in options}
+        if command == "sidecar":
+            fields["socket_dir"] = Settings.model_fields["socket_dir"]
+        else:
+            fields.update(Thresholds.model_fields)
+        for name, field in fields.items():
+            assert field.description, name
+            flag = "--" + name.replace("_", "-")
+            expected = " ".join(field.description.split())
+            if field.default is not None and not isinstance(field.default, bool):
+                expected += f" (default: {field.default})"
+            assert f"{flag} " in text, flag
+            assert expected in text, name
+
     def test_bad_threshold_stops_start_up(self, capsys, monkeypatch) -> None:
         """A zero limit exits 2 naming the setting."""
         monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_AGENTS_PER_USER", "0")

@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ._meta import __version__
 from .artifacts import (
@@ -43,11 +43,37 @@ __all__ = ["main"]
 _log = logging.getLogger("agent_registry_exporter")
 
 
+# The settings `serve` and `sidecar` take as options, and the type argparse reads each as.
+_SERVER_SETTINGS: dict[str, type] = {
+    "listen_host": str,
+    "listen_port": int,
+    "max_user_series": int,
+    "webhook_token_file": str,
+    "web_config_file": str,
+    "user_id_hmac_key_file": str,
+}
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _help(model: type[BaseModel], name: str) -> str:
+    """The help of the option setting `name`: the field's description and default, read
+    from `model` (never restated here)."""
+    field = model.model_fields[name]
+    text = (field.description or name.replace("_", " ")).replace("%", "%%")
+    default = field.get_default(call_default_factory=True)
+    if default is None or isinstance(default, bool):
+        return text
+    return f"{text} (default: {default})"
+
+
 def _threshold_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("thresholds (env AGENT_REGISTRY_EXPORTER_<NAME>)")
-    group.add_argument("--agents-per-user", type=int, help="agents one session may hold (50)")
-    group.add_argument("--session-age-seconds", type=float, help="session age limit (86400)")
-    group.add_argument("--total-agents", type=int, help="agents one registry may hold (500)")
+    group = parser.add_argument_group(f"thresholds (env {ENV_PREFIX}<NAME>)")
+    for name, field in Thresholds.model_fields.items():
+        kind = float if field.annotation is float else int  # every limit is a number
+        group.add_argument(_flag(name), type=kind, help=_help(Thresholds, name))
 
 
 def _rule_options(parser: argparse.ArgumentParser) -> None:
@@ -143,9 +169,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "sidecar", help="serve the registries of every backend worker found in --socket-dir"
     )
     _server_options(sidecar)
-    sidecar.add_argument(
-        "--socket-dir", help="where the workers serve their registry sockets (/run/agent-registry)"
-    )
+    sidecar.add_argument("--socket-dir", help=_help(Settings, "socket_dir"))
 
     rules = commands.add_parser("rules", help="print the Prometheus alert rules as YAML")
     _rule_options(rules)
@@ -185,17 +209,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen-host", help="address to bind (0.0.0.0)")
-    parser.add_argument("--listen-port", type=int, help="port to bind (8464; 0 picks a free one)")
-    parser.add_argument("--max-user-series", type=int, help="cap on per-user series (10000)")
-    parser.add_argument("--webhook-token-file", help="file holding the webhook bearer token")
+    for name, type_ in _SERVER_SETTINGS.items():
+        parser.add_argument(_flag(name), type=type_, help=_help(Settings, name))
     parser.add_argument(
-        "--web-config-file", help="exporter-toolkit web config: TLS, basic auth, headers"
+        "--dry-run", action="store_true", default=None, help=_help(Settings, "dry_run")
     )
-    parser.add_argument(
-        "--user-id-hmac-key-file", help="export user ids as keyed hashes (h:...) with this key"
-    )
-    parser.add_argument("--dry-run", action="store_true", default=None, help="decide, never act")
     parser.add_argument(
         "--check-config", action="store_true", help="validate settings and exit (0 when valid)"
     )
@@ -210,21 +228,7 @@ def _load(args: argparse.Namespace) -> tuple[Settings, Thresholds]:
     thresholds = ThresholdSettings(
         **_overrides(args, list(ThresholdSettings.model_fields))
     ).to_thresholds()
-    settings = Settings(
-        **_overrides(
-            args,
-            (
-                "listen_host",
-                "listen_port",
-                "max_user_series",
-                "webhook_token_file",
-                "dry_run",
-                "socket_dir",
-                "web_config_file",
-                "user_id_hmac_key_file",
-            ),
-        )
-    )
+    settings = Settings(**_overrides(args, [*_SERVER_SETTINGS, "dry_run", "socket_dir"]))
     return settings, thresholds
 
 

@@ -50,8 +50,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    listen_host: str = Field(default="0.0.0.0", min_length=1)
-    listen_port: int = Field(default=8464, ge=0, le=65535)
+    listen_host: str = Field(default="0.0.0.0", min_length=1, description="address to bind")
+    listen_port: int = Field(
+        default=8464, ge=0, le=65535, description="port to bind; 0 picks a free port"
+    )
     max_connections: int = Field(
         default=256,
         gt=0,
@@ -78,7 +80,12 @@ class Settings(BaseSettings):
         description="exporter-toolkit web config file: TLS, client certificates, basic auth,"
         " headers; reloaded when it or a file it names changes",
     )
-    max_user_series: int = Field(default=10_000, gt=0)
+    max_user_series: int = Field(
+        default=10_000,
+        gt=0,
+        description="users with per-user series at most: past it the users closest to or over"
+        " a threshold are kept and the healthiest dropped first; totals stay exact",
+    )
     user_series_min_pressure: float = Field(
         default=0.0,
         ge=0,
@@ -124,7 +131,11 @@ class Settings(BaseSettings):
     )
 
     webhook_token: SecretStr | None = None
-    webhook_token_file: Path | None = None
+    webhook_token_file: Path | None = Field(
+        default=None,
+        description="file holding the webhook's bearer token, re-read when the file changes:"
+        " Secret rotation needs no restart",
+    )
     webhook_allow_unauthenticated: bool = False
     webhook_max_body_bytes: int = Field(default=1 << 20, gt=0)
     instance: str | None = Field(
@@ -140,7 +151,10 @@ class Settings(BaseSettings):
         " peer are forwarded to it. Needs `instance`.",
     )
     forward_timeout_seconds: float = Field(default=10.0, gt=0)
-    dry_run: bool = False
+    dry_run: bool = Field(
+        default=False,
+        description="decide, never act: the outcome is dry_run where a cleanup would run",
+    )
     cleanup_rate_per_minute: float = Field(default=60.0, gt=0)
     cleanup_burst: int = Field(default=20, gt=0)
     breaker_max_share: float = Field(default=0.5, gt=0, le=1)
