@@ -8,12 +8,12 @@ DEBIAN_TOOLS := prometheus prometheus-alertmanager curl
 # The container test runs the image's Python (3.11, see the Dockerfile) as other users: Debian's.
 DEBIAN_PYTHON := python3.11-venv
 
-.PHONY: demo test lint typecheck pytest tools pytest-tools rules dashboard bench clean
+.PHONY: demo test lint typecheck pytest docs tools pytest-tools rules dashboard bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --group docs
 	touch $@
 
 # Prometheus, Alertmanager and curl (a test reads a gzip scrape with it) come from Debian's
@@ -52,16 +52,23 @@ typecheck: $(STAMP)
 pytest: $(STAMP) pytest-tools
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The manual (docs/, mkdocs.yml; the site goes to build/site, which git ignores): any warning (a
+# broken link or anchor, a page left out of the nav) fails the build. Not --quiet: it hides the
+# warnings from --strict too. The variable silences mkdocs-material's banner about its successor.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: docs lint typecheck pytest
 
 # Regenerate the committed artefacts (rules, Alertmanager example, dashboard, Kubernetes manifests,
-# docs/metrics.md).
+# docs/metrics.md, the settings tables of docs/configuration.md).
 rules: $(STAMP)
 	$(BIN)/agent-registry-exporter rules > alerts/agent-registry.rules.yml
 	$(BIN)/agent-registry-exporter alertmanager-config > alerts/alertmanager.example.yml
 	$(BIN)/agent-registry-exporter dashboard > grafana/agent-registry.json
 	$(BIN)/agent-registry-exporter kubernetes --output-dir deploy/kubernetes
 	$(BIN)/agent-registry-exporter metrics-doc > docs/metrics.md
+	$(BIN)/python -m agent_registry_exporter.artifacts.configuration docs/configuration.md
 
 # Each prints ratios measured in its own run. The 1,000,000-user render takes several
 # minutes more: make bench RENDER_SIZES=10000,100000,1000000

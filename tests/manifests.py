@@ -46,7 +46,7 @@ def kubectl(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[
 
 
 def patched_deployment(patch: Path) -> dict[str, Any]:
-    """The example backend Deployment after the README's `kubectl patch` (strategic merge)."""
+    """The example backend Deployment after the docs' `kubectl patch` (strategic merge)."""
     done = kubectl(
         "patch", "--local", "-f", BACKEND_DEPLOYMENT, "--type", "strategic",
         "--patch-file", patch, "-o", "yaml",

@@ -23,6 +23,7 @@ from agent_registry_exporter.artifacts.kubernetes import (
 )
 from agent_registry_exporter.cli import main
 
+from .doc_blocks import block
 from .manifests import (
     BACKEND_DEPLOYMENT,
     DEPLOY,
@@ -446,14 +447,11 @@ class TestWiring:
         assert render_kubernetes(Thresholds()) == committed()
 
 
-class TestReadme:
-    README = (ROOT / "README.md").read_text()
+class TestDocs:
+    PAGE = (ROOT / "docs" / "kubernetes.md").read_text()
 
     def _commands(self) -> list[str]:
-        (block,) = [
-            b for b in re.findall(r"```console\n(.*?)```", self.README, re.S) if "apply -k" in b
-        ]
-        return [line.removeprefix("$ ") for line in block.splitlines()]
+        return block("docs/kubernetes.md", "console", "apply -k").commands()
 
     def test_the_three_commands_name_the_rendered_objects(self, manifests) -> None:
         """Secret, `apply -k` and patch: names, namespace and paths are the committed ones."""
@@ -474,4 +472,4 @@ class TestReadme:
     def test_every_file_is_explained(self) -> None:
         """The file table has one row per rendered file."""
         for name in FILES:
-            assert f"| `{name}` |" in self.README, name
+            assert f"| `{name}` |" in self.PAGE, name

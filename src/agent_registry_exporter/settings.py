@@ -130,14 +130,22 @@ class Settings(BaseSettings):
         " memory)",
     )
 
-    webhook_token: SecretStr | None = None
+    webhook_token: SecretStr | None = Field(
+        default=None, description="the bearer token the webhook requires"
+    )
     webhook_token_file: Path | None = Field(
         default=None,
         description="file holding the webhook's bearer token, re-read when the file changes:"
         " Secret rotation needs no restart",
     )
-    webhook_allow_unauthenticated: bool = False
-    webhook_max_body_bytes: int = Field(default=1 << 20, gt=0)
+    webhook_allow_unauthenticated: bool = Field(
+        default=False,
+        description="serve the webhook without a token; otherwise, with no token set, it"
+        " answers 403 and acts on nothing",
+    )
+    webhook_max_body_bytes: int = Field(
+        default=1 << 20, gt=0, description="a larger webhook body is answered 413"
+    )
     instance: str | None = Field(
         default=None,
         description="the `instance` label Prometheus gives this replica (in Kubernetes"
@@ -150,21 +158,52 @@ class Settings(BaseSettings):
         " with the port of `instance`) or a comma-separated list of host:port. Alerts for a"
         " peer are forwarded to it. Needs `instance`.",
     )
-    forward_timeout_seconds: float = Field(default=10.0, gt=0)
+    forward_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a peer's whole answer to a forwarded alert"
+    )
     dry_run: bool = Field(
         default=False,
         description="decide, never act: the outcome is dry_run where a cleanup would run",
     )
-    cleanup_rate_per_minute: float = Field(default=60.0, gt=0)
-    cleanup_burst: int = Field(default=20, gt=0)
-    breaker_max_share: float = Field(default=0.5, gt=0, le=1)
-    breaker_min_users: int = Field(default=10, gt=0)
-    cleanup_concurrency: int = Field(default=8, gt=0)
-    cleanup_timeout_seconds: float = Field(default=5.0, gt=0)
-    dedupe_cache_size: int = Field(default=10_000, gt=0)
+    cleanup_rate_per_minute: float = Field(
+        default=60.0,
+        gt=0,
+        description="the global cleanup rate limit; alerts past it are answered 429",
+    )
+    cleanup_burst: int = Field(
+        default=20, gt=0, description="cleanups the rate limit allows at once"
+    )
+    breaker_max_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="circuit breaker: a payload that would clean more than this share of all"
+        " users is refused whole",
+    )
+    breaker_min_users: int = Field(
+        default=10,
+        gt=0,
+        description="the circuit breaker applies from this many users on",
+    )
+    cleanup_concurrency: int = Field(default=8, gt=0, description="cleanups running at once")
+    cleanup_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how long the webhook waits for its cleanups; one still running then"
+        " finishes in the background, one not started is left untouched",
+    )
+    dedupe_cache_size: int = Field(
+        default=10_000,
+        gt=0,
+        description="alerts remembered as handled (same fingerprint and startsAt)",
+    )
 
-    log_format: Literal["auto", "json", "text"] = "auto"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto: JSON when not on a terminal"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="level of the package's loggers"
+    )
 
     @field_validator("peers")
     @classmethod
@@ -274,7 +313,7 @@ def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
         hint = (
             f"did you mean {ENV_PREFIX}{close[0]}?"
             if close
-            else "the README's Settings table lists every name"
+            else "docs/configuration.md lists every name"
         )
         problems.append(f"unknown setting {variable}: {hint}")
     return problems

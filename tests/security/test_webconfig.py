@@ -3,7 +3,6 @@ with one sentence naming the key (the sentence is the first line of each data fi
 
 from __future__ import annotations
 
-import re
 import shutil
 import ssl
 from pathlib import Path
@@ -19,6 +18,7 @@ from agent_registry_exporter.http.security.webconfig import WebConfigError, load
 from agent_registry_exporter.settings import describe_validation_error
 
 from ..conftest import DATA
+from ..doc_blocks import block
 from .conftest import Pki
 
 CASES = DATA / "webconfig"
@@ -139,13 +139,10 @@ class TestValidFiles:
         assert active.headers
 
 
-def test_readme_shows_the_committed_example() -> None:
-    """The README's web config block says what examples/web-config.yml says."""
-    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
-    (block,) = [
-        b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "basic_auth_users" in b
-    ]
-    assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())
+def test_docs_show_the_committed_example() -> None:
+    """The security page's web config block says what examples/web-config.yml says."""
+    shown = block("docs/security.md", "yaml", "basic_auth_users").text
+    assert yaml.safe_load(shown) == yaml.safe_load(EXAMPLE.read_text())
 
 
 class TestCommandLine:
