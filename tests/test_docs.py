@@ -6,11 +6,14 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -21,6 +24,7 @@ from agent_registry_exporter.sources import discover_workers
 from agent_registry_exporter.testing import free_port, wait_until
 
 from .doc_blocks import DOCS, PAGES, ROOT, block, blocks, page_text
+from .doc_sessions import run_block, session, steps
 
 CONFIGURATION = DOCS / "configuration.md"
 
@@ -187,3 +191,265 @@ async def _gather(socket_dir: Path) -> tuple[RegistrySnapshot, ...]:
         return (await source.snapshot()).workers or ()
     finally:
         await source.close()
+
+
+class TestCommands:
+    def test_rules_commands_render_rules_promtool_accepts(self, tmp_path) -> None:
+        """The Alerts page's `rules` commands write rule files with the thresholds they name
+        (flags and the environment alike); `make rules` is a Makefile target."""
+        shown = block("docs/alerts.md", "console", "rules --agents-per-user 80")
+        with session(tmp_path) as running:
+            flags, environment, make = shown.commands()
+            assert running.run(flags) == ""
+            rules = (tmp_path / "my-rules.yml").read_text()
+            assert "agent_registry_user_agents > 80" in rules
+            assert "> 43200" in rules
+            assert 'up{job="agents"} == 0' in rules
+            assert _promtool("check", "rules", tmp_path / "my-rules.yml").returncode == 0
+            assert running.run(environment) == ""
+            assert "agent_registry_agents > 2000" in (tmp_path / "my-rules.yml").read_text()
+        assert make.split("#")[0].split() == ["make", "rules"]
+        assert "rules" in _make_targets()
+
+    def test_kubernetes_render_command_prints_what_it_wrote(self, tmp_path) -> None:
+        """`agent-registry-exporter kubernetes --namespace shop ...` prints the line shown and
+        writes manifests for that namespace and Deployment. (`docker build` is not run: no
+        Docker engine here; the SOURCE build argument it passes is the Dockerfile's.)"""
+        shown = block("docs/kubernetes.md", "console", "kubernetes --namespace shop")
+        docker, render = steps(shown)
+        with session(tmp_path) as running:
+            assert running.run(render.command) == render.shown
+        patch = (tmp_path / "deploy" / "kubernetes" / "deployment-patch.yaml").read_text()
+        assert "namespace: shop" in patch
+        assert "name: api" in patch
+        assert docker.command.startswith("docker build --build-arg SOURCE=")
+        assert re.search(r"^ARG SOURCE=", (ROOT / "Dockerfile").read_text(), re.M)
+
+    def test_user_id_label_session_prints_the_labels_shown(self, tmp_path) -> None:
+        """The Security page's key file and `user-id-label` print exactly the hashes shown."""
+        with session(tmp_path) as running:
+            run_block(running, block("docs/security.md", "console", "user-id-label"), [])
+
+    def test_make_commands_name_targets_that_do_what_they_say(self) -> None:
+        """Every `make X` shown is a Makefile target; `make test` (which runs this test, so it
+        is not run here) builds the docs, lints, type-checks and runs pytest, and `.ci/run`
+        calls it; `make demo` runs the demo that tests/e2e/test_demo.py runs."""
+        targets = _make_targets()
+        shown = [
+            command
+            for b in blocks()
+            if b.lang == "console"
+            for command in b.commands()
+            if command.startswith("make ")
+        ]
+        assert shown
+        for command in shown:
+            assert command.split()[1] in targets, command
+        assert set(targets["test"]) == {"docs", "lint", "typecheck", "pytest"}
+        assert "make test" in (ROOT / ".ci" / "run").read_text()
+        assert "agent-registry-exporter demo" in _make_recipe("demo")
+
+    def test_benchmark_commands_name_real_scripts_and_flags(self) -> None:
+        """Each benchmark shown exists and takes the flags shown (`--help`). The benchmarks
+        themselves are not run by the tests: minutes of load at the sizes shown, and time is
+        theirs to measure, not the tests'."""
+        commands = [
+            command
+            for b in blocks("docs/performance.md")
+            if b.lang == "console"
+            for command in b.commands()
+        ]
+        assert len(commands) == 6
+        for command in commands:
+            match = re.fullmatch(r"(?:cd (\w+) && )?(\S+) (\S+\.py)((?: --\S+(?: \S+)?)*)", command)
+            assert match, command
+            cwd = ROOT / (match[1] or "")
+            assert match[2] in (".venv/bin/python", "../.venv/bin/python"), command
+            done = subprocess.run(
+                [sys.executable, match[3], "--help"], cwd=cwd, capture_output=True, text=True,
+                timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            for flag in re.findall(r"--[\w-]+", match[4]):
+                assert flag in done.stdout, (command, flag)
+
+
+class TestShownFiles:
+    def test_alertmanager_route_is_the_committed_example(self) -> None:
+        """The Remediation page's route says what alerts/alertmanager.example.yml says."""
+        shown = block("docs/remediation.md", "yaml", "webhook_configs").text
+        committed = (ROOT / "alerts" / "alertmanager.example.yml").read_text()
+        assert yaml.safe_load(shown) == yaml.safe_load(committed)
+
+
+class TestRunbookExamples:
+    QUERIES: ClassVar[list[str]] = [
+        b.text.strip() for b in blocks("docs/runbooks.md") if b.lang == "promql"
+    ]
+
+    def test_every_query_parses_with_promtool(self, tmp_path) -> None:
+        """Each runbook query is valid PromQL (promtool checks it as a recording rule)."""
+        assert len(self.QUERIES) >= len(TestRunbooks.RULES["groups"][0]["rules"])
+        rules = {
+            "groups": [
+                {
+                    "name": "runbook-queries",
+                    "rules": [
+                        {"record": f"runbook:query_{i}", "expr": q}
+                        for i, q in enumerate(self.QUERIES)
+                    ],
+                }
+            ]
+        }
+        path = tmp_path / "queries.yml"
+        path.write_text(yaml.safe_dump(rules))
+        done = _promtool("check", "rules", path)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def test_every_query_names_documented_metrics(self) -> None:
+        """No runbook query asks for a family the exporter does not export."""
+        documented = set(re.findall(r"`(agent_registry_\w+)`", page_text("docs/metrics.md")))
+        for query in self.QUERIES:
+            for name in re.findall(r"agent_registry_\w+", query):
+                assert name in documented, (query, name)
+
+    def test_referrer_walk_names_the_holder(self) -> None:
+        """The runbook's gc.get_referrers loop, run in a backend whose cleaned agent is still
+        held by a module-level list, prints that list."""
+        snippet = block("docs/runbooks.md", "python", "gc.get_referrers").text
+        backend = textwrap.dedent(
+            """
+            import asyncio
+
+            from agent_registry_exporter import AgentRegistry
+
+            class Agent:
+                async def aclose(self):
+                    pass
+
+            LEAKED_HERE = []
+
+            async def leak():
+                registry = AgentRegistry()
+                agent = Agent()
+                LEAKED_HERE.append(agent)
+                await registry.register_user_agent("alice", "agent-1", agent)
+                await registry.lifecycle_manager.trigger_cleanup("alice")
+                return registry
+
+            registry = asyncio.run(leak())
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", backend + snippet], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert "<class 'list'> [<__main__.Agent object at" in done.stdout
+
+
+def _promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    path = shutil.which("promtool")
+    assert path, "promtool is installed by `make test` (Debian package prometheus)"
+    return subprocess.run([path, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def _make_targets() -> dict[str, list[str]]:
+    """Makefile targets and their prerequisites."""
+    makefile = (ROOT / "Makefile").read_text()
+    return {m[1]: m[2].split() for m in re.finditer(r"^([\w.-]+):(?!=)([^\n]*)$", makefile, re.M)}
+
+
+def _make_recipe(target: str) -> str:
+    makefile = (ROOT / "Makefile").read_text()
+    match = re.search(rf"^{target}:[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M)
+    assert match, target
+    return match[1]
+
+
+# Every fenced console, python, yaml and promql block of README.md and docs/*.md: the page, a
+# string only that block holds, and the test that runs or checks it.
+CLAIMS: dict[tuple[str, str, str], str] = {
+    (
+        "README.md",
+        "console",
+        "$ make demo",
+    ): "test_make_commands_name_targets_that_do_what_they_say",
+    ("README.md", "console", "serve --demo"): "test_readme_look_at_metrics_and_the_webhook",
+    ("README.md", "python", "start_exporter"): "test_embedding_example_runs",
+    (
+        "docs/getting-started.md",
+        "console",
+        "$ make demo",
+    ): "test_demo_cleans_every_leaking_session_and_exits_zero",
+    ("docs/embedding.md", "python", "asyncio.run(main())"): "test_embedding_example_runs",
+    (
+        "docs/embedding.md",
+        "python",
+        "lifespan",
+    ): "test_fastapi_lifespan_example_serves_metrics_beside_the_app",
+    (
+        "docs/sidecar.md",
+        "python",
+        "serve_registry",
+    ): "test_fastapi_example_serves_one_socket_per_worker",
+    (
+        "docs/sidecar.md",
+        "console",
+        "uvicorn app:app",
+    ): "test_sidecar_session_two_workers_behind_one_sidecar",
+    (
+        "docs/remediation.md",
+        "yaml",
+        "webhook_configs",
+    ): "test_alertmanager_route_is_the_committed_example",
+    (
+        "docs/alerts.md",
+        "console",
+        "rules --agents-per-user",
+    ): "test_rules_commands_render_rules_promtool_accepts",
+    ("docs/security.md", "yaml", "basic_auth_users"): "test_docs_show_the_committed_example",
+    (
+        "docs/security.md",
+        "console",
+        "user-id-label",
+    ): "test_user_id_label_session_prints_the_labels_shown",
+    (
+        "docs/kubernetes.md",
+        "console",
+        "kubernetes --namespace shop",
+    ): "test_kubernetes_render_command_prints_what_it_wrote",
+    (
+        "docs/kubernetes.md",
+        "console",
+        "apply -k",
+    ): "test_the_three_commands_name_the_rendered_objects",
+    ("docs/runbooks.md", "python", "gc.get_referrers"): "test_referrer_walk_names_the_holder",
+    ("docs/runbooks.md", "promql", ""): "test_every_query_parses_with_promtool",
+    (
+        "docs/performance.md",
+        "console",
+        ".venv/bin/python",
+    ): "test_benchmark_commands_name_real_scripts_and_flags",
+    (
+        "docs/development.md",
+        "console",
+        "$ make test",
+    ): "test_make_commands_name_targets_that_do_what_they_say",
+}
+
+
+class TestEveryExampleIsClaimed:
+    def test_every_block_is_run_or_checked_by_a_named_test(self) -> None:
+        """A block no test claims (a new example nobody runs) fails here, and so does a claim
+        that matches no block or names a test that does not exist."""
+        sources = "\n".join(path.read_text() for path in (ROOT / "tests").rglob("test_*.py"))
+        matched: dict[tuple[str, str, str], int] = dict.fromkeys(CLAIMS, 0)
+        for b in blocks():
+            if b.lang not in ("console", "python", "yaml", "promql", "shell", "bash", "sh"):
+                continue
+            claims = [c for c in CLAIMS if c[:2] == (b.page, b.lang) and c[2] in b.text]
+            assert len(claims) == 1, f"{b.page}:{b.line}: {b.lang} block claimed by {claims}"
+            matched[claims[0]] += 1
+        for claim, count in matched.items():
+            assert count, f"{claim} matches no block"
+            assert f"def {CLAIMS[claim]}(" in sources, CLAIMS[claim]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent_registry_exporter.testing import wait_until
+
+from ..doc_blocks import block
 
 pytestmark = pytest.mark.e2e
 
@@ -26,6 +29,15 @@ def test_demo_cleans_every_leaking_session_and_exits_zero() -> None:
     for user in ("leaky-00", "leaky-01", "leaky-02", "stale-00", "stale-01"):
         assert f"{user:<10} AgentRegistry" in out, user
     assert "steady users untouched: 8 of 8" in out
+    # Getting started shows a real run: each of its lines is printed (numbers aside).
+    shown = block("docs/getting-started.md", "console", "$ make demo").text.splitlines()
+    printed = {_shape(line) for line in out.splitlines()}
+    for line in shown[2:]:  # after the command and make's echo of it
+        assert _shape(line) in printed, line
+
+
+def _shape(line: str) -> str:
+    return " ".join(re.sub(r"\d+(\.\d+)?", "N", line).split())
 
 
 def test_sidecar_demo_cleans_each_worker_session_on_its_own_worker() -> None:

@@ -1,0 +1,100 @@
+"""The shell sessions of README.md and docs/*.md, run here: each shown output is real."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+from agent_registry_exporter.sources import discover_workers
+from agent_registry_exporter.testing import free_port
+
+from .doc_blocks import ROOT, block
+from .doc_sessions import Session, Step, run_block, session
+
+# What changes from run to run in a look at /metrics: ages, timestamps, durations.
+_SCRAPE_VOLATILE = [
+    (r"(_session_age_seconds\{[^}]*\}) [\d.]+$", r"\1 AGE"),
+    (r"(_created_timestamp_seconds\{[^}]*\}) [\d.]+$", r"\1 TIMESTAMP"),
+    (r"(_created\{[^}]*\}) [\d.e+]+$", r"\1 TIMESTAMP"),
+    (r'"duration_ms": [\d.]+', '"duration_ms": MS'),
+]
+
+
+def _wait_ready(url: str, running: Session) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert all(p.poll() is None for p in running.background), running.background_output()
+        try:
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"{url}: {running.background_output()}"
+            time.sleep(0.1)
+
+
+def test_readme_look_at_metrics_and_the_webhook(tmp_path: Path) -> None:
+    """`serve --demo`, two scrapes around a webhook cleanup and a refused token: every line
+    the README shows is printed (ages, timestamps and durations aside)."""
+    shown = block("README.md", "console", "serve --demo")
+    port = free_port()
+    replace = {
+        "/tmp/": f"{tmp_path}/",  # noqa: S108 (the shown path, replaced)
+        "tests/data/": f"{ROOT}/tests/data/",
+        "localhost:8464": f"127.0.0.1:{port}",
+        "--listen-host 127.0.0.1 &": f"--listen-host 127.0.0.1 --listen-port {port} &",
+    }
+
+    def after(step: Step) -> None:
+        if step.command.endswith("&"):
+            _wait_ready(f"http://127.0.0.1:{port}/-/ready", running)
+
+    with session(tmp_path, replace) as running:
+        run_block(running, shown, _SCRAPE_VOLATILE, after)
+    assert json.loads((tmp_path / "alert.json").read_text())["alerts"][0]["labels"]["user_id"] == (
+        "leaky-000"
+    )
+
+
+def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
+    """The sidecar page's session: uvicorn with two workers serving the page's app, the
+    sidecar gathering both; every line shown is printed (pids and the share of alice's six
+    agents each worker got aside), and the per-worker counts add up to the six."""
+    (tmp_path / "app.py").write_text(block("docs/sidecar.md", "python", "serve_registry").text)
+    shown = block("docs/sidecar.md", "console", "uvicorn app:app")
+    app_port, sidecar_port = free_port(), free_port()
+    replace = {
+        "/tmp/sidecar-demo/": f"{tmp_path}/",  # noqa: S108 (the shown path, replaced)
+        "--port 18000": f"--port {app_port}",
+        "localhost:18000": f"127.0.0.1:{app_port}",
+        "--listen-port 18464": f"--listen-host 127.0.0.1 --listen-port {sidecar_port}",
+        "localhost:18464": f"127.0.0.1:{sidecar_port}",
+    }
+    volatile = [
+        (r"worker-\d+\.sock\s*", "worker-PID.sock "),
+        (r'worker="\d+"', 'worker="PID"'),
+        (r'\{"agents":\d+\}', '{"agents":N}'),
+        (r"^(agent_registry_(?:user_)?agents\{[^}]*\}) \d+$", r"\1 N"),
+    ]
+
+    def after(step: Step) -> None:
+        if step.command.startswith("uvicorn"):
+            deadline = time.monotonic() + 60
+            sockets = tmp_path / "sockets"  # created by the workers' serve_registry
+            while not sockets.is_dir() or len(discover_workers(sockets)) < 2:
+                assert running.background[0].poll() is None, running.background_output()
+                assert time.monotonic() < deadline, running.background_output()
+                time.sleep(0.1)
+        elif "agent-registry-exporter sidecar" in step.command:
+            _wait_ready(f"http://127.0.0.1:{sidecar_port}/-/ready", running)
+
+    with session(tmp_path, replace) as running:
+        *_, metrics = run_block(running, shown, volatile, after)
+    per_user = re.findall(
+        r'^agent_registry_user_agents\{worker="(\d+)",user_id="alice"\} (\d+)$', metrics, re.M
+    )
+    totals = re.findall(r'^agent_registry_agents\{worker="(\d+)"\} (\d+)$', metrics, re.M)
+    assert sorted(per_user) == sorted(totals)
+    assert sum(int(count) for _, count in totals) == 6
