@@ -210,7 +210,7 @@ def render_rules(thresholds: Thresholds, options: RuleOptions | None = None) -> 
             '{{ $value | printf "%.0f" }} agents closed by cleanups on {{ $labels.instance }} are '
             "still referenced long after their cleanup: something outside the registry keeps "
             "them, so memory leaks although sessions are cleaned. No automatic cleanup: the fix "
-            "is in code (see the README on finding the holder with gc.get_referrers).",
+            "is in code (see its runbook on finding the holder with gc.get_referrers).",
         ),
         _rule(
             "AgentRegistryExporterCertificateExpiring",
