@@ -255,11 +255,12 @@ class TestCommands:
         theirs to measure, not the tests'."""
         commands = [
             command
-            for b in blocks("docs/performance.md")
+            for page in ("docs/performance.md", "docs/sidecar-memory.md")
+            for b in blocks(page)
             if b.lang == "console"
             for command in b.commands()
         ]
-        assert len(commands) == 6
+        assert len(commands) == 7
         for command in commands:
             match = re.fullmatch(r"(?:cd (\w+) && )?(\S+) (\S+\.py)((?: --\S+(?: \S+)?)*)", command)
             assert match, command
@@ -435,6 +436,9 @@ CLAIMS: dict[tuple[str, str, str], str] = {
         "console",
         "$ make test",
     ): "test_make_commands_name_targets_that_do_what_they_say",
+    ("docs/sidecar-memory.md", "console", "hostile.py --parts sidecar"): (
+        "test_benchmark_commands_name_real_scripts_and_flags"
+    ),
 }
 
 
