@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from pathlib import Path
 
 from agent_registry_exporter.sources import discover_workers
-from agent_registry_exporter.testing import free_port
+from agent_registry_exporter.testing import free_port, wait_until
 
 from .doc_blocks import ROOT, block
 from .doc_sessions import Session, Step, run_block, session
@@ -24,15 +23,15 @@ _SCRAPE_VOLATILE = [
 
 
 def _wait_ready(url: str, running: Session) -> None:
-    deadline = time.monotonic() + 60
-    while True:
+    def answers() -> bool:
         assert all(p.poll() is None for p in running.background), running.background_output()
         try:
             with urllib.request.urlopen(url, timeout=5):  # noqa: S310
-                return
+                return True
         except OSError:
-            assert time.monotonic() < deadline, f"{url}: {running.background_output()}"
-            time.sleep(0.1)
+            return False
+
+    wait_until(answers, timeout=60, message=f"{url} answers")
 
 
 def test_readme_look_at_metrics_and_the_webhook(tmp_path: Path) -> None:
@@ -80,12 +79,13 @@ def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
 
     def after(step: Step) -> None:
         if step.command.startswith("uvicorn"):
-            deadline = time.monotonic() + 60
             sockets = tmp_path / "sockets"  # created by the workers' serve_registry
-            while not sockets.is_dir() or len(discover_workers(sockets)) < 2:
+
+            def both_served() -> bool:
                 assert running.background[0].poll() is None, running.background_output()
-                assert time.monotonic() < deadline, running.background_output()
-                time.sleep(0.1)
+                return sockets.is_dir() and len(discover_workers(sockets)) >= 2
+
+            wait_until(both_served, timeout=60, message="both workers serve their sockets")
         elif "agent-registry-exporter sidecar" in step.command:
             _wait_ready(f"http://127.0.0.1:{sidecar_port}/-/ready", running)
 
