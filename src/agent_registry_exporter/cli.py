@@ -299,6 +299,19 @@ def _print_labels(settings: Settings, user_ids: Sequence[str]) -> int:
     return 0
 
 
+def _check_config(settings: Settings, *, sidecar: bool) -> int:
+    """`--check-config`: validated (settings are), say so and exit; logging is left alone
+    (the process's: a test's, a host's)."""
+    problem = sidecar and socket_dir_problem(settings.socket_dir)
+    if problem:
+        print(f"invalid setting socket_dir ({ENV_PREFIX}SOCKET_DIR): {problem}", file=sys.stderr)
+        return 2
+    print("configuration is valid")
+    if settings.webhook_disabled():
+        print(f"warning: {NO_WEBHOOK_TOKEN}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _build_parser().parse_args(argv)
@@ -336,18 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "user-id-label":
         return _print_labels(settings, args.user_ids)
     if args.command in ("serve", "sidecar") and args.check_config:
-        # Validates and exits: the process's logging (a test's, a host's) is left alone.
-        problem = args.command == "sidecar" and socket_dir_problem(settings.socket_dir)
-        if problem:
-            print(
-                f"invalid setting socket_dir ({ENV_PREFIX}SOCKET_DIR): {problem}",
-                file=sys.stderr,
-            )
-            return 2
-        print("configuration is valid")
-        if settings.webhook_disabled():
-            print(f"warning: {NO_WEBHOOK_TOKEN}", file=sys.stderr)
-        return 0
+        return _check_config(settings, sidecar=args.command == "sidecar")
     configure_logging(settings.log_level, settings.log_format)
     if args.command in ("serve", "sidecar"):
         try:
