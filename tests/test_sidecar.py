@@ -234,6 +234,7 @@ class TestGathering:
 
 
 class TestPartialFailure:
+    @pytest.mark.processes
     async def test_one_of_three_workers_killed_mid_scrape(self, socket_dir, caplog) -> None:
         """Kill a worker process while its snapshot is in flight: the scrape answers with
         the other two, that worker is up 0, and its dead socket is removed and counted."""
@@ -588,6 +589,7 @@ async def _get(runner: web.AppRunner, path: str) -> tuple[int, str]:
 
 
 class TestSidecarCommand:
+    @pytest.mark.processes
     def test_missing_directory_serves_and_says_so_once(self, socket_dir) -> None:
         """`agent-registry-exporter sidecar` on a missing directory: healthy, not ready,
         /metrics answers; one warning line however often it is scraped, no traceback."""
