@@ -8,7 +8,7 @@ DEBIAN_TOOLS := prometheus prometheus-alertmanager curl
 # The container test runs the image's Python (3.11, see the Dockerfile) as other users: Debian's.
 DEBIAN_PYTHON := python3.11-venv
 
-.PHONY: demo test lint typecheck pytest docs tools pytest-tools rules dashboard bench clean
+.PHONY: demo test test-fast lint typecheck pytest docs tools pytest-tools rules dashboard bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: docs lint typecheck pytest
+
+# The unit lane, beside other work: no Prometheus, Alertmanager, uvicorn, container or any
+# other process (tests/conftest.py refuses one in a test not marked `processes`).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not e2e and not processes" -p no:cacheprovider
 
 # Regenerate the committed artefacts (rules, Alertmanager example, dashboard, Kubernetes manifests,
 # docs/metrics.md, the settings tables of docs/configuration.md).

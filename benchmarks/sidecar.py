@@ -24,19 +24,19 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from scrape import HEADERS, StallMeter, build_registry, start_ours, start_stock
 
 from agent_registry_exporter import AgentRegistry, serve_registry
 from agent_registry_exporter.sources import WorkerIdentity, encode_snapshot
-from agent_registry_exporter.testing import free_port, wait_until
+from agent_registry_exporter.testing import ManagedProcess
 
 
 @dataclass
@@ -79,18 +79,6 @@ async def measure(url: str, repeat: int) -> Run:
     return Run(statistics.median(cpus) * 1000, max(stalls) * 1000, statistics.median(walls) * 1000)
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback only
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _wait_ready(url: str, timeout: float = 60.0) -> None:
-    wait_until(lambda: _answers(url), timeout=timeout, interval=0.1, message=f"{url} ready")
-
-
 async def stock_run(registry: AgentRegistry, repeat: int) -> Run:
     runner, url = await start_stock(registry)
     try:
@@ -110,20 +98,23 @@ async def in_process_run(registry: AgentRegistry, users: int, repeat: int) -> Ru
 async def sidecar_run(registry: AgentRegistry, users: int, repeat: int) -> Run:
     with tempfile.TemporaryDirectory(prefix="ars-bench-", dir="/tmp") as sockets:
         handle = await serve_registry(registry, sockets, worker="bench")
-        port = free_port()
-        sidecar = subprocess.Popen(  # noqa: ASYNC220, S603 - fixed argv, started before measuring
-            [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar",
-             "--socket-dir", sockets, "--listen-host", "127.0.0.1", "--listen-port", str(port),
-             "--max-user-series", str(users)],
-            env={**os.environ, "AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN": "benchmark-only"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+
+        def sidecar_on(port: int) -> ManagedProcess:
+            return ManagedProcess(
+                "sidecar",
+                [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar",
+                 "--socket-dir", sockets, "--listen-host", "127.0.0.1",
+                 "--listen-port", str(port), "--max-user-series", str(users)],
+                Path(sockets) / "sidecar.log",
+                f"127.0.0.1:{port}",
+                env={**os.environ, "AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN": "benchmark-only"},
+            )  # fmt: skip
+
+        sidecar = await asyncio.to_thread(ManagedProcess.start_on_free_port, sidecar_on, 60)
         try:
-            await asyncio.to_thread(_wait_ready, f"http://127.0.0.1:{port}/-/ready")
-            return await measure(f"http://127.0.0.1:{port}/metrics", repeat)
+            return await measure(f"{sidecar.url}/metrics", repeat)
         finally:
-            sidecar.terminate()
-            await asyncio.to_thread(sidecar.wait, 30)
+            await asyncio.to_thread(sidecar.stop)
             await handle.stop()
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,6 +34,22 @@ DATA = Path(__file__).parent / "data"
 ENGINES = [pytest.param(ISAL, id="isal"), pytest.param(ZLIB, id="zlib")]
 # 2026-11-27T12:00:00Z: every test's "now" unless it moves the clock.
 T0 = 1_795_780_800.0
+
+
+def _refuse_processes(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError(
+        "this test starts a process: mark it `processes` (make test-fast leaves those out)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_where_marked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only tests marked `processes` (or `e2e`) start processes: the fast lane has none."""
+    if not any(request.node.get_closest_marker(m) for m in ("processes", "e2e")):
+        # Popen is what subprocess.run and asyncio's subprocesses go through.
+        monkeypatch.setattr(subprocess, "Popen", _refuse_processes)
 
 
 @pytest.fixture(autouse=True)

@@ -49,6 +49,7 @@ def runtime() -> Stage:
 
 
 class TestDockerfile:
+    @pytest.mark.processes
     def test_hadolint_passes_with_no_rule_ignored(self) -> None:
         """hadolint finds nothing, and nothing is silenced."""
         done = hadolint(DOCKERFILE)
@@ -56,6 +57,7 @@ class TestDockerfile:
         assert done.stdout == ""
         assert "hadolint ignore" not in DOCKERFILE.read_text()
 
+    @pytest.mark.processes
     def test_hadolint_would_catch_a_root_user(self, tmp_path: Path) -> None:
         """The lint is live: ending as root fails it (DL3002)."""
         bad = tmp_path / "Dockerfile"
@@ -102,6 +104,7 @@ class TestDockerfile:
         assert arg_default(runtime, "VERSION") == PYPROJECT["project"]["version"] == __version__
         assert 'agent-registry-exporter==${VERSION}"' in runtime.last("RUN")
 
+    @pytest.mark.processes
     def test_build_context_holds_exactly_the_wheel_inputs(self) -> None:
         """.dockerignore sends what the build stage copies, and no tests, venv or secrets."""
         files = context_files()
@@ -236,6 +239,7 @@ def pod_identity() -> tuple[int, int, int]:
 
 
 class TestBuiltWithoutEngine:
+    @pytest.mark.processes
     def test_image_holds_the_runtime_dependencies_only(self, image: Path) -> None:
         """pyproject's runtime dependencies are there; no development package is."""
         listed = json.loads(_run(image / "bin" / "python", "-m", "pip", "list", "--format=json"))
@@ -245,12 +249,14 @@ class TestBuiltWithoutEngine:
             assert re.split(r"[<>=!~ \[]", dep)[0].lower() in names
         assert not names & DEV_ONLY
 
+    @pytest.mark.processes
     def test_entrypoint_prints_its_version(self, image: Path, runtime) -> None:
         """`agent-registry-exporter --version` from the image's entrypoint."""
         (entrypoint,) = runtime.exec_form("ENTRYPOINT")
         out = _run(image / "bin" / entrypoint, "--version", env=image_env(runtime))
         assert out.strip() == f"agent-registry-exporter {__version__}"
 
+    @pytest.mark.processes
     def test_default_command_accepts_the_patch_configuration(
         self, image: Path, runtime, token_file, socket_dir: Path
     ) -> None:
@@ -262,6 +268,7 @@ class TestBuiltWithoutEngine:
         out = _run(*command(image, runtime), "--check-config", env=env)
         assert "configuration is valid" in out
 
+    @pytest.mark.processes
     def test_a_bad_setting_fails_the_check(self, image: Path, runtime, token_file) -> None:
         """The check is real: an instance without a port next to `peers` stops it."""
         env = {**image_env(runtime), **patch_env("10.0.0.7", token_file)}
@@ -273,6 +280,7 @@ class TestBuiltWithoutEngine:
         assert done.returncode == 2
         assert "AGENT_REGISTRY_EXPORTER_INSTANCE" in done.stderr
 
+    @pytest.mark.processes
     def test_sidecar_serves_a_backend_workers_registry(
         self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
     ) -> None:
@@ -289,6 +297,7 @@ class TestBuiltWithoutEngine:
         assert f'agent_registry_exporter_build_info{{version="{__version__}"}} 1' in body
         assert (tmp_path / "sidecar.log").read_text().startswith("{")  # LOG_FORMAT=json
 
+    @pytest.mark.processes
     def test_without_the_pod_fs_group_the_sidecar_cannot_read_the_socket(
         self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
     ) -> None:

@@ -133,6 +133,7 @@ class TestWithoutTheSdk:
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
         )
 
+    @pytest.mark.processes
     def test_importing_the_package_and_its_command_does_not_import_the_sdk(self) -> None:
         """The exporter, the artefacts family and the CLI load without touching the SDK."""
         done = self.run_python(
@@ -142,6 +143,7 @@ class TestWithoutTheSdk:
         )
         assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
+    @pytest.mark.processes
     def test_dashboard_command_without_the_sdk_names_the_extra(self) -> None:
         """Exit 2 and one line saying which extra to install, not a traceback."""
         done = self.run_python(
@@ -233,6 +235,7 @@ class TestLint:
         assert "agent_registry_source_up{" in variables["worker"]["definition"]
         assert variables["user_id"]["current"]["value"] == ".*"
 
+    @pytest.mark.processes
     def test_every_expression_parses(self, dashboard, tmp_path: Path) -> None:
         """promtool parses each query (variables substituted) as a recording rule."""
         rules = {
@@ -255,6 +258,7 @@ class TestLint:
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
+    @pytest.mark.processes
     def test_a_broken_expression_would_be_caught(self, tmp_path: Path) -> None:
         """The parse check can fail."""
         path = tmp_path / "broken.yml"

@@ -7,6 +7,8 @@ import re
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from agent_registry_exporter.sources import discover_workers
 from agent_registry_exporter.testing import free_port, wait_until
 
@@ -34,6 +36,7 @@ def _wait_ready(url: str, running: Session) -> None:
     wait_until(answers, timeout=60, message=f"{url} answers")
 
 
+@pytest.mark.processes
 def test_readme_look_at_metrics_and_the_webhook(tmp_path: Path) -> None:
     """`serve --demo`, two scrapes around a webhook cleanup and a refused token: every line
     the README shows is printed (ages, timestamps and durations aside)."""
@@ -57,6 +60,7 @@ def test_readme_look_at_metrics_and_the_webhook(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.processes
 def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
     """The sidecar page's session: uvicorn with two workers serving the page's app in slots
     w0 and w1, the sidecar gathering both; every line shown is printed (the share of alice's

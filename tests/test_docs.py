@@ -20,7 +20,7 @@ import yaml
 from agent_registry_exporter import RegistrySnapshot, Settings, SidecarSource
 from agent_registry_exporter.artifacts.configuration import render_configuration_page
 from agent_registry_exporter.sources import discover_workers
-from agent_registry_exporter.testing import free_port, wait_until
+from agent_registry_exporter.testing import PortInUse, free_port, start_on_free_port, wait_until
 
 from .doc_blocks import DOCS, PAGES, ROOT, block, blocks, page_text
 from .doc_sessions import run_block, session, steps
@@ -29,6 +29,7 @@ CONFIGURATION = DOCS / "configuration.md"
 
 
 class TestEmbedding:
+    @pytest.mark.processes
     @pytest.mark.parametrize("page", ["README.md", "docs/embedding.md"])
     def test_embedding_example_runs(self, page: str) -> None:
         """The start_exporter block serves /metrics (on loopback and a free port here)."""
@@ -42,25 +43,32 @@ class TestEmbedding:
         assert done.returncode == 0, done.stderr
         assert re.search(r"serving http://127\.0\.0\.1:\d+/metrics", done.stdout)
 
+    @pytest.mark.processes
     def test_fastapi_lifespan_example_serves_metrics_beside_the_app(self, tmp_path) -> None:
         """The FastAPI block under uvicorn: the app's agents show on the exporter's /metrics,
         on the port its environment names; stopping uvicorn stops the exporter."""
         example = block("docs/embedding.md", "python", "start_exporter(registry, Settings()").text
         (tmp_path / "embedded_app.py").write_text(example)
-        app_port, exporter_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "AGENT_REGISTRY_EXPORTER_LISTEN_HOST": "127.0.0.1",
-            "AGENT_REGISTRY_EXPORTER_LISTEN_PORT": str(exporter_port),
-            "AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN": "s3cret",
-        }
-        app = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "embedded_app:app",
-             "--host", "127.0.0.1", "--port", str(app_port)],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        try:
+
+        def uvicorn_on(app_port: int) -> tuple[subprocess.Popen[str], int, int]:
+            exporter_port = free_port()  # taken meanwhile: the app exits, both are chosen anew
+            env = {
+                **os.environ,
+                "AGENT_REGISTRY_EXPORTER_LISTEN_HOST": "127.0.0.1",
+                "AGENT_REGISTRY_EXPORTER_LISTEN_PORT": str(exporter_port),
+                "AGENT_REGISTRY_EXPORTER_WEBHOOK_TOKEN": "s3cret",
+            }
+            app = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "embedded_app:app",
+                 "--host", "127.0.0.1", "--port", str(app_port)],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env=env,
+            )  # fmt: skip
             _wait_until_answers(f"http://127.0.0.1:{app_port}/docs", app)
+            return app, app_port, exporter_port
+
+        app, app_port, exporter_port = start_on_free_port(uvicorn_on)
+        try:
             request = urllib.request.Request(
                 f"http://127.0.0.1:{app_port}/users/alice/agents/agent-1", b""
             )
@@ -77,26 +85,36 @@ class TestEmbedding:
 
 
 class TestSidecar:
+    @pytest.mark.processes
     def test_fastapi_example_serves_one_socket_per_worker(self, socket_dir, tmp_path) -> None:
         """The FastAPI block under `uvicorn --workers 2`: two sockets, each answering for its
         worker's own registry, removed when uvicorn stops."""
         example = block("docs/sidecar.md", "python", "serve_registry").text
         (tmp_path / "readme_app.py").write_text(example)
-        port = free_port()
-        app = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "readme_app:app", "--workers", "2",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(socket_dir)},
-        )  # fmt: skip
-        try:
+
+        def uvicorn_on(port: int) -> tuple[subprocess.Popen[str], int, dict[str, Path]]:
+            app = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "readme_app:app", "--workers", "2",
+                 "--host", "127.0.0.1", "--port", str(port)],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(socket_dir)},
+            )  # fmt: skip
 
             def both_served() -> dict[str, Path]:
-                assert app.poll() is None, "uvicorn exited"
+                _exited_for_its_port(app)
                 found = discover_workers(socket_dir)
                 return found if len(found) >= 2 else {}
 
-            workers = wait_until(both_served, timeout=60, message="both workers serve sockets")
+            try:
+                return app, port, wait_until(both_served, timeout=60, message="both serve")
+            except BaseException:
+                if app.poll() is None:
+                    app.kill()
+                    app.communicate(timeout=30)
+                raise
+
+        app, port, workers = start_on_free_port(uvicorn_on)
+        try:
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/users/alice/agents/agent-1", b""
             )
@@ -107,7 +125,7 @@ class TestSidecar:
             assert sorted(len(s.sessions) for s in snapshots) == [0, 1]
         finally:
             app.terminate()
-            app.wait(30)
+            app.communicate(timeout=30)
         assert discover_workers(socket_dir) == {}
 
 
@@ -172,16 +190,33 @@ def _get(url: str) -> str:
         return str(resp.read().decode())
 
 
+def _exited_for_its_port(process: subprocess.Popen[str]) -> None:
+    """Nothing while `process` runs; PortInUse when it exited because its port was taken
+    (then `start_on_free_port` tries another), a failure naming its stderr otherwise."""
+    if process.poll() is None:
+        return
+    _, stderr = process.communicate(timeout=30)
+    if "address already in use" in stderr.lower():
+        raise PortInUse(f"{process.args!r}")
+    raise AssertionError(f"the process exited with {process.returncode}:\n{stderr}")
+
+
 def _wait_until_answers(url: str, process: subprocess.Popen[str]) -> None:
     def answers() -> bool:
-        assert process.poll() is None, "the process exited"
+        _exited_for_its_port(process)
         try:
             _get(url)
             return True
         except OSError:
             return False
 
-    wait_until(answers, timeout=60, message=f"{url} answers")
+    try:
+        wait_until(answers, timeout=60, message=f"{url} answers")
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)
+        raise
 
 
 async def _gather(socket_dir: Path) -> tuple[RegistrySnapshot, ...]:
@@ -193,6 +228,7 @@ async def _gather(socket_dir: Path) -> tuple[RegistrySnapshot, ...]:
 
 
 class TestCommands:
+    @pytest.mark.processes
     def test_rules_commands_render_rules_promtool_accepts(self, tmp_path) -> None:
         """The Alerts page's `rules` commands write rule files with the thresholds they name
         (flags and the environment alike); `make rules` is a Makefile target."""
@@ -210,6 +246,7 @@ class TestCommands:
         assert make.split("#")[0].split() == ["make", "rules"]
         assert "rules" in _make_targets()
 
+    @pytest.mark.processes
     def test_kubernetes_render_command_prints_what_it_wrote(self, tmp_path) -> None:
         """`agent-registry-exporter kubernetes --namespace shop ...` prints the line shown and
         writes manifests for that namespace and Deployment. (`docker build` is not run: no
@@ -224,6 +261,7 @@ class TestCommands:
         assert docker.command.startswith("docker build --build-arg SOURCE=")
         assert re.search(r"^ARG SOURCE=", (ROOT / "Dockerfile").read_text(), re.M)
 
+    @pytest.mark.processes
     def test_user_id_label_session_prints_the_labels_shown(self, tmp_path) -> None:
         """The Security page's key file and `user-id-label` print exactly the hashes shown."""
         with session(tmp_path) as running:
@@ -248,6 +286,7 @@ class TestCommands:
         assert "make test" in (ROOT / ".ci" / "run").read_text()
         assert "agent-registry-exporter demo" in _make_recipe("demo")
 
+    @pytest.mark.processes
     def test_benchmark_commands_name_real_scripts_and_flags(self) -> None:
         """Each benchmark shown exists and takes the flags shown (`--help`). The benchmarks
         themselves are not run by the tests: minutes of load at the sizes shown, and time is
@@ -287,6 +326,7 @@ class TestRunbookExamples:
         b.text.strip() for b in blocks("docs/runbooks.md") if b.lang == "promql"
     ]
 
+    @pytest.mark.processes
     def test_every_query_parses_with_promtool(self, tmp_path) -> None:
         """Each runbook query is valid PromQL (promtool checks it as a recording rule)."""
         assert len(self.QUERIES) >= len(TestRunbooks.RULES["groups"][0]["rules"])
@@ -313,6 +353,7 @@ class TestRunbookExamples:
             for name in re.findall(r"agent_registry_\w+", query):
                 assert name in documented, (query, name)
 
+    @pytest.mark.processes
     def test_referrer_walk_names_the_holder(self) -> None:
         """The runbook's gc.get_referrers loop, run in a backend whose cleaned agent is still
         held by a module-level list, prints that list."""

@@ -237,6 +237,7 @@ class TestPromtool:
         metrics.webhook_requests.labels(code="200").inc()
         return render(snapshot_of(rows), metrics, format=fmt).body
 
+    @pytest.mark.processes
     def test_text_output_passes_promtool_check_metrics(self, promtool, metrics) -> None:
         """promtool's linter finds nothing in the text format."""
         done = subprocess.run(
@@ -244,6 +245,7 @@ class TestPromtool:
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
+    @pytest.mark.processes
     def test_openmetrics_output_has_no_lint_but_the_known_counter_mismatch(
         self, promtool, metrics
     ) -> None:

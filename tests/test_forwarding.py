@@ -11,7 +11,7 @@ from aiohttp import web
 
 from agent_registry_exporter import AgentRegistry, InProcessSource, Settings, create_app
 from agent_registry_exporter.remediation import HOP_HEADER, Forwarder, Outcome
-from agent_registry_exporter.testing.stack import free_port
+from agent_registry_exporter.testing import free_port, start_on_free_port_async
 
 from .conftest import add_agents
 from .test_remediation import payload
@@ -69,14 +69,17 @@ def fake_peer(aiohttp_server):
 
 async def exporter_peer(aiohttp_server, registry: AgentRegistry, **settings) -> str:
     """A real exporter replica on loopback whose `instance` is its own address."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    app = create_app(
-        InProcessSource(registry),
-        Settings(webhook_token=TOKEN, instance=address, **settings),
-    )
-    await aiohttp_server(app, host="127.0.0.1", port=port)
-    return address
+
+    async def serve_on(port: int) -> str:
+        address = f"127.0.0.1:{port}"
+        app = create_app(
+            InProcessSource(registry),
+            Settings(webhook_token=TOKEN, instance=address, **settings),
+        )
+        await aiohttp_server(app, host="127.0.0.1", port=port)
+        return address
+
+    return await start_on_free_port_async(serve_on)
 
 
 def answering(status: int, body: bytes | str, **headers: str):
@@ -181,10 +184,14 @@ class TestPeerFailures:
                 raise ConnectionError("injected: registry unavailable")
 
         await add_agents(registry, "leaky", 60)
-        port = free_port()
-        peer = f"127.0.0.1:{port}"
-        app = create_app(Broken(registry), Settings(webhook_token=TOKEN, instance=peer))
-        await aiohttp_server(app, host="127.0.0.1", port=port)
+
+        async def serve_on(port: int) -> str:
+            peer = f"127.0.0.1:{port}"
+            app = create_app(Broken(registry), Settings(webhook_token=TOKEN, instance=peer))
+            await aiohttp_server(app, host="127.0.0.1", port=port)
+            return peer
+
+        peer = await start_on_free_port_async(serve_on)
         alerts = payload("leaky", instance=peer)
 
         (decision,) = await make_forwarder().forward(peer, alerts, alerts.alerts)

@@ -85,6 +85,7 @@ class TestEngines:
 
         assert default_engine() is ISAL
 
+    @pytest.mark.processes
     def test_zlib_is_the_fallback_where_isal_does_not_import(self) -> None:
         """Without isal (no wheel for the platform), the standard library's zlib renders."""
         script = (
@@ -98,6 +99,7 @@ class TestEngines:
 
 
 class TestCurl:
+    @pytest.mark.processes
     async def test_curl_compressed_reads_every_series_of_an_openmetrics_scrape(
         self, registry
     ) -> None:

@@ -114,6 +114,7 @@ class TestRendered:
         }
         assert at_most_five == {"w0": 5, "w1": 0}
 
+    @pytest.mark.processes
     def test_promtool_accepts_the_histograms(self) -> None:
         """The text format with the histograms passes `promtool check metrics`."""
         rows = [SessionRow(f"u{n}", n, T0 - n) for n in range(30)]

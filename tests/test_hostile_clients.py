@@ -154,6 +154,7 @@ class TestSlowClients:
 
 
 class TestConnectionFlood:
+    @pytest.mark.processes
     def test_metrics_answers_under_more_slow_connections_than_file_descriptors(self) -> None:
         """Attack: 400 half-sent requests against a process allowed 256 descriptors."""
         command = f"ulimit -n 256 && exec {console_script()} serve --demo"

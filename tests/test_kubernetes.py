@@ -192,6 +192,7 @@ class TestKubernetesSchemas:
         ]
         assert pod_labels(deployment)["app.kubernetes.io/name"] == "agent-backend"
 
+    @pytest.mark.processes
     def test_patch_naming_a_missing_container_is_caught(self, tmp_path: Path) -> None:
         """A wrong --backend-container adds an image-less container, which the check finds."""
         wrong = render_kubernetes_files(Thresholds(), KubernetesOptions(backend_container="api"))
@@ -206,6 +207,7 @@ class TestKubernetesSchemas:
         with pytest.raises(kubernetes_validate.ValidationError, match="clusterIp"):
             validate_core(service)
 
+    @pytest.mark.processes
     def test_kustomize_builds_exactly_the_applied_resources(self, manifests) -> None:
         """`kubectl kustomize` (what `apply -k` runs) builds every listed file, labelled."""
         done = kubectl("kustomize", DEPLOY)
@@ -291,6 +293,7 @@ class TestWiring:
         rule_file = yaml.safe_load((ALERTS / "agent-registry.rules.yml").read_text())
         assert manifests["prometheusrule.yaml"]["spec"]["groups"] == rule_file["groups"]
 
+    @pytest.mark.processes
     def test_prometheus_rule_passes_promtool(self, manifests, tmp_path: Path) -> None:
         """promtool accepts the rules as the operator hands them to Prometheus."""
         groups = manifests["prometheusrule.yaml"]["spec"]["groups"]

@@ -71,6 +71,7 @@ def decision_lines(stderr: str) -> list[str]:
 
 
 class TestDecisionsWhenEmbedded:
+    @pytest.mark.processes
     def test_log_decisions_shows_one_line_per_decision_in_an_unconfigured_host(self) -> None:
         """start_exporter(..., log_decisions=True): each decision is one line with its fields."""
         done = run_embedded(HOSTS["unconfigured"], log_decisions=True)
@@ -79,6 +80,7 @@ class TestDecisionsWhenEmbedded:
         assert "leaky" in line
         assert "cleaned" in line
 
+    @pytest.mark.processes
     def test_a_host_with_its_own_logging_gets_each_decision_once_in_its_format(self) -> None:
         """The host's handler and format are kept; the level lets decisions through, once."""
         done = run_embedded(HOSTS["root-at-warning"], log_decisions=True)
@@ -86,6 +88,7 @@ class TestDecisionsWhenEmbedded:
         (line,) = decision_lines(done.stderr)
         assert line.startswith("INFO:agent_registry_exporter.remediation.policy:")
 
+    @pytest.mark.processes
     def test_without_it_an_unconfigured_host_shows_no_decisions(self) -> None:
         """The default leaves the host's logging alone (Python shows warnings only)."""
         done = run_embedded(HOSTS["unconfigured"], log_decisions=False)
@@ -94,6 +97,7 @@ class TestDecisionsWhenEmbedded:
 
 
 class TestConfigureLogging:
+    @pytest.mark.processes
     def test_json_lines_carry_the_structured_fields(self, capsys) -> None:
         """The helper's JSON format puts each field of a decision in the line."""
         code = (

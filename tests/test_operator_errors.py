@@ -27,6 +27,7 @@ def run_console_script(
 
 
 class TestBindFailures:
+    @pytest.mark.processes
     def test_port_in_use_is_one_line_naming_the_setting_and_exit_1(self) -> None:
         """Attack of bad luck: the port is taken. One line, exit 1, no traceback."""
         with socket.socket() as taken:
@@ -43,6 +44,7 @@ class TestBindFailures:
         assert f"127.0.0.1:{port}" in errors[0]
         assert "Traceback" not in done.stderr
 
+    @pytest.mark.processes
     def test_address_not_on_this_machine_is_one_line_naming_the_setting(self) -> None:
         """A host address this machine does not have (TEST-NET-1) is named, exit 1."""
         done = run_console_script("serve", "--listen-host", "192.0.2.1", "--listen-port", "0")

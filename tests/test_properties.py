@@ -265,6 +265,7 @@ _ANY_CHARACTER = st.one_of(
 
 class TestAnyAcceptedId:
     # Each example is a batch of ids, so promtool runs once per batch, not once per id.
+    @pytest.mark.processes
     @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(candidates=st.lists(st.text(_ANY_CHARACTER, max_size=16), min_size=1, max_size=300))
     def test_promtool_and_prometheus_client_accept_the_scrape(self, loop, candidates) -> None:

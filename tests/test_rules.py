@@ -164,6 +164,7 @@ class TestRendering:
 
 
 class TestPromtool:
+    @pytest.mark.processes
     def test_rules_pass_promtool_check(self) -> None:
         """promtool accepts the committed rule file."""
         done = run(tool("promtool"), "check", "rules", RULES_FILE)
@@ -177,11 +178,13 @@ class TestPromtool:
         }
         assert tested == ALERT_NAMES
 
+    @pytest.mark.processes
     def test_promtool_unit_tests_pass(self) -> None:
         """`promtool test rules alerts/tests/*.yml` succeeds."""
         done = run(tool("promtool"), "test", "rules", *PROMTOOL_TESTS)
         assert done.returncode == 0, done.stdout + done.stderr
 
+    @pytest.mark.processes
     def test_a_wrong_expectation_makes_promtool_fail(self, tmp_path: Path) -> None:
         """The boundary test can fail: a user at 51 instead of 50 breaks its expectations."""
         source = (ALERTS / "tests" / "too-many-agents.test.yml").read_text()
@@ -202,6 +205,7 @@ class TestAlertmanagerExample:
         """alerts/alertmanager.example.yml is exactly what `make rules` writes."""
         assert self.EXAMPLE.read_text() == render_alertmanager_yaml()
 
+    @pytest.mark.processes
     def test_example_passes_amtool(self) -> None:
         """amtool (0.25) accepts the example configuration."""
         done = run(tool("amtool"), "check-config", self.EXAMPLE)

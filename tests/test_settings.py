@@ -142,6 +142,7 @@ class TestCli:
         assert main(["serve", "--check-config"]) == 2
         assert "agents_per_user" in capsys.readouterr().err
 
+    @pytest.mark.processes
     def test_console_script_reports_bad_port(self) -> None:
         """The installed command exits 2 and names the setting on stderr."""
         done = subprocess.run(

@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 
+import pytest
 from aiohttp import ClientSession
 
 from agent_registry_exporter import AgentRegistry, ExporterServer
@@ -103,6 +104,7 @@ class TestGracefulStop:
 
 
 class TestSignals:
+    @pytest.mark.processes
     def test_sigterm_stops_accepting_and_exits_0_with_a_last_log_line(self) -> None:
         """SIGTERM: the port is released, a summary is logged, the exit code is 0."""
         proc = subprocess.Popen(

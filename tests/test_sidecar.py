@@ -43,7 +43,12 @@ from agent_registry_exporter.sources import (
     scrape_budget,
 )
 from agent_registry_exporter.sources import sidecar as sidecar_module
-from agent_registry_exporter.testing import free_port, wait_until, wait_until_async
+from agent_registry_exporter.testing import (
+    PortInUse,
+    start_on_free_port,
+    wait_until,
+    wait_until_async,
+)
 
 from .conftest import add_agents, as_unprivileged, serving_workers
 from .test_exposition import PROMETHEUS_ACCEPT
@@ -229,6 +234,7 @@ class TestGathering:
 
 
 class TestPartialFailure:
+    @pytest.mark.processes
     async def test_one_of_three_workers_killed_mid_scrape(self, socket_dir, caplog) -> None:
         """Kill a worker process while its snapshot is in flight: the scrape answers with
         the other two, that worker is up 0, and its dead socket is removed and counted."""
@@ -583,25 +589,40 @@ async def _get(runner: web.AppRunner, path: str) -> tuple[int, str]:
 
 
 class TestSidecarCommand:
+    @pytest.mark.processes
     def test_missing_directory_serves_and_says_so_once(self, socket_dir) -> None:
         """`agent-registry-exporter sidecar` on a missing directory: healthy, not ready,
         /metrics answers; one warning line however often it is scraped, no traceback."""
-        port = free_port()
         missing = socket_dir / "not-yet"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar", "--socket-dir",
-             str(missing), "--listen-host", "127.0.0.1", "--listen-port", str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "AGENT_REGISTRY_EXPORTER_LOG_FORMAT": "text"},
-        )  # fmt: skip
-        try:
-            url = f"http://127.0.0.1:{port}"
+
+        def sidecar_on(port: int) -> tuple[subprocess.Popen[str], int]:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar", "--socket-dir",
+                 str(missing), "--listen-host", "127.0.0.1", "--listen-port", str(port)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "AGENT_REGISTRY_EXPORTER_LOG_FORMAT": "text"},
+            )  # fmt: skip
 
             def healthy() -> bool:
-                assert proc.poll() is None, proc.communicate()
-                return _status(f"{url}/-/healthy") == 200
+                if proc.poll() is not None:
+                    out, err = proc.communicate()
+                    if "address already in use" in err.lower():
+                        raise PortInUse(f"the sidecar on 127.0.0.1:{port}")
+                    raise AssertionError(out + err)
+                return _status(f"http://127.0.0.1:{port}/-/healthy") == 200
 
-            wait_until(healthy, message="the sidecar is healthy")
+            try:
+                wait_until(healthy, message="the sidecar is healthy")
+            except BaseException:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate(timeout=30)
+                raise
+            return proc, port
+
+        proc, port = start_on_free_port(sidecar_on)
+        try:
+            url = f"http://127.0.0.1:{port}"
             assert _status(f"{url}/-/ready") == 503
             assert [_status(f"{url}/metrics") for _ in range(3)] == [200, 200, 200]
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,13 @@ class TestSuiteHabits:
             if re.search(pattern, line) and "deadline=None" not in line  # hypothesis' option
         ]
         assert offenders == []
+
+    def test_a_test_not_marked_processes_cannot_start_one(self) -> None:
+        """The fast lane (`make test-fast`: not e2e, not processes) really starts none."""
+        with pytest.raises(AssertionError, match="mark it `processes`"):
+            subprocess.run(["true"], check=True)
+
+    @pytest.mark.processes
+    def test_a_test_marked_processes_may(self) -> None:
+        """The mark lifts the guard (the test then runs in `make test` only)."""
+        assert subprocess.run(["true"], check=True).returncode == 0

@@ -19,10 +19,10 @@ import pytest_asyncio
 from agent_registry_exporter import AgentRegistry, CleanupResult, InProcessSource, Settings
 from agent_registry_exporter.http import ExporterServer, create_app
 from agent_registry_exporter.remediation import Decision
+from agent_registry_exporter.testing import start_on_free_port_async
 from agent_registry_exporter.testing.stack import (
     LocalStack,
     ManagedProcess,
-    free_port,
     missing_binaries,
 )
 
@@ -67,48 +67,49 @@ async def harness(
     assert not missing, f"{missing} are installed by `make test` (Debian packages)"
     workdir = tmp_path_factory.mktemp("stack")
     token = secrets.token_urlsafe(24)
-    port = free_port()
     source = SwitchableSource(AgentRegistry())
     decisions: list[Decision] = []
-    settings = Settings(
-        listen_host="127.0.0.1",
-        listen_port=port,
-        webhook_token=token,
-        instance=f"127.0.0.1:{port}",
-        cleanup_burst=1000,
-    )
-    server = ExporterServer(
-        create_app(source, settings, on_decision=decisions.append), "127.0.0.1", port
-    )
-    await server.start()
-    # A second, separate exporter process: the target the exporter-down test kills.
-    victim_port = free_port()
-    victim = ManagedProcess(
-        "victim-exporter",
-        [
-            sys.executable,
-            "-m",
-            "agent_registry_exporter.cli",
-            "serve",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(victim_port),
-        ],
-        workdir / "victim.log",
-        f"127.0.0.1:{victim_port}",
-    )
-    stack = LocalStack(
-        workdir=workdir, targets=[f"127.0.0.1:{port}", f"127.0.0.1:{victim_port}"], token=token
-    )
+
+    async def serve_on(port: int) -> ExporterServer:
+        settings = Settings(
+            listen_host="127.0.0.1",
+            listen_port=port,
+            webhook_token=token,
+            instance=f"127.0.0.1:{port}",
+            cleanup_burst=1000,
+        )
+        app = create_app(source, settings, on_decision=decisions.append)
+        server = ExporterServer(app, "127.0.0.1", port)
+        await server.start()
+        return server
+
+    server = await start_on_free_port_async(serve_on)
+
+    def victim_on(port: int) -> ManagedProcess:
+        """A second, separate exporter process: the target the exporter-down test kills."""
+        return ManagedProcess(
+            "victim-exporter",
+            [sys.executable, "-m", "agent_registry_exporter.cli", "serve",
+             "--listen-host", "127.0.0.1", "--listen-port", str(port)],
+            workdir / "victim.log",
+            f"127.0.0.1:{port}",
+        )  # fmt: skip
+
+    victim: ManagedProcess | None = None
+    stack: LocalStack | None = None
     try:
-        await asyncio.to_thread(victim.start)
+        victim = await asyncio.to_thread(ManagedProcess.start_on_free_port, victim_on)
+        stack = LocalStack(
+            workdir=workdir, targets=[f"127.0.0.1:{server.port}", victim.address], token=token
+        )
         await asyncio.to_thread(stack.start)
         request.config.stash[STACK_KEY] = stack
         yield Harness(source, server, stack, victim, decisions)
     finally:
-        await asyncio.to_thread(stack.stop)
-        await asyncio.to_thread(victim.stop)
+        if stack is not None:
+            await asyncio.to_thread(stack.stop)
+        if victim is not None:
+            await asyncio.to_thread(victim.stop)
         await server.stop()
 
 

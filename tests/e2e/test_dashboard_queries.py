@@ -23,9 +23,9 @@ from agent_registry_exporter import AgentRegistry, Settings, SidecarSource
 from agent_registry_exporter.artifacts.dashboard import render_dashboard
 from agent_registry_exporter.demo import populate
 from agent_registry_exporter.http import ExporterServer, create_app
-from agent_registry_exporter.testing import wait_until_async
+from agent_registry_exporter.testing import free_port, start_on_free_port_async, wait_until_async
 from agent_registry_exporter.testing.fleet import LocalFleet
-from agent_registry_exporter.testing.stack import LocalStack, free_port, get_json
+from agent_registry_exporter.testing.stack import LocalStack, get_json
 
 from ..conftest import add_agents, serving_workers
 from ..test_dashboard import CORE_PANELS, data_panels, substitute
@@ -193,19 +193,27 @@ async def modes(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Modes]:
     token = secrets.token_urlsafe(24)
-    port = free_port()
-    settings = Settings(
-        listen_host="127.0.0.1", listen_port=port, webhook_token=token, instance=f"127.0.0.1:{port}"
-    )
+
+    async def sidecar_on(port: int, source: SidecarSource) -> ExporterServer:
+        settings = Settings(
+            listen_host="127.0.0.1",
+            listen_port=port,
+            webhook_token=token,
+            instance=f"127.0.0.1:{port}",
+        )
+        server = ExporterServer(create_app(source, settings), "127.0.0.1", port)
+        await server.start()
+        return server
+
     async with contextlib.AsyncExitStack() as running:
         # A short directory: a Unix socket path must fit in 107 bytes.
         sockets = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="ars-")))
         workers = await running.enter_async_context(serving_workers(sockets, "w1", "w2"))
         source = SidecarSource(sockets)
         running.push_async_callback(source.close)
-        sidecar = ExporterServer(create_app(source, settings), "127.0.0.1", port)
-        await sidecar.start()
+        sidecar = await start_on_free_port_async(lambda port: sidecar_on(port, source))
         running.push_async_callback(sidecar.stop)
+        port = sidecar.port
         fleet = LocalFleet(("127.0.0.5", "127.0.0.6"), token)
         await fleet.start()
         running.push_async_callback(fleet.stop)

@@ -21,7 +21,7 @@ from agent_registry_exporter import AgentRegistry, InProcessSource, Settings
 from agent_registry_exporter.http import ExporterServer, create_app
 from agent_registry_exporter.remediation import Decision
 from agent_registry_exporter.testing import wait_until_async
-from agent_registry_exporter.testing.stack import JOB, ExporterAccess, LocalStack, free_port
+from agent_registry_exporter.testing.stack import JOB, ExporterAccess, LocalStack
 
 from ..conftest import add_agents
 
@@ -77,20 +77,19 @@ async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sec
     (workdir / "wrong-password").write_text("guess")
     (workdir / "hmac.key").write_text("an e2e key of more than sixteen bytes")
 
-    port = free_port()
     registry = AgentRegistry()
     decisions: list[Decision] = []
     settings = Settings(
         listen_host="127.0.0.1",
-        listen_port=port,
+        listen_port=0,  # bound here, in this process: the port is read back, never guessed
         webhook_token="e2e-hook-token",
         web_config_file=workdir / "web.yml",
         user_id_hmac_key_file=workdir / "hmac.key",
     )
     app = create_app(InProcessSource(registry), settings, on_decision=decisions.append)
-    server = ExporterServer(app, "127.0.0.1", port)
+    server = ExporterServer(app, "127.0.0.1", 0)
     await server.start()
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{server.port}"
     wrong = ExporterAccess(workdir / "ca.crt", "prometheus", workdir / "wrong-password")
     stack = LocalStack(
         workdir=workdir,

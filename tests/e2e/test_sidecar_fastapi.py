@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent_registry_exporter.sources import WorkerError, WorkerSource, discover_workers
-from agent_registry_exporter.testing import wait_until
-from agent_registry_exporter.testing.stack import LocalStack, ManagedProcess, free_port
+from agent_registry_exporter.testing import PortInUse, start_on_free_port, wait_until
+from agent_registry_exporter.testing.stack import LocalStack, ManagedProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -76,37 +76,57 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     token = secrets.token_urlsafe(24)
     token_file = workdir / "token"
     token_file.write_text(token)
-    port = free_port()
-    log = (workdir / "uvicorn.log").open("wb")
-    app = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "tests.e2e.sidecar_app:app", "--workers", "2",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(sockets)},
-    )  # fmt: skip
-    log.close()
-    sidecar_port = free_port()
-    sidecar = ManagedProcess(
-        "sidecar",
-        [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar",
-         "--socket-dir", str(sockets), "--webhook-token-file", str(token_file),
-         "--listen-host", "127.0.0.1", "--listen-port", str(sidecar_port)],
-        workdir / "sidecar.log",
-        f"127.0.0.1:{sidecar_port}",
-    )  # fmt: skip
-    stack = LocalStack(workdir=workdir, targets=[sidecar.address], token=token)
+    uvicorn_log = workdir / "uvicorn.log"
+
+    def uvicorn_on(port: int) -> tuple[subprocess.Popen[bytes], int, list[str]]:
+        with uvicorn_log.open("wb") as log:
+            app = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "tests.e2e.sidecar_app:app", "--workers", "2",
+                 "--host", "127.0.0.1", "--port", str(port)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(sockets)},
+            )  # fmt: skip
+
+        def both_workers() -> list[str] | None:
+            if app.poll() is not None:
+                text = uvicorn_log.read_text(errors="replace")
+                if "address already in use" in text.lower():
+                    raise PortInUse(f"uvicorn on 127.0.0.1:{port}")
+                raise AssertionError(f"uvicorn exited with {app.returncode}:\n{text}")
+            found = discover_workers(sockets)
+            return sorted(found) if len(found) == 2 else None
+
+        try:
+            workers = wait_until(both_workers, timeout=60, message="both uvicorn workers serve")
+        except BaseException:
+            app.kill()
+            app.wait(30)
+            raise
+        return app, port, workers
+
+    def sidecar_on(port: int) -> ManagedProcess:
+        return ManagedProcess(
+            "sidecar",
+            [sys.executable, "-m", "agent_registry_exporter.cli", "sidecar",
+             "--socket-dir", str(sockets), "--webhook-token-file", str(token_file),
+             "--listen-host", "127.0.0.1", "--listen-port", str(port)],
+            workdir / "sidecar.log",
+            f"127.0.0.1:{port}",
+        )  # fmt: skip
+
+    app, port, workers = start_on_free_port(uvicorn_on)
+    sidecar: ManagedProcess | None = None
+    stack: LocalStack | None = None
     try:
-        workers = wait_until(
-            lambda: len(found := discover_workers(sockets)) == 2 and sorted(found),
-            timeout=60,
-            message="both uvicorn workers serve a socket",
-        )
-        sidecar.start()
+        sidecar = ManagedProcess.start_on_free_port(sidecar_on)
+        stack = LocalStack(workdir=workdir, targets=[sidecar.address], token=token)
         stack.start()
         yield Backend(f"http://127.0.0.1:{port}", sockets, sidecar, stack, workers)
     finally:
-        stack.stop()
-        sidecar.stop()
+        if stack is not None:
+            stack.stop()
+        if sidecar is not None:
+            sidecar.stop()
         app.terminate()
         app.wait(30)
 

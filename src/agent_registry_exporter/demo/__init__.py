@@ -1,15 +1,9 @@
 """The demo: a simulated workload and a local Prometheus/Alertmanager stack wired to it;
 a local replica fleet behind a round-robin proxy (the Kubernetes Service stand-in)."""
 
-from ..testing.fleet import LocalFleet, Replica, RoundRobinProxy, free_port_on
-from ..testing.stack import (
-    INSTALL_HINT,
-    LocalStack,
-    ManagedProcess,
-    free_port,
-    get_json,
-    missing_binaries,
-)
+from ..testing.fleet import LocalFleet, Replica, RoundRobinProxy
+from ..testing.ports import free_port, free_port_on
+from ..testing.stack import INSTALL_HINT, LocalStack, ManagedProcess, get_json, missing_binaries
 from .workload import DemoAgent, SimulatedBackend, WorkloadShape, populate, run_demo
 
 __all__ = [

@@ -22,7 +22,8 @@ from ..registry import AgentRegistry, Thresholds
 from ..remediation import Decision, Outcome
 from ..settings import Settings
 from ..sources import InProcessSource, RegistrySource, SidecarSource, serve_registry
-from ..testing.stack import INSTALL_HINT, LocalStack, free_port, missing_binaries
+from ..testing.ports import start_on_free_port_async
+from ..testing.stack import INSTALL_HINT, LocalStack, missing_binaries
 
 __all__ = ["DemoAgent", "SimulatedBackend", "WorkloadShape", "populate", "run_demo"]
 
@@ -220,17 +221,24 @@ async def run_demo(
             f"{decision.agents_cleaned} agents{delay}"
         )
 
-    port = free_port()
     token = secrets.token_urlsafe(24)
-    server_settings = settings.model_copy(
-        update={
-            "listen_host": "127.0.0.1",
-            "listen_port": port,
-            "webhook_token": SecretStr(token),
-            "webhook_token_file": None,
-            "instance": f"127.0.0.1:{port}",
-        }
-    )
+
+    async def serve_on(port: int, source: RegistrySource) -> ExporterServer:
+        # The exporter's `instance` names its own port, so the port is chosen first.
+        server_settings = settings.model_copy(
+            update={
+                "listen_host": "127.0.0.1",
+                "listen_port": port,
+                "webhook_token": SecretStr(token),
+                "webhook_token_file": None,
+                "instance": f"127.0.0.1:{port}",
+            }
+        )
+        app = create_app(source, server_settings, on_decision=on_decision)
+        server = ExporterServer(app, "127.0.0.1", port)
+        await server.start()
+        return server
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -252,9 +260,8 @@ async def run_demo(
             if sidecar
             else InProcessSource(workers[None].registry)
         )
-        app = create_app(source, server_settings, on_decision=on_decision)
-        server = ExporterServer(app, "127.0.0.1", port)
-        await server.start()
+        server = await start_on_free_port_async(lambda port: serve_on(port, source))
+        port = server.port
         kinds = f"{steady} steady, {leaky} leaky, {stale} stale users"
         if sidecar:
             kinds = ", ".join(

@@ -4,9 +4,17 @@ fleet behind a round-robin proxy (the Kubernetes Service stand-in), ports, waiti
 The project's tests and its demo both use it; so may a backend's own tests.
 """
 
-from .fleet import LocalFleet, Replica, RoundRobinProxy, free_port_on
+from .fleet import LocalFleet, Replica, RoundRobinProxy
 from .log_handlers import no_stray_log_handlers
-from .stack import INSTALL_HINT, LocalStack, ManagedProcess, free_port, get_json, missing_binaries
+from .ports import (
+    PortInUse,
+    address_in_use,
+    free_port,
+    free_port_on,
+    start_on_free_port,
+    start_on_free_port_async,
+)
+from .stack import INSTALL_HINT, LocalStack, ManagedProcess, get_json, missing_binaries
 from .waiting import WaitTimeout, wait_until, wait_until_async
 
 __all__ = [
@@ -14,14 +22,18 @@ __all__ = [
     "LocalFleet",
     "LocalStack",
     "ManagedProcess",
+    "PortInUse",
     "Replica",
     "RoundRobinProxy",
     "WaitTimeout",
+    "address_in_use",
     "free_port",
     "free_port_on",
     "get_json",
     "missing_binaries",
     "no_stray_log_handlers",
+    "start_on_free_port",
+    "start_on_free_port_async",
     "wait_until",
     "wait_until_async",
 ]

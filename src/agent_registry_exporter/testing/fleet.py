@@ -8,8 +8,6 @@ loopback and is stopped by handle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -21,26 +19,11 @@ from ..registry import AgentRegistry
 from ..remediation import Decision
 from ..settings import Settings
 from ..sources import InProcessSource, RegistrySource
+from .ports import free_port_on, start_on_free_port_async
 
-__all__ = ["LocalFleet", "Replica", "RoundRobinProxy", "free_port_on"]
+__all__ = ["LocalFleet", "Replica", "RoundRobinProxy"]
 
 _CHUNK = 64 * 1024
-
-
-def free_port_on(hosts: Sequence[str], attempts: int = 50) -> int:
-    """A port free on every one of `hosts` right now (pods share one port)."""
-    for _ in range(attempts):
-        with contextlib.ExitStack() as held:
-            first = held.enter_context(socket.socket())
-            first.bind((hosts[0], 0))
-            port = int(first.getsockname()[1])
-            try:
-                for host in hosts[1:]:
-                    held.enter_context(socket.socket()).bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise OSError(f"no port free on all of {list(hosts)}")
 
 
 class RoundRobinProxy:
@@ -173,9 +156,13 @@ class LocalFleet:
         return [r.address for r in self.replicas]
 
     async def start(self) -> None:
-        port = free_port_on(self.hosts)
+        """Every replica on one port free on all hosts (another one if it is taken)."""
+        await start_on_free_port_async(self._start_on, choose=lambda: free_port_on(self.hosts))
+
+    async def _start_on(self, port: int) -> None:
         addresses = [f"{host}:{port}" for host in self.hosts]
         peers = ",".join(addresses) if len(addresses) > 1 else None
+        self.replicas = []
         for address in addresses:
             host = address.rsplit(":", 1)[0]
             settings = Settings(

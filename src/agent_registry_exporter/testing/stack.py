@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from ..artifacts.alertmanager_route import AlertmanagerRoute, render_alertmanage
 from ..artifacts.rules import RuleOptions, render_rules
 from ..common.endpoints import WEBHOOK_PATH
 from ..registry import Thresholds
+from .ports import PortInUse, free_port, start_on_free_port
 from .waiting import WaitTimeout, wait_until
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "LocalStack",
     "ManagedProcess",
     "StackError",
-    "free_port",
     "missing_binaries",
 ]
 
@@ -51,13 +51,6 @@ class StackError(RuntimeError):
 def missing_binaries() -> list[str]:
     """The stack's binaries that are not on PATH."""
     return [b for b in BINARIES if shutil.which(b) is None]
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:
@@ -82,6 +75,7 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     address: str  # host:port it serves on
+    env: dict[str, str] | None = field(default=None, repr=False)  # None: this process's
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -95,16 +89,17 @@ class ManagedProcess:
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
         )
         log.close()
         process = self.process
 
         def ready() -> bool:
             if process.poll() is not None:
-                raise StackError(
-                    f"{self.name} exited with {process.returncode}:\n{self.log_tail()}"
-                )
+                log = self.log_tail()
+                if "address already in use" in log.lower():
+                    raise PortInUse(f"{self.name} on {self.address}")
+                raise StackError(f"{self.name} exited with {process.returncode}:\n{log}")
             return _answers(self.ready_url)
 
         try:
@@ -114,6 +109,27 @@ class ManagedProcess:
             raise StackError(
                 f"{self.name} not ready after {timeout:g}s:\n{self.log_tail()}"
             ) from None
+
+    @classmethod
+    def start_on_free_port(
+        cls,
+        make: Callable[[int], ManagedProcess],
+        timeout: float = 30.0,
+        *,
+        choose: Callable[[], int] = free_port,
+    ) -> ManagedProcess:
+        """`make(port)` started on a free port, and on another while the port is taken.
+
+        The child binds the port itself, so it can only be chosen beforehand: another
+        process may bind it in between, which the child's log then says.
+        """
+
+        def start(port: int) -> ManagedProcess:
+            proc = make(port)
+            proc.start(timeout)
+            return proc
+
+        return start_on_free_port(start, choose=choose)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -277,15 +293,16 @@ class LocalStack:
         return path
 
     def _spawn(self, name: str, binary: str, *flags: str) -> ManagedProcess:
-        address = f"127.0.0.1:{free_port()}"
-        proc = ManagedProcess(
-            name,
-            [shutil.which(binary) or binary, *flags, f"--web.listen-address={address}"],
-            self.workdir / f"{name}.log",
-            address,
-        )
-        proc.start()
-        return proc
+        def on(port: int) -> ManagedProcess:
+            address = f"127.0.0.1:{port}"
+            return ManagedProcess(
+                name,
+                [shutil.which(binary) or binary, *flags, f"--web.listen-address={address}"],
+                self.workdir / f"{name}.log",
+                address,
+            )
+
+        return ManagedProcess.start_on_free_port(on)
 
     def prometheus_alerts(self) -> list[dict[str, Any]]:
         """Alerts Prometheus holds (pending and firing)."""
