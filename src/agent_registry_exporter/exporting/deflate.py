@@ -63,8 +63,9 @@ def _isal() -> DeflateEngine | None:
         return None
     return DeflateEngine(
         name="isal",
-        # Level 1 of 0-3: level 0 is 30% faster for 70% more bytes; 2 and 3 cost 20% and
-        # 110% more time for 0.3% and 2% fewer bytes (benchmarks/render.py, --levels).
+        # Level 1 of 0-3 (benchmarks/render.py prints the comparison): level 0 writes 60%
+        # more bytes; level 2 the same bytes as 1, in times within noise of each other;
+        # level 3 1% fewer bytes for about twice the time.
         level=1,
         compressobj=isal_zlib.compressobj,
         crc32=isal_zlib.crc32,

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import is_
 from typing import Generic, Required, TypedDict, TypeVar, Unpack
 
 from ..registry import RegistrySnapshot
@@ -209,6 +210,8 @@ def _refresh_one(cache: ChunkCache[P], registry: RegistryView, chunk_users: int)
             # Private ids are hashed here, for the users printed and only when they change.
             shown = ids if cache.label is None else list(map(cache.label, ids))
             labels = [escape(user_id) for user_id in shown]
+            if all(map(is_, labels, ids)):
+                labels = ids  # nothing escaped or hashed: one list, not two (cache memory)
             chunk = Chunk(
                 ids,
                 labels,
