@@ -152,6 +152,36 @@ class TestSlowClients:
         assert "body_timeout_seconds" in json.loads(body)["error"]
         assert registry.get_session("leaky").agent_count == 60
 
+    async def test_webhook_body_cut_off_by_the_client_is_no_error(
+        self, exporter, registry, caplog
+    ) -> None:
+        """Attack: announce 5,000 bytes, send 10 and hang up: logged as the client's doing.
+
+        Not an exporter failure: no ERROR record, no traceback, nothing cleaned; the next
+        request is served as usual.
+        """
+        request = (
+            b"POST /webhook/alertmanager HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 5000\r\n\r\n".encode()
+            + b'{"version"'
+        )
+        caplog.set_level("DEBUG", logger="agent_registry_exporter")
+        _reader, writer = await asyncio.open_connection(exporter.host, exporter.port)
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the handler is reading the body now
+        writer.close()
+        await writer.wait_closed()
+        async with ClientSession() as http, http.get(f"{exporter.url}/-/healthy") as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0.1)  # the cut-off handler has finished
+        ours = [r for r in caplog.records if r.name.startswith("agent_registry_exporter")]
+        assert not [r for r in ours if r.levelno >= 40 or r.exc_info], [
+            r.getMessage() for r in ours
+        ]
+        assert any("closed the connection" in r.getMessage() for r in ours)
+        assert registry.get_session("leaky").agent_count == 60
+
 
 class TestConnectionFlood:
     @pytest.mark.processes

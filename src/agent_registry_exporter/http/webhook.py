@@ -144,6 +144,13 @@ async def _body(request: web.Request) -> bytes | web.Response:
         slow = json_error(408, f"body not received within body_timeout_seconds={deadline:g}")
         slow.force_close()
         return slow
+    except ConnectionResetError:
+        # The client's doing, not ours: no traceback, nothing acted on. The answer is never
+        # read; it is still counted, as a bad request.
+        _log.info("webhook client %s closed the connection mid-body", request.remote)
+        cut = json_error(400, "the client closed the connection before the body was complete")
+        cut.force_close()
+        return cut
 
 
 def _bearer_matches(header: str, token: str) -> bool:
