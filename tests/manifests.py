@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import yaml
+
+from agent_registry_exporter.settings import ENV_PREFIX
+from agent_registry_exporter.testing import wait_until
+from agent_registry_exporter.testing.ports import PortInUse, start_on_free_port
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -54,6 +63,72 @@ def patched_deployment(patch: Path) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = yaml.safe_load(done.stdout)
     return result
+
+
+def container_env(container: dict[str, Any], pod_ip: str) -> dict[str, str]:
+    """A container's environment as the kubelet gives it: the downward API's pod IP, and
+    `$(VAR)` expanded from the variables before it."""
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "valueFrom" in var:
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}, var
+            env[var["name"]] = pod_ip
+        else:
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], var["value"])
+    return env
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback http)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@contextlib.contextmanager
+def running_sidecar(
+    sidecar: dict[str, Any], pod_ip: str, settings: dict[str, str]
+) -> Iterator[str]:
+    """The sidecar container's command (this venv's package) with its environment from the
+    manifest, `settings` (without the prefix) replacing paths that exist only in a pod, on
+    a free port of `pod_ip`: its base URL while it runs."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env = {**inherited, **container_env(sidecar, pod_ip)}
+    env.update({f"{ENV_PREFIX}{k}": v for k, v in settings.items()})
+    command = [sys.executable, "-m", "agent_registry_exporter.cli", *sidecar["args"]]
+
+    def start(port: int) -> tuple[subprocess.Popen[str], int]:
+        env[f"{ENV_PREFIX}LISTEN_HOST"], env[f"{ENV_PREFIX}LISTEN_PORT"] = pod_ip, str(port)
+        proc = subprocess.Popen(
+            command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                out = proc.communicate()[0]
+                if "address already in use" in out.lower():
+                    raise PortInUse(f"the sidecar on {pod_ip}:{port}")
+                raise AssertionError(f"the sidecar exited {proc.returncode}: {out}")
+            with contextlib.suppress(OSError):
+                return http_status(f"http://{pod_ip}:{port}/-/healthy") == 200
+            return False
+
+        try:
+            wait_until(healthy, message="the sidecar answers /-/healthy")
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=30)
+            raise
+        return proc, port
+
+    proc, port = start_on_free_port(start)
+    try:
+        yield f"http://{pod_ip}:{port}"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def validate_core(manifest: dict[str, Any]) -> None:

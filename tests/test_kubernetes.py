@@ -30,9 +30,11 @@ from .manifests import (
     ROOT,
     committed,
     drifted,
+    http_status,
     kubectl,
     load_kube,
     patched_deployment,
+    running_sidecar,
     validate_core,
     validate_custom,
 )
@@ -414,9 +416,35 @@ class TestWiring:
         assert context["capabilities"] == {"drop": ["ALL"]}
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}
         assert sidecar["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "exporter"}
-        assert sidecar["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "exporter"}
+        assert sidecar["startupProbe"]["httpGet"] == {"path": "/-/healthy", "port": "exporter"}
         assert set(sidecar["resources"]["requests"]) == {"cpu", "memory"}
         assert "memory" in sidecar["resources"]["limits"]
+
+    def test_the_sidecar_has_no_readiness_probe(self, deployment) -> None:
+        """A pod is Ready only when every container is: the exporter's readiness (no worker
+        answering) must never take the backend out of its Services. Liveness and startup only."""
+        sidecar = container(deployment, "agent-registry-exporter")
+        assert "readinessProbe" not in sidecar
+        assert {"livenessProbe", "startupProbe"} <= set(sidecar)
+        assert "readinessProbe" not in container(deployment, "backend")  # the user's, untouched
+
+    @pytest.mark.processes
+    def test_the_sidecars_probes_answer_with_an_empty_socket_directory(
+        self, deployment, tmp_path: Path
+    ) -> None:
+        """The real sidecar with the patch's settings and no worker yet: its startup and
+        liveness probes answer 200 (the pod starts and stays); /-/ready is 503, which the
+        pod would have inherited had the sidecar a readiness probe."""
+        sidecar = container(deployment, "agent-registry-exporter")
+        sockets = tmp_path / "sockets"
+        sockets.mkdir()
+        token = tmp_path / "token"
+        token.write_text("s3cret\n")
+        settings = {"SOCKET_DIR": str(sockets), "WEBHOOK_TOKEN_FILE": str(token)}
+        with running_sidecar(sidecar, "127.0.0.1", settings) as url:
+            for probe in ("startupProbe", "livenessProbe"):
+                assert http_status(url + sidecar[probe]["httpGet"]["path"]) == 200, probe
+            assert http_status(f"{url}/-/ready") == 503
 
     def test_backend_and_sidecar_share_the_socket_directory(self, deployment) -> None:
         """One emptyDir, mounted at the socket dir both containers are told about."""

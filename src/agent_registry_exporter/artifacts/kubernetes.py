@@ -156,10 +156,11 @@ def _sidecar(o: KubernetesOptions) -> dict[str, Any]:
         "args": ["sidecar"],
         "env": env,
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+        # No readiness probe: a pod is Ready only when every container is, so the exporter's
+        # readiness (no worker answering) would take the backend out of its Services. Its
+        # own failures are alerts (AgentRegistryNoWorkers, ...), never the app's outage.
+        "startupProbe": probe("/-/healthy", 2, 30),
         "livenessProbe": probe("/-/healthy", 10, 3),
-        # Ready while a worker answers: a minute of failures before the pod (the backend
-        # with it) leaves its Services, so a worker restarting does not take it out.
-        "readinessProbe": probe("/-/ready", 15, 4),
         "resources": {
             "requests": {"cpu": "50m", "memory": "96Mi"},
             "limits": {"memory": _memory_limit(SIDECAR_WORKERS)},
