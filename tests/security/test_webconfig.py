@@ -3,8 +3,10 @@ with one sentence naming the key (the sentence is the first line of each data fi
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,17 @@ EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "web-config.yml"
 def placed(pki: Pki, name: str) -> Path:
     """The case file copied beside the test's certificates (paths are relative to it)."""
     return Path(shutil.copy(CASES / name, pki.dir / name))
+
+
+def inline_tls(pki: Pki) -> Path:
+    """A web config holding the server's certificate and key as PEM text."""
+    cert = (pki.dir / "server.crt").read_text()
+    key = (pki.dir / "server.key").read_text()
+
+    def block(text: str) -> str:
+        return "|\n" + "".join(f"    {line}\n" for line in text.splitlines())
+
+    return pki.write(f"tls_server_config:\n  cert: {block(cert)}  key: {block(key)}")
 
 
 def expected_error(path: Path) -> str:
@@ -118,14 +131,39 @@ class TestValidFiles:
 
     def test_inline_certificate_and_key_load(self, pki: Pki) -> None:
         """cert/key given as PEM text in the file work like cert_file/key_file."""
-        cert = (pki.dir / "server.crt").read_text()
-        key = (pki.dir / "server.key").read_text()
+        assert ActiveWebConfig.load(inline_tls(pki)).ssl_context is not None
 
-        def block(text: str) -> str:
-            return "|\n" + "".join(f"    {line}\n" for line in text.splitlines())
+    @pytest.mark.parametrize("inline", [False, True], ids=["cert-files", "inline-pem"])
+    def test_certificates_load_without_any_temporary_directory(
+        self, pki: Pki, inline: bool, monkeypatch
+    ) -> None:
+        """No temporary file is made: tempfile finding no usable directory changes nothing."""
 
-        path = pki.write(f"tls_server_config:\n  cert: {block(cert)}  key: {block(key)}")
-        assert ActiveWebConfig.load(path).ssl_context is not None
+        def no_directory() -> str:
+            raise FileNotFoundError("No usable temporary directory found")
+
+        monkeypatch.setattr(tempfile, "_get_default_tempdir", no_directory)
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        path = (
+            inline_tls(pki)
+            if inline
+            else pki.write("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+        )
+        active = ActiveWebConfig.load(path)
+        assert active.ssl_context is not None
+        assert active.peer_context is not None
+
+    def test_inline_pem_where_memory_files_are_missing_names_the_key(
+        self, pki: Pki, monkeypatch
+    ) -> None:
+        """Without memfd_create, inline PEM is refused naming the key and the fix."""
+        monkeypatch.delattr(os, "memfd_create")
+        with pytest.raises(WebConfigError) as caught:
+            ActiveWebConfig.load(inline_tls(pki))
+        assert str(caught.value) == (
+            f"web config {pki.dir / 'web.yml'}: tls_server_config.cert: inline PEM is read from"
+            " memory, which needs Linux (memfd_create and /proc); use cert_file"
+        )
 
     def test_committed_example_loads(self, pki: Pki) -> None:
         """examples/web-config.yml loads with certificates where it says they are."""

@@ -3,9 +3,10 @@ that hands every new connection the newest one (certificate rotation without a r
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +75,39 @@ def peer_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
 
 
 def _load_certificate(ctx: ssl.SSLContext, tls: TLSServerConfig) -> None:
+    # Files are loaded from where they are; inline PEM from memory. Nothing is written to
+    # disk: the container's root filesystem is read-only, with no /tmp.
     cert = _pem(tls.cert, tls.cert_file, "cert", "CERTIFICATE")
     key_text = tls.key.get_secret_value() if tls.key is not None else None
     key = _pem(key_text, tls.key_file, "key", "PRIVATE KEY")
     where = "tls_server_config.key_file" if tls.key_file else "tls_server_config.key"
-    # ssl loads a certificate only from a file: inline PEM goes through a private
-    # temporary one (mode 0600), gone when loaded.
-    with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
-        pem.write(f"{key.strip()}\n{cert.strip()}\n")
-        pem.flush()
+    with contextlib.ExitStack() as opened:
+        cert_path = tls.cert_file or opened.enter_context(_in_memory(cert, "cert"))
+        key_path = tls.key_file or opened.enter_context(_in_memory(key, "key"))
         try:
-            ctx.load_cert_chain(pem.name)
+            ctx.load_cert_chain(cert_path, key_path)
         except (OSError, ssl.SSLError) as exc:
             raise WebConfigError(
                 f"{where}: cannot be used with the certificate: {error_reason(exc)}"
             ) from None
+
+
+@contextlib.contextmanager
+def _in_memory(text: str, key: str) -> Iterator[str]:
+    """A path OpenSSL can open that reads `text` from memory (ssl loads a certificate chain
+    only by path): an anonymous memory file, closed when the block ends."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        raise WebConfigError(
+            f"tls_server_config.{key}: inline PEM is read from memory, which needs Linux"
+            f" (memfd_create and /proc); use {key}_file"
+        )
+    fd = os.memfd_create(f"tls-{key}", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as memory:
+            memory.write(text.encode())
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _pem(inline: str | None, file: str | None, key: str, kind: str) -> str:
