@@ -264,7 +264,7 @@ class TestBuiltWithoutEngine:
         env = {**image_env(runtime), **patch_env("10.0.0.7", token_file)}
         # The socket emptyDir, which the kubelet creates before the container starts.
         env["AGENT_REGISTRY_EXPORTER_SOCKET_DIR"] = str(socket_dir)
-        assert env["AGENT_REGISTRY_EXPORTER_INSTANCE"] == "10.0.0.7:8464"
+        assert env["AGENT_REGISTRY_EXPORTER_INSTANCE_HOST"] == "10.0.0.7"
         out = _run(*command(image, runtime), "--check-config", env=env)
         assert "configuration is valid" in out
 

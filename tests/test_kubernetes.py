@@ -347,17 +347,17 @@ class TestWiring:
         assert token_file == f"{mount['mountPath']}/{credentials['key']}"
 
     def test_instance_is_the_pod_ip_and_the_scraped_port(self, manifests, deployment) -> None:
-        """`instance` = $(POD_IP):8464, what Prometheus names this pod's target."""
+        """`instance_host` = $(POD_IP) and the exporter listens on the scraped port: its
+        `instance` is what Prometheus names this pod's target (tests/test_pod_ip.py: IPv6)."""
         sidecar = container(deployment, "agent-registry-exporter")
         names = [e["name"] for e in sidecar["env"]]
-        instance = names.index("AGENT_REGISTRY_EXPORTER_INSTANCE")
-        assert names.index("POD_IP") < instance  # $(VAR) expands only earlier variables
+        host = names.index("AGENT_REGISTRY_EXPORTER_INSTANCE_HOST")
+        assert names.index("POD_IP") < host  # $(VAR) expands only earlier variables
         assert env(sidecar)["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        assert env(sidecar)["AGENT_REGISTRY_EXPORTER_INSTANCE_HOST"] == "$(POD_IP)"
+        assert "AGENT_REGISTRY_EXPORTER_INSTANCE" not in env(sidecar)
         (port,) = sidecar["ports"]
-        assert env(sidecar)["AGENT_REGISTRY_EXPORTER_INSTANCE"] == (
-            f"$(POD_IP):{port['containerPort']}"
-        )
-        assert port["containerPort"] == PORT
+        assert port["containerPort"] == PORT == Settings().listen_port
         monitor = manifests["podmonitor.yaml"]["spec"]["podMetricsEndpoints"][0]
         assert monitor["port"] == port["name"]
 

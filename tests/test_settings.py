@@ -179,8 +179,8 @@ class TestReplicaSettings:
         assert main(["serve", "--check-config"]) == 2
         err = capsys.readouterr().err
         assert "peers (AGENT_REGISTRY_EXPORTER_PEERS) needs instance" in err
-        assert "AGENT_REGISTRY_EXPORTER_INSTANCE" in err
-        assert "$(POD_IP):8464" in err
+        assert "AGENT_REGISTRY_EXPORTER_INSTANCE_HOST" in err
+        assert "$(POD_IP)" in err
 
     def test_instance_without_port_is_refused_with_peers(self) -> None:
         """Peers found by DNS take our instance's port: it must have one."""
@@ -207,3 +207,68 @@ class TestReplicaSettings:
             "10.244.1.7:8464",
             "agent-registry-exporter-peers",
         )
+
+
+class TestInstanceHost:
+    @pytest.mark.parametrize(
+        ("host", "instance"),
+        [
+            ("10.244.1.7", "10.244.1.7:8464"),
+            ("fd00::1", "[fd00::1]:8464"),
+            ("2001:db8:0:0:1::7", "[2001:db8:0:0:1::7]:8464"),
+        ],
+    )
+    def test_instance_host_gives_instance_as_prometheus_writes_it(
+        self, monkeypatch, host, instance
+    ) -> None:
+        """The pod IP plus the listen port, IPv6 bracketed: the pod target's `instance`."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_INSTANCE_HOST", host)
+        assert Settings().instance == instance
+
+    def test_instance_host_takes_the_listen_port(self) -> None:
+        """The port is the one the exporter listens on, the one Prometheus scrapes."""
+        assert Settings(instance_host="fd00::1", listen_port=9000).instance == "[fd00::1]:9000"
+
+    def test_an_explicit_instance_wins_over_instance_host(self) -> None:
+        """`instance_host` fills `instance` only when it is unset."""
+        settings = Settings(instance="pod-a:8464", instance_host="fd00::1")
+        assert settings.instance == "pod-a:8464"
+
+    def test_instance_host_is_enough_for_peers(self) -> None:
+        """Peers need to know our instance: `instance_host` gives it (with a port)."""
+        settings = Settings(instance_host="fd00::1", peers="agents-headless")
+        assert (settings.instance, settings.peers) == ("[fd00::1]:8464", "agents-headless")
+
+    @pytest.mark.parametrize(
+        "value", ["", "pod-a", "10.0.0.1:8464", "[fd00::1]", "[fd00::1]:8464", "10.0.0.256"]
+    )
+    def test_bad_instance_host_stops_start_up_naming_the_setting(
+        self, capsys, monkeypatch, value
+    ) -> None:
+        """Anything but a bare IP address is refused at start-up (exit 2), naming it."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_INSTANCE_HOST", value)
+        assert main(["sidecar", "--check-config"]) == 2
+        err = capsys.readouterr().err
+        assert "invalid setting instance_host (AGENT_REGISTRY_EXPORTER_INSTANCE_HOST)" in err
+        assert "IP address" in err
+
+    def test_instance_host_with_a_port_picked_at_bind_is_refused(self) -> None:
+        """listen_port=0 picks a port nobody knows yet: no `instance` can be derived."""
+        with pytest.raises(ValidationError) as info:
+            Settings(instance_host="10.0.0.1", listen_port=0)
+        message = describe_validation_error(info.value)
+        assert "instance_host (AGENT_REGISTRY_EXPORTER_INSTANCE_HOST)" in message
+        assert "listen_port" in message
+
+    def test_instance_host_flag_sets_it(self, capsys) -> None:
+        """`--instance-host` is the option of the setting, as for the other settings."""
+        assert main(["serve", "--check-config", "--instance-host", "fd00::1"]) == 0
+        assert main(["serve", "--check-config", "--instance-host", "pod-a"]) == 2
+        assert "invalid setting instance_host" in capsys.readouterr().err
+
+    def test_the_receiver_owns_the_derived_instance(self) -> None:
+        """The receiver's own instance is the derived one (alerts naming it are its own)."""
+        from agent_registry_exporter.remediation import RemediationPolicy
+
+        settings = Settings(instance_host="fd00::1")
+        assert RemediationPolicy.from_settings(settings).instance == "[fd00::1]:8464"

@@ -51,6 +51,7 @@ _SERVER_SETTINGS: dict[str, type] = {
     "webhook_token_file": str,
     "web_config_file": str,
     "user_id_hmac_key_file": str,
+    "instance_host": str,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .common.addresses import parse_peers, split_host_port
+from .common.addresses import format_host_port, parse_peers, split_host_port
 from .common.keyfile import read_key_file
 from .common.setting_checks import run_setting_check
 from .registry import DEFAULT_LEAK_GRACE_SECONDS, Thresholds
@@ -148,15 +149,22 @@ class Settings(BaseSettings):
     )
     instance: str | None = Field(
         default=None,
-        description="the `instance` label Prometheus gives this replica (in Kubernetes"
-        " $(POD_IP):8464); alerts naming another instance are forwarded to it when it is a"
-        " peer, and never acted on here. Unset: every alert is for this replica.",
+        description="the `instance` label Prometheus gives this replica (host:port, IPv6 as"
+        " [addr]:port); alerts naming another instance are forwarded to it when it is a"
+        " peer, and never acted on here. Unset (and no instance_host): every alert is for this"
+        " replica.",
+    )
+    instance_host: str | None = Field(
+        default=None,
+        description="this replica's IP address, any family (in Kubernetes $(POD_IP) from the"
+        " downward API): when `instance` is unset it becomes `<host>:<listen_port>`, an IPv6"
+        " host in brackets (`[fd00::1]:8464`), the form Prometheus writes for the pod's target",
     )
     peers: str | None = Field(
         default=None,
         description="the other replicas: a DNS name (a headless Service; every A/AAAA record"
         " with the port of `instance`) or a comma-separated list of host:port. Alerts for a"
-        " peer are forwarded to it. Needs `instance`.",
+        " peer are forwarded to it. Needs `instance` (or `instance_host`).",
     )
     forward_timeout_seconds: float = Field(
         default=10.0, gt=0, description="a peer's whole answer to a forwarded alert"
@@ -212,15 +220,44 @@ class Settings(BaseSettings):
             parse_peers(value)
         return value
 
+    @field_validator("instance_host")
+    @classmethod
+    def _host_is_an_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not an IP address: give the pod's IP (IPv4 or IPv6, no"
+                    " brackets, no port), in Kubernetes $(POD_IP) from the downward API"
+                ) from None
+        return value
+
+    # Runs before `_peers_need_instance` (after-validators run in definition order).
+    @model_validator(mode="after")
+    def _instance_from_host(self) -> Settings:
+        if self.instance is not None or self.instance_host is None:
+            return self
+        if self.listen_port == 0:
+            raise ValueError(
+                f"instance_host ({ENV_PREFIX}INSTANCE_HOST) needs a fixed listen_port"
+                f" ({ENV_PREFIX}LISTEN_PORT): 0 picks a port at bind time, unknown to the"
+                " `instance` it gives"
+            )
+        # Frozen: set once here, while the model is being built.
+        object.__setattr__(self, "instance", format_host_port(self.instance_host, self.listen_port))
+        return self
+
     @model_validator(mode="after")
     def _peers_need_instance(self) -> Settings:
         if self.peers is None:
             return self
         if not self.instance:
             raise ValueError(
-                f"peers ({ENV_PREFIX}PEERS) needs instance ({ENV_PREFIX}INSTANCE): forwarding"
-                " must know which alerts are this replica's; in Kubernetes set it to"
-                " $(POD_IP):8464 from the downward API"
+                f"peers ({ENV_PREFIX}PEERS) needs instance ({ENV_PREFIX}INSTANCE) or"
+                f" instance_host ({ENV_PREFIX}INSTANCE_HOST): forwarding must know which alerts"
+                " are this replica's; in Kubernetes set instance_host to $(POD_IP) from the"
+                " downward API"
             )
         try:
             split_host_port(self.instance, port_required=True)

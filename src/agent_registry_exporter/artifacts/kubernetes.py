@@ -130,8 +130,9 @@ def _selected(o: KubernetesOptions) -> dict[str, str]:
 def _sidecar(o: KubernetesOptions) -> dict[str, Any]:
     env = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        # Prometheus' target of this pod is <pod IP>:port: alerts name it in `instance`.
-        {"name": f"{ENV_PREFIX}INSTANCE", "value": f"$(POD_IP):{PORT}"},
+        # Prometheus' target of this pod is <pod IP>:port ([v6]:port): the exporter builds
+        # the same `instance` from the IP and its listen port, whatever the IP's family.
+        {"name": f"{ENV_PREFIX}INSTANCE_HOST", "value": "$(POD_IP)"},
         {"name": f"{ENV_PREFIX}PEERS", "value": o.peers_service},
         {"name": f"{ENV_PREFIX}SOCKET_DIR", "value": SOCKET_DIR},
         {"name": f"{ENV_PREFIX}WEBHOOK_TOKEN_FILE", "value": f"{WEBHOOK_MOUNT}/{CREDENTIALS_KEY}"},
