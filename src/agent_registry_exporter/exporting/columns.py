@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 
-from ..registry import SessionColumns, SessionLike, agent_counts
+from ..registry import SessionColumns, SessionLike, agent_counts, created_timestamps
 
 __all__ = ["SLICE", "session_columns", "sliced_sum"]
 
 SLICE = 8192
 _USER_ID = attrgetter("user_id")
-_CREATED = attrgetter("created_timestamp")
 
 
 def session_columns(
@@ -38,7 +37,7 @@ def session_columns(
         part = sessions[lo : lo + SLICE]
         user_ids += map(_USER_ID, part)
         counts += agent_counts(part)
-        created += map(_CREATED, part)
+        created += created_timestamps(part)
     return user_ids, counts, created
 
 

@@ -1,6 +1,8 @@
 """The domain, no I/O: sessions, the registry, the lifecycle manager, thresholds, monitoring
-results, and the tracker that tells whether cleaned agents were really freed."""
+results, the tracker that tells whether cleaned agents were really freed, and the change log
+that readers of only what changed read."""
 
+from .changes import Changes
 from .cleaned import DEFAULT_LEAK_GRACE_SECONDS, CleanedAgentTracker
 from .lifecycle import AgentLifecycleManager, CleanupResult, SessionStore
 from .monitoring import MonitorResult, Status
@@ -8,10 +10,12 @@ from .registry import AgentRegistry, DuplicateAgentError
 from .sessions import (
     SessionColumns,
     SessionLike,
+    SessionOwner,
     SessionRow,
     UserAgentSession,
     agent_counts,
     check_user_id,
+    created_timestamps,
 )
 from .snapshot import RegistrySnapshot
 from .thresholds import Thresholds
@@ -20,6 +24,7 @@ __all__ = [
     "DEFAULT_LEAK_GRACE_SECONDS",
     "AgentLifecycleManager",
     "AgentRegistry",
+    "Changes",
     "CleanedAgentTracker",
     "CleanupResult",
     "DuplicateAgentError",
@@ -27,6 +32,7 @@ __all__ = [
     "RegistrySnapshot",
     "SessionColumns",
     "SessionLike",
+    "SessionOwner",
     "SessionRow",
     "SessionStore",
     "Status",
@@ -34,4 +40,5 @@ __all__ = [
     "UserAgentSession",
     "agent_counts",
     "check_user_id",
+    "created_timestamps",
 ]

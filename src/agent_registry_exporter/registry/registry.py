@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .changes import ChangeLog, Changes
 from .cleaned import DEFAULT_LEAK_GRACE_SECONDS
 from .lifecycle import AgentLifecycleManager
 from .sessions import Clock, UserAgentSession, check_user_id
@@ -47,6 +48,10 @@ class AgentRegistry:
         # The most sessions the map held since it was last built: a dict never shrinks when
         # entries leave, so a mostly empty one is rebuilt to give its memory back.
         self._map_peak = 0
+        # Every change to the sessions, for readers that want only what changed.
+        self._log = ChangeLog(self.__len__)
+        self._note = self._log.note  # bound once: the hot path calls it at every change
+        self._agent_total = 0  # kept with every change: the totals never walk the sessions
         self._lock = asyncio.Lock()
         self.lifecycle_manager = AgentLifecycleManager(
             registry=self, agent_close_timeout=agent_close_timeout
@@ -54,6 +59,40 @@ class AgentRegistry:
 
     def __len__(self) -> int:
         return len(self._user_sessions)
+
+    @property
+    def epoch(self) -> str:
+        """Random per registry instance: generations of another epoch (another process, a
+        restarted worker) mean nothing here."""
+        return self._log.epoch
+
+    @property
+    def generation(self) -> int:
+        """Moves on every change to the sessions (registration, removal, detach, cleanup,
+        session created or backdated); unchanged generation, unchanged sessions."""
+        return self._log.generation
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        """(users, agents), exact, kept as the sessions change."""
+        return len(self._user_sessions), self._agent_total
+
+    @property
+    def log_size(self) -> int:
+        """Users the change log holds (bounded: see `changes_since`)."""
+        return len(self._log)
+
+    def changes_since(self, generation: int, epoch: str | None = None) -> Changes | None:
+        """The users changed and removed since `generation`, or None when that generation is
+        unknown here (another `epoch`, the future, or older than the bounded log keeps): the
+        reader then takes a full snapshot. Cheap: it reads only the newer changes."""
+        return self._log.since(generation, epoch, self._user_sessions)
+
+    def session_changed(self, session: UserAgentSession, agents_delta: int) -> None:
+        """A caller changed a session the registry holds (backdated it, drained it)."""
+        if self._user_sessions.get(session.user_id) is session:
+            self._agent_total += agents_delta
+            self._note(session.user_id)
 
     async def get_user_session(self, user_id: str) -> UserAgentSession:
         """The user's session, created if missing."""
@@ -69,6 +108,8 @@ class AgentRegistry:
                     f"agent {agent_id!r} is already registered for {user_id!r}"
                 )
             session._agents[agent_id] = agent
+            self._agent_total += 1
+            self._note(user_id)
 
     async def unregister_user_agent(self, user_id: str, agent_id: str) -> Any | None:
         """Remove an agent and return it, or None if it was not registered.
@@ -82,8 +123,12 @@ class AgentRegistry:
             if session is None:
                 return None
             agent = session._agents.pop(agent_id, None)
-            if agent is not None and not session._agents:
-                self._drop(user_id)
+            if agent is not None:
+                self._agent_total -= 1
+                if session._agents:
+                    self._note(user_id)
+                else:
+                    self._drop(user_id)
             return agent
 
     async def detach_session(self, user_id: str) -> UserAgentSession | None:
@@ -141,15 +186,22 @@ class AgentRegistry:
         check_user_id(user_id)
         session = self._user_sessions.get(user_id)
         if session is None:
-            session = self._user_sessions[user_id] = UserAgentSession(user_id, clock=self.clock)
+            session = UserAgentSession(user_id, clock=self.clock, owner=self)
+            self._user_sessions[user_id] = session
             self._map_peak = max(self._map_peak, len(self._user_sessions))
+            self._note(user_id)
         return session
 
     def _drop(self, user_id: str) -> None:
-        """Remove the user's session from the map (the lock held); shrink a mostly empty map."""
-        self._user_sessions.pop(user_id)._dropped = True
+        """Remove the user's session from the map (the lock held); shrink a mostly empty map
+        and the change log with it."""
+        session = self._user_sessions.pop(user_id)
+        session._dropped = True
+        self._agent_total -= len(session._agents)
+        self._note(user_id)
         held = len(self._user_sessions)
         if self._map_peak >= _REBUILD_FROM and held * _REBUILD_RATIO < self._map_peak:
             # Amortised: a rebuild copies n sessions after at least 15n have left.
             self._user_sessions = dict(self._user_sessions)
             self._map_peak = held
+            self._log.fit()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, overload
 
@@ -12,36 +13,62 @@ __all__ = [
     "Clock",
     "SessionColumns",
     "SessionLike",
+    "SessionOwner",
     "SessionRow",
     "UserAgentSession",
     "agent_counts",
     "check_user_id",
+    "created_timestamps",
 ]
 
 Clock = Callable[[], float]
 
 
+class SessionOwner(Protocol):
+    """The registry holding a session, told when a caller changes the session directly."""
+
+    def session_changed(self, session: UserAgentSession, agents_delta: int) -> None: ...
+
+
 class UserAgentSession:
     """One user's live agents and when the session started."""
 
-    __slots__ = ("_agents", "_clock", "_dropped", "created_timestamp", "user_id")
+    __slots__ = ("_agents", "_clock", "_created", "_dropped", "_owner", "user_id")
 
     def __init__(
-        self, user_id: str, *, clock: Clock = time.time, created_at: datetime | None = None
+        self,
+        user_id: str,
+        *,
+        clock: Clock = time.time,
+        created_at: datetime | None = None,
+        owner: SessionOwner | None = None,
     ) -> None:
         self.user_id = user_id
         self._clock = clock
         self._agents: dict[str, Any] = {}
         self._dropped = False
+        self._owner: SessionOwner | None = None
         # Kept as Unix seconds: the exporter reads it for every user on every scrape.
-        self.created_timestamp: float = clock()
+        self._created: float = clock()
         if created_at is not None:
             self.created_at = created_at
+        self._owner = owner
+
+    @property
+    def created_timestamp(self) -> float:
+        """Session start, Unix seconds; settable (tests backdate it): the registry is told."""
+        return self._created
+
+    @created_timestamp.setter
+    def created_timestamp(self, value: float) -> None:
+        self._created = value
+        if self._owner is not None and not self._dropped:
+            self._owner.session_changed(self, 0)
 
     @property
     def created_at(self) -> datetime:
         """Session start as a timezone-aware UTC datetime; settable (tests backdate it)."""
-        return datetime.fromtimestamp(self.created_timestamp, UTC)
+        return datetime.fromtimestamp(self._created, UTC)
 
     @created_at.setter
     def created_at(self, value: datetime) -> None:
@@ -67,7 +94,7 @@ class UserAgentSession:
 
     @property
     def uptime_seconds(self) -> float:
-        return self._clock() - self.created_timestamp
+        return self._clock() - self._created
 
     def get_metrics(self) -> dict[str, Any]:
         """The session's figures, as the seed system reported them."""
@@ -83,6 +110,8 @@ class UserAgentSession:
         """Remove and return every agent (used once the session is detached)."""
         agents = list(self._agents.items())
         self._agents.clear()
+        if agents and self._owner is not None and not self._dropped:
+            self._owner.session_changed(self, -len(agents))
         return agents
 
     def __repr__(self) -> str:
@@ -107,6 +136,18 @@ def agent_counts(sessions: Sequence[SessionLike]) -> list[int]:
         return [len(s._agents) for s in sessions]  # type: ignore[attr-defined]
     except AttributeError:
         return [s.agent_count for s in sessions]
+
+
+_CREATED = attrgetter("_created")
+_CREATED_TIMESTAMP = attrgetter("created_timestamp")
+
+
+def created_timestamps(sessions: Sequence[SessionLike]) -> list[float]:
+    """Each session's created timestamp; live sessions are read without the property call."""
+    try:
+        return list(map(_CREATED, sessions))
+    except AttributeError:
+        return list(map(_CREATED_TIMESTAMP, sessions))
 
 
 class SessionRow(NamedTuple):
