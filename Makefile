@@ -65,12 +65,14 @@ test: docs lint typecheck pytest
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e and not processes" -p no:cacheprovider
 
-# Regenerate the committed artefacts (rules, Alertmanager example, dashboard, Kubernetes manifests,
+# Regenerate the committed artefacts (rules, Alertmanager example, dashboard, the jsonnet mixin,
+# Kubernetes manifests,
 # docs/metrics.md, the settings tables of docs/configuration.md).
 rules: $(STAMP)
 	$(BIN)/agent-registry-exporter rules > alerts/agent-registry.rules.yml
 	$(BIN)/agent-registry-exporter alertmanager-config > alerts/alertmanager.example.yml
 	$(BIN)/agent-registry-exporter dashboard > grafana/agent-registry.json
+	$(BIN)/agent-registry-exporter mixin --output-dir mixin
 	$(BIN)/agent-registry-exporter kubernetes --output-dir deploy/kubernetes
 	$(BIN)/agent-registry-exporter metrics-doc > docs/metrics.md
 	$(BIN)/python -m agent_registry_exporter.artifacts.configuration docs/configuration.md

@@ -1,4 +1,4 @@
-"""The `agent-registry-exporter` command: serve, sidecar, rules, kubernetes, demo,
+"""The `agent-registry-exporter` command: serve, sidecar, rules, kubernetes, mixin, demo,
 user-id-label."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .artifacts import (
     render_alertmanager_yaml,
     render_kubernetes_files,
     render_metrics_markdown,
+    render_mixin_files,
     render_rules_yaml,
 )
 from .common import configure_logging
@@ -149,6 +150,7 @@ def _kubernetes(args: argparse.Namespace, rules: RuleOptions) -> KubernetesOptio
 def _write(directory: Path, files: dict[str, str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_text(text, encoding="utf-8")
     print(f"wrote {len(files)} files to {directory}")
 
@@ -184,6 +186,13 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "dashboard", help="print the Grafana dashboard JSON (needs the dashboard extra)"
     )
+    mixin = commands.add_parser(
+        "mixin",
+        help="write the monitoring mixin (mixin/: rules and dashboard as jsonnet, the limits in"
+        " _config) into a directory (needs the dashboard extra)",
+    )
+    _rule_options(mixin)
+    mixin.add_argument("--output-dir", default="mixin", help="where to write (%(default)s)")
     commands.add_parser(
         "alertmanager-config", help="print the example Alertmanager route for the webhook"
     )
@@ -266,19 +275,35 @@ async def _run_until_signalled(server: ExporterServer) -> None:
         await server.stop()
 
 
-def _print_dashboard() -> int:
+def _dashboard_json(command: str) -> str | None:
+    """The dashboard's JSON; None, said on stderr, without Grafana's SDK."""
     try:
         from .artifacts.dashboard import render_dashboard_json
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("grafana_foundation_sdk"):
             raise
         print(
-            "the dashboard command needs Grafana's SDK, the 'dashboard' extra: "
+            f"the {command} command needs Grafana's SDK, the 'dashboard' extra: "
             "pip install 'agent-registry-exporter[dashboard]'",
             file=sys.stderr,
         )
+        return None
+    return render_dashboard_json()
+
+
+def _print_dashboard() -> int:
+    dashboard = _dashboard_json("dashboard")
+    if dashboard is None:
         return 2
-    sys.stdout.write(render_dashboard_json())
+    sys.stdout.write(dashboard)
+    return 0
+
+
+def _write_mixin(directory: Path, thresholds: Thresholds, options: RuleOptions) -> int:
+    dashboard = _dashboard_json("mixin")
+    if dashboard is None:
+        return 2
+    _write(directory, render_mixin_files(thresholds, options, dashboard))
     return 0
 
 
@@ -322,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings, thresholds = _load(args)
-        if args.command in ("rules", "kubernetes"):
+        if args.command in ("rules", "kubernetes", "mixin"):
             options = RuleOptions(**{f.name: getattr(args, f.name) for f in fields(RuleOptions)})
         if args.command == "kubernetes":
             kubernetes = _kubernetes(args, options)
@@ -341,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "dashboard":
         return _print_dashboard()
+    if args.command == "mixin":
+        return _write_mixin(Path(args.output_dir), thresholds, options)
     if args.command == "alertmanager-config":
         sys.stdout.write(render_alertmanager_yaml())
         return 0

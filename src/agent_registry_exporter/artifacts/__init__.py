@@ -1,5 +1,5 @@
 """What is rendered as code and committed: alert rules, Alertmanager route, Grafana dashboard,
-Kubernetes manifests, the metrics page of the docs.
+Kubernetes manifests, the monitoring mixin, the metrics page of the docs.
 
 The dashboard (`artifacts.dashboard`) is not imported here: it needs Grafana's SDK, the optional
 `dashboard` extra, which serving metrics never does.
@@ -12,6 +12,7 @@ from .alertmanager_route import (
 )
 from .kubernetes import KubernetesOptions, render_kubernetes, render_kubernetes_files
 from .metrics_doc import render_metrics_markdown
+from .mixin import render_mixin_files
 from .rules import GROUP_NAME, RuleOptions, render_rules, render_rules_yaml
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "render_kubernetes",
     "render_kubernetes_files",
     "render_metrics_markdown",
+    "render_mixin_files",
     "render_rules",
     "render_rules_yaml",
 ]
