@@ -101,3 +101,41 @@ def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
     totals = re.findall(r'^agent_registry_agents\{worker="(w\d+)"\} (\d+)$', metrics, re.M)
     assert sorted(per_user) == sorted(totals)
     assert sum(int(count) for _, count in totals) == 6
+
+
+@pytest.mark.processes
+def test_gunicorn_session_two_uvicorn_workers_behind_one_sidecar(tmp_path: Path) -> None:
+    """The sidecar page's gunicorn session: uvicorn-worker's UvicornWorker (not the deprecated
+    uvicorn.workers) runs the page's app in two workers, each serving its socket; gunicorn's log
+    and the sidecar's scrape print what is shown (which worker got bob's agent aside), and bob's
+    one agent is counted once."""
+    (tmp_path / "app.py").write_text(block("docs/sidecar.md", "python", "serve_registry").text)
+    shown = block("docs/sidecar.md", "console", "gunicorn -k uvicorn_worker.UvicornWorker")
+    app_port, sidecar_port = free_port(), free_port()
+    replace = {
+        "/tmp/gunicorn-demo/": f"{tmp_path}/",  # noqa: S108 (the shown path, replaced)
+        "-b localhost:18000": f"-b 127.0.0.1:{app_port}",
+        "localhost:18000": f"127.0.0.1:{app_port}",
+        "--listen-port 18464": f"--listen-host 127.0.0.1 --listen-port {sidecar_port}",
+        "localhost:18464": f"127.0.0.1:{sidecar_port}",
+    }
+    volatile = [(r'^(agent_registry_agents\{worker="w\d"\}) \d+$', r"\1 N")]
+
+    def after(step: Step) -> None:
+        if step.command.startswith("gunicorn"):
+            log, sockets = tmp_path / "gunicorn.log", tmp_path / "sockets"
+
+            def both_started() -> bool:
+                assert running.background[0].poll() is None, log.read_text()
+                started = log.is_file() and log.read_text().count("Application startup complete")
+                return started == 2 and len(discover_workers(sockets)) == 2
+
+            wait_until(both_started, timeout=60, message="both gunicorn workers serve a socket")
+        elif "agent-registry-exporter sidecar" in step.command:
+            _wait_ready(f"http://127.0.0.1:{sidecar_port}/-/ready", running)
+
+    with session(tmp_path, replace) as running:
+        running.env["HOME"] = str(tmp_path)  # gunicorn's control socket: ~/.gunicorn/
+        *_, metrics = run_block(running, shown, volatile, after)
+    totals = re.findall(r'^agent_registry_agents\{worker="w\d"\} (\d+)$', metrics, re.M)
+    assert sorted(totals) == ["0", "1"]

@@ -439,6 +439,11 @@ CLAIMS: dict[tuple[str, str, str], str] = {
         "uvicorn app:app",
     ): "test_sidecar_session_two_workers_behind_one_sidecar",
     (
+        "docs/sidecar.md",
+        "console",
+        "gunicorn -k uvicorn_worker.UvicornWorker",
+    ): "test_gunicorn_session_two_uvicorn_workers_behind_one_sidecar",
+    (
         "docs/remediation.md",
         "yaml",
         "webhook_configs",
