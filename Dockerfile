@@ -9,8 +9,8 @@ WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps the rest out of the context).
 COPY pyproject.toml README.md LICENSE ./
 COPY src/ src/
-# The project and every runtime dependency as wheels: the runtime stage needs no index.
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+# The project alone: its dependencies come from the lock, in the runtime stage.
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 # VERSION must equal pyproject's version (a test checks); SOURCE is the repository URL.
@@ -24,11 +24,17 @@ LABEL org.opencontainers.image.title="agent-registry-exporter" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The wheels are mounted, not copied: no layer keeps them. Bytecode is compiled here, once,
-# because the root filesystem is read-only at run time.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --no-index --find-links=/wheels \
-        "agent-registry-exporter==${VERSION}"
+# The runtime dependencies exactly as requirements.lock pins them, every file checked against
+# its hash (`make lock` writes it), then the project's wheel with nothing more; pip check fails
+# the build if the lock misses a dependency. The lock and the wheel are mounted, not copied: no
+# layer keeps them. Bytecode is compiled here, once: the root filesystem is read-only at run time.
+RUN --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
+    --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m pip install --no-cache-dir --require-hashes --no-deps \
+        -r /tmp/requirements.lock \
+    && python -m pip install --no-cache-dir --no-index --no-deps --find-links=/wheels \
+        "agent-registry-exporter==${VERSION}" \
+    && python -m pip check
 # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd entry.
 USER 65532:65532
 EXPOSE 8464

@@ -8,7 +8,7 @@ DEBIAN_TOOLS := prometheus prometheus-alertmanager curl
 # The container test runs the image's Python (3.11, see the Dockerfile) as other users: Debian's.
 DEBIAN_PYTHON := python3.11-venv
 
-.PHONY: demo test test-fast lint typecheck pytest docs tools pytest-tools rules dashboard bench clean
+.PHONY: demo test test-fast lint typecheck pytest docs tools pytest-tools scan-tools lock rules dashboard bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) pytest-tools
+# checkov (tests/test_scanners.py) pins dozens of packages of its own: it gets its own
+# environment, so it never moves the project's dependencies. One version: its checks change.
+SCAN_VENV := .venv-scan
+CHECKOV_VERSION := 3.3.30
+SCAN_STAMP := $(SCAN_VENV)/.installed-checkov-$(CHECKOV_VERSION)
+
+$(SCAN_STAMP):
+	rm -rf $(SCAN_VENV)
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet "checkov==$(CHECKOV_VERSION)"
+	touch $@
+
+scan-tools: $(SCAN_STAMP)
+
+pytest: $(STAMP) pytest-tools scan-tools
 	$(BIN)/pytest
 
 # The manual (docs/, mkdocs.yml; the site goes to build/site, which git ignores): any warning (a
@@ -64,6 +78,15 @@ test: docs lint typecheck pytest
 # other process (tests/conftest.py refuses one in a test not marked `processes`).
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not e2e and not processes" -p no:cacheprovider
+
+# The image's runtime dependencies pinned with the hashes of their files (the Dockerfile installs
+# them with --require-hashes), resolved for its Python on Linux from PyPI as it stood at
+# LOCK_DATE: the same date gives the same lock (tests/test_lock.py resolves again and compares).
+# Move the date to take newer releases; run it after changing pyproject's dependencies.
+LOCK_DATE := 2026-12-01T00:00:00Z
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --python-platform linux --exclude-newer $(LOCK_DATE) -o requirements.lock
 
 # Regenerate the committed artefacts (rules, Alertmanager example, dashboard, the jsonnet mixin,
 # Kubernetes manifests,

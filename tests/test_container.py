@@ -1,7 +1,8 @@
 """The Dockerfile: linted, its promises checked, its build and run steps done without an engine.
 
 No Docker engine runs here. The build stage's `pip wheel` runs on the files the engine would
-send (.dockerignore applied); the runtime stage's `pip install --no-index` goes into a fresh
+send (.dockerignore applied); the runtime stage's install (requirements.lock with hash checking,
+then the wheel alone) runs as written, its mounts bound to those directories, into a fresh
 virtual environment holding no development package; the entrypoint then runs from there.
 """
 
@@ -25,10 +26,12 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
 
 from agent_registry_exporter import Settings, __version__
 
 from .dockerfile import DOCKERFILE, ROOT, Stage, arg_default, context_files, stages
+from .lockfile import LOCK, pins
 from .manifests import DEPLOY
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -99,6 +102,19 @@ class TestDockerfile:
         assert labels["org.opencontainers.image.source"] == "${SOURCE}"
         assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
 
+    def test_runtime_installs_the_lock_with_hashes_then_the_project_alone(self, runtime) -> None:
+        """Dependencies only from requirements.lock, each file hash-checked; the wheel without
+        its dependencies (nothing resolved at build time); pip check on the result."""
+        (build_run,) = stages()[0].all("RUN")
+        assert "--no-deps" in build_run.split()
+        (run,) = runtime.all("RUN")
+        steps = [s.split() for s in run.split("&&")]
+        mounts = dict(_mount(m) for m in steps[0] if m.startswith("--mount="))
+        lock = mounts["requirements.lock"]
+        assert steps[0][-9:] == [*PIP_INSTALL, "--require-hashes", "--no-deps", "-r", lock]
+        assert steps[1][:7] == [*PIP_INSTALL, "--no-index", "--no-deps"]
+        assert steps[2] == ["python", "-m", "pip", "check"]
+
     def test_version_argument_is_the_package_version(self, runtime) -> None:
         """The pinned install and the version label follow pyproject's version."""
         assert arg_default(runtime, "VERSION") == PYPROJECT["project"]["version"] == __version__
@@ -108,11 +124,10 @@ class TestDockerfile:
     def test_build_context_holds_exactly_the_wheel_inputs(self) -> None:
         """.dockerignore sends what the build stage copies, and no tests, venv or secrets."""
         files = context_files()
-        assert {"pyproject.toml", "README.md", "LICENSE"} <= set(files)
+        inputs = ("pyproject.toml", "README.md", "LICENSE", "requirements.lock")
+        assert set(inputs) <= set(files)
         assert "src/agent_registry_exporter/cli.py" in files
-        assert all(
-            f in ("pyproject.toml", "README.md", "LICENSE") or f.startswith("src/") for f in files
-        )
+        assert all(f in inputs or f.startswith("src/") for f in files)
         copied = [c.split()[:-1] for c in stages()[0].all("COPY")]
         assert sorted(s.rstrip("/") for c in copied for s in c) == [
             "LICENSE",
@@ -120,6 +135,30 @@ class TestDockerfile:
             "pyproject.toml",
             "src",
         ]
+
+
+PIP_INSTALL = ["python", "-m", "pip", "install", "--no-cache-dir"]
+
+
+def _mount(option: str) -> tuple[str, str]:
+    """A RUN's `--mount=type=bind,...` as (its source, its target); `build:` marks the stage."""
+    fields = dict(f.split("=", 1) for f in option.removeprefix("--mount=").split(","))
+    assert fields.pop("type") == "bind"
+    stage = fields.pop("from", None)
+    source = f"{stage}:{fields['source']}" if stage else fields["source"]
+    return source, fields["target"]
+
+
+def run_like_the_image(run: str, sources: dict[str, Path], python: Path) -> None:
+    """A Dockerfile RUN as written, its bind mounts pointed at `sources` (by mount source),
+    `python` for the image's; pip's cache allowed (it changes the speed, not the result)."""
+    for option in re.findall(r"--mount=\S+", run):
+        source, target = _mount(option)
+        run = run.replace(option, "").replace(target, str(sources[source]))
+    run = re.sub(r"(^|&&)\s*python ", rf"\1 {python} ", run.strip())
+    version = arg_default(stages()[-1], "VERSION")
+    run = run.replace("--no-cache-dir", "").replace("${VERSION}", version)
+    _run("bash", "-c", run)
 
 
 def _run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -132,13 +171,14 @@ def _run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None 
 
 @pytest.fixture(scope="module")
 def image() -> Iterator[Path]:
-    """A virtual environment built like the image: wheel stage, then `pip install --no-index`.
+    """A virtual environment built like the image: the build stage's wheel, then the runtime
+    stage's install RUN (the lock from PyPI with its hashes, then the wheel).
 
     It lives in a root-owned, world-readable directory on the system's Python: the sidecar's
     user can run it and write nothing in it, as with the image's read-only root filesystem.
     """
     build, runtime = stages()
-    assert build.last("RUN") == "python -m pip wheel --no-cache-dir --wheel-dir /wheels ."
+    assert build.last("RUN") == "python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ."
     base = Path(tempfile.mkdtemp(prefix="are-image-"))
     try:
         base.chmod(0o755)
@@ -148,13 +188,12 @@ def image() -> Iterator[Path]:
             shutil.copy2(ROOT / name, context / name)
         wheels = base / "wheels"
         # The same command (pip's cache allowed: it changes the speed, not the result).
-        _run(sys.executable, "-m", "pip", "wheel", "--wheel-dir", wheels, ".", cwd=context)
+        _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", wheels, ".",
+             cwd=context)  # fmt: skip
         venv = base / "venv"
         _run(system_python(), "-m", "venv", venv)
-        _run(
-            venv / "bin" / "python", "-m", "pip", "install", "--no-index",
-            f"--find-links={wheels}", f"agent-registry-exporter=={arg_default(runtime, 'VERSION')}",
-        )  # fmt: skip
+        sources = {"build:/wheels": wheels, "requirements.lock": context / "requirements.lock"}
+        run_like_the_image(runtime.last("RUN"), sources, venv / "bin" / "python")
         shutil.copy2(Path(__file__).parent / "backend_worker.py", venv / "backend_worker.py")
         yield venv
     finally:
@@ -248,6 +287,33 @@ class TestBuiltWithoutEngine:
         for dep in PYPROJECT["project"]["dependencies"]:
             assert re.split(r"[<>=!~ \[]", dep)[0].lower() in names
         assert not names & DEV_ONLY
+
+    @pytest.mark.processes
+    def test_image_holds_exactly_the_locked_versions(self, image: Path) -> None:
+        """Every package beside the project (and the venv's own pip and setuptools) is the
+        lock's, at the lock's version: nothing resolved on the day of the build."""
+        listed = json.loads(_run(image / "bin" / "python", "-m", "pip", "list", "--format=json"))
+        installed = {canonicalize_name(p["name"]): p["version"] for p in listed}
+        for own in ("agent-registry-exporter", "pip", "setuptools"):
+            installed.pop(own, None)
+        assert installed == {name: pin.version for name, pin in pins(LOCK.read_text()).items()}
+
+    @pytest.mark.processes
+    def test_a_file_whose_hash_is_not_locked_stops_the_install(
+        self, runtime, tmp_path: Path
+    ) -> None:
+        """The hash check is live: a lock whose hash for a package is not its file's fails the
+        image's install step before anything is installed."""
+        locked = pins(LOCK.read_text())
+        version = locked["prometheus-client"].version
+        tampered = tmp_path / "requirements.lock"
+        tampered.write_text(f"prometheus-client=={version} --hash=sha256:{'0' * 64}\n")
+        venv = tmp_path / "venv"
+        _run(system_python(), "-m", "venv", venv)
+        sources = {"build:/wheels": tmp_path, "requirements.lock": tampered}
+        with pytest.raises(AssertionError, match="DO NOT MATCH THE HASHES"):
+            run_like_the_image(runtime.last("RUN"), sources, venv / "bin" / "python")
+        assert not list((venv / "lib").glob("python3*/site-packages/prometheus_client"))
 
     @pytest.mark.processes
     def test_entrypoint_prints_its_version(self, image: Path, runtime) -> None:
