@@ -11,13 +11,21 @@ per-process string hash, so chunk layout differs between processes; the text nev
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count
 from operator import not_
 from typing import Generic, TypeVar
 
-__all__ = ["DEFAULT_CHUNK_USERS", "Chunk", "ChunkCache", "check_chunk_users", "spans"]
+__all__ = [
+    "DEFAULT_CHUNK_USERS",
+    "Chunk",
+    "ChunkCache",
+    "DeltaState",
+    "check_chunk_users",
+    "spans",
+]
 
 # About 6 KB of text per family. Measured at 100,000 random-UUID users with 1% of them
 # changed between scrapes: 64 re-renders half the agent-count family (512 re-rendered all
@@ -64,8 +72,20 @@ class Chunk(Generic[P]):
     created_data: P
 
 
+@dataclass(slots=True, eq=False)
+class DeltaState(Generic[P]):
+    """What a cache needs to take a snapshot's changes instead of reading every user: the
+    registry epoch and generation its chunks show (every user of that registry, in the
+    registry's order), each user's chunk, and how many users have each agent count."""
+
+    epoch: str
+    generation: int
+    where: dict[str, Chunk[P]]
+    count_of: Counter[int]
+
+
 class ChunkCache(Generic[P]):
-    """The chunks of the last render, keyed by their first user id.
+    """The chunks of the last render, in order.
 
     Bounded by construction: after a render it holds exactly that render's chunks, so its
     encoded bytes are at most the two stable families of one body.
@@ -81,9 +101,15 @@ class ChunkCache(Generic[P]):
         self.size = size  # bytes a piece holds
         # How ids became label values (private ids: a keyed hash); another one, another cache.
         self.label = label
-        self.chunks: dict[str, Chunk[P]] = {}
+        self.order: list[Chunk[P]] = []
+        self.delta: DeltaState[P] | None = None
+
+    @property
+    def chunks(self) -> dict[str, Chunk[P]]:
+        """The chunks by their first user id."""
+        return {chunk.user_ids[0]: chunk for chunk in self.order}
 
     @property
     def cached_bytes(self) -> int:
         size = self.size
-        return sum(size(c.agents_data) + size(c.created_data) for c in self.chunks.values())
+        return sum(size(c.agents_data) + size(c.created_data) for c in self.order)

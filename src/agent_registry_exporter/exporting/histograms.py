@@ -9,7 +9,7 @@ single C call holds the GIL for long (the embedding backend's loop runs between 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Histogram",
     "age_histogram",
     "agents_histogram",
+    "agents_histogram_of",
     "bounds_with",
 ]
 
@@ -56,6 +57,20 @@ def agents_histogram(counts: Sequence[int], limit: int) -> Histogram:
         for i, bound in enumerate(bounds):
             at_most[i] += bisect.bisect_right(part, bound)
     return Histogram(bounds, (*at_most, len(counts)), total)
+
+
+def agents_histogram_of(count_of: Mapping[int, int], limit: int) -> Histogram:
+    """`agents_histogram` of counts given as how many sessions have each (kept as they change)."""
+    bounds = bounds_with(AGENT_BUCKETS, limit)
+    at_most = [0] * len(bounds)
+    total = sessions = 0
+    for value, many in count_of.items():
+        total += value * many
+        sessions += many
+        for i, bound in enumerate(bounds):
+            if value <= bound:
+                at_most[i] += many
+    return Histogram(bounds, (*at_most, sessions), total)
 
 
 def age_histogram(created: Sequence[float], now: float, limit: float) -> Histogram:

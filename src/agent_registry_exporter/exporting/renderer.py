@@ -17,8 +17,10 @@ from ..registry import RegistrySnapshot
 from . import catalogue as c
 from .chunks import DEFAULT_CHUNK_USERS, Chunk, ChunkCache, check_chunk_users, spans
 from .deflate import DeflateEngine, default_engine
+from .deltas import DeltaHistory, apply_changes, can_apply, remember
 from .exporter_metrics import ExporterMetrics
 from .formats import Format
+from .histograms import age_histogram
 from .parts import BodyParts, Deflated, GzipParts, PlainParts, deflate_piece
 from .writer import (
     COUNT,
@@ -28,6 +30,8 @@ from .writer import (
     escape,
     lines,
     registry_totals,
+    user_line,
+    worker_label,
     write_families,
 )
 
@@ -96,6 +100,7 @@ class Renderer:
             lambda text: deflate_piece(encode(text), engine), _deflated_size
         )
         self._text: _Caches[bytes] = _Caches(encode, len)
+        self._history = DeltaHistory()
 
     @property
     def cached_bytes(self) -> int:
@@ -120,14 +125,14 @@ class Renderer:
         """
         started = time.perf_counter()
         snapshots = snapshot.workers if snapshot.workers is not None else (snapshot,)
-        registries = [
-            RegistryView.of(one, max_user_series, user_series_min_pressure) for one in snapshots
-        ]
-        write = (registries, metrics, format, export_session_age)
+        select = _Selection(
+            self.chunk_users, max_user_series, user_series_min_pressure, self._history
+        )
+        write = (snapshots, select, metrics, format, export_session_age)
         if gzipped:
-            body = _write(self._deflated, GzipParts(self.engine), self.chunk_users, *write)
+            body = _write(self._deflated, GzipParts(self.engine), *write)
         else:
-            body = _write(self._text, PlainParts(), self.chunk_users, *write)
+            body = _write(self._text, PlainParts(), *write)
         metrics.scrape_duration.set(time.perf_counter() - started)
         return Rendered(parts=body, format=format, gzipped=gzipped)
 
@@ -136,11 +141,24 @@ def _deflated_size(piece: Deflated) -> int:
     return len(piece.data)
 
 
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """Which users a render exports, and the chunk length."""
+
+    chunk_users: int
+    max_user_series: int
+    min_pressure: float
+    history: DeltaHistory
+
+    def exports_all(self, snapshot: RegistrySnapshot) -> bool:
+        return self.min_pressure <= 0 and len(snapshot.sessions) <= self.max_user_series
+
+
 def _write(
     caches: _Caches[P],
     parts: BodyParts[P],
-    chunk_users: int,
-    registries: Sequence[RegistryView],
+    snapshots: Sequence[RegistrySnapshot],
+    select: _Selection,
     metrics: ExporterMetrics,
     fmt: Format,
     export_session_age: bool,
@@ -150,7 +168,7 @@ def _write(
         caches = caches.fresh()  # a concurrent render: this one starts afresh
         caches.lock.acquire()
     try:
-        chunks = _refresh(caches, registries, chunk_users)
+        registries, chunks = _refresh(caches, snapshots, select)
         write_families(parts, fmt, registries, chunks, export_session_age)
     finally:
         caches.lock.release()
@@ -179,20 +197,55 @@ def render(
 
 
 def _refresh(
-    caches: _Caches[P], registries: Sequence[RegistryView], chunk_users: int
-) -> list[list[Chunk[P]]]:
-    """Each registry's chunks for this render: reused where their users are unchanged."""
+    caches: _Caches[P], snapshots: Sequence[RegistrySnapshot], select: _Selection
+) -> tuple[list[RegistryView], list[list[Chunk[P]]]]:
+    """Each registry's view and chunks for this render: from the snapshot's changes where
+    the cache can take them, else reused where their users are unchanged."""
     kept: dict[str | None, ChunkCache[P]] = {}
-    out = []
-    for registry in registries:
-        key, label = registry.snapshot.worker, registry.snapshot.user_label
+    views, out = [], []
+    for snapshot in snapshots:
+        key, label = snapshot.worker, snapshot.user_label
         cache = caches.by_worker.get(key)
         if cache is None or cache.label is not label:  # a new key writes every label anew
             cache = ChunkCache(caches.encode, caches.size, label)
         kept[key] = cache
-        out.append(_refresh_one(cache, registry, chunk_users))
+        view = _from_changes(cache, snapshot, select)
+        if view is None:
+            view = RegistryView.of(snapshot, select.max_user_series, select.min_pressure)
+            cache.order = _refresh_one(cache, view, select.chunk_users)
+            if select.exports_all(snapshot):
+                remember(cache, snapshot, view.counts)
+            else:
+                cache.delta = None
+        views.append(view)
+        out.append(cache.order)
     caches.by_worker = kept  # a worker gone since the last render takes its cache along
-    return out
+    return views, out
+
+
+def _from_changes(
+    cache: ChunkCache[P], snapshot: RegistrySnapshot, select: _Selection
+) -> RegistryView | None:
+    """The view of a registry whose cache took the snapshot's changes; None: walk it all."""
+    totals = snapshot.totals
+    select.history.record(snapshot)
+    if cache.delta is not None:
+        snapshot = select.history.reaching(snapshot, cache.delta.generation)
+    if totals is None or not select.exports_all(snapshot) or not can_apply(cache.delta, snapshot):
+        return None
+    worker = worker_label(snapshot)
+    line_of = (
+        user_line(c.USER_AGENTS, worker, COUNT),
+        user_line(c.USER_SESSION_CREATED, worker, SECONDS),
+    )
+    agents = apply_changes(cache, snapshot, line_of, select.chunk_users)
+    if agents is None:
+        return None
+    created: list[float] = []
+    for chunk in cache.order:  # a chunk at a time: no long C call over every user
+        created += chunk.created
+    ages = age_histogram(created, snapshot.taken_at, snapshot.thresholds.session_age_seconds)
+    return RegistryView(snapshot, [], [], [], totals[1], 0, worker, agents, ages)
 
 
 def _refresh_one(cache: ChunkCache[P], registry: RegistryView, chunk_users: int) -> list[Chunk[P]]:
@@ -200,7 +253,7 @@ def _refresh_one(cache: ChunkCache[P], registry: RegistryView, chunk_users: int)
     agents_line = registry.line(c.USER_AGENTS, COUNT)
     created_line = registry.line(c.USER_SESSION_CREATED, SECONDS)
     encode_piece = cache.encode
-    old, new = cache.chunks, {}
+    old = cache.chunks
     chunks = []
     for lo, hi in spans(user_ids, chunk_users):
         ids = user_ids[lo:hi]
@@ -227,7 +280,5 @@ def _refresh_one(cache: ChunkCache[P], registry: RegistryView, chunk_users: int)
             if chunk.created != chunk_created:
                 chunk.created = chunk_created
                 chunk.created_data = encode_piece(lines(created_line, chunk.labels, chunk_created))
-        new[ids[0]] = chunk
         chunks.append(chunk)
-    cache.chunks = new  # what was not reused is dropped here: the cache never outgrows a body
-    return chunks
+    return chunks  # what was not reused is dropped: the cache never outgrows a body

@@ -29,6 +29,8 @@ __all__ = [
     "escape",
     "lines",
     "registry_totals",
+    "user_line",
+    "worker_label",
     "write_families",
 ]
 
@@ -106,7 +108,7 @@ class RegistryView:
             user_ids = [user_ids[i] for i in keep]
             counts = [counts[i] for i in keep]
             created = [created[i] for i in keep]
-        worker = "" if snapshot.worker is None else f'worker="{escape(snapshot.worker)}",'
+        worker = worker_label(snapshot)
         omitted = len(sessions) - len(user_ids)
         return cls(snapshot, user_ids, counts, created, total_agents, omitted, worker, agents, ages)
 
@@ -120,9 +122,17 @@ class RegistryView:
 
     def line(self, family: c.Family, value_format: str) -> str:
         """The %-template of one user's line in `family`."""
-        return (
-            family.sample + "{" + self.worker.replace("%", "%%") + 'user_id="%s"} ' + value_format
-        )
+        return user_line(family, self.worker, value_format)
+
+
+def worker_label(snapshot: RegistrySnapshot) -> str:
+    """'worker="w1",' in sidecar mode, else empty."""
+    return "" if snapshot.worker is None else f'worker="{escape(snapshot.worker)}",'
+
+
+def user_line(family: c.Family, worker: str, value_format: str) -> str:
+    """The %-template of one user's line in `family` (`worker`: as `worker_label` gives it)."""
+    return family.sample + "{" + worker.replace("%", "%%") + 'user_id="%s"} ' + value_format
 
 
 def lines(line: str, labels: Sequence[str], values: Iterable[float]) -> str:

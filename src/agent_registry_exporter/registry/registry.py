@@ -10,7 +10,7 @@ from typing import Any
 from .changes import ChangeLog, Changes
 from .cleaned import DEFAULT_LEAK_GRACE_SECONDS
 from .lifecycle import AgentLifecycleManager
-from .sessions import Clock, UserAgentSession, check_user_id
+from .sessions import Clock, SessionRow, UserAgentSession, check_user_id
 from .snapshot import RegistrySnapshot
 from .thresholds import Thresholds
 
@@ -162,20 +162,40 @@ class AgentRegistry:
         return tuple(self._user_sessions.values())
 
     def snapshot(
-        self, *, leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS
+        self,
+        *,
+        leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS,
+        since: int | None = None,
     ) -> RegistrySnapshot:
         """A snapshot for the exporter; cheap, call it on the event loop.
 
         Cleaned agents still alive `leak_grace_seconds` after their cleanup are counted here,
-        on the loop, where the lifecycle manager tracks them.
+        on the loop, where the lifecycle manager tracks them. With `since` (a generation of
+        this registry) it carries what changed after it and the changed users' figures, read
+        now, with the totals: a renderer that rendered generation `since` (or later) updates
+        only those users.
         """
         tracker = self.lifecycle_manager.cleaned_agents
+        changes = None if since is None else self.changes_since(since)
+        rows = None
+        if changes is not None:
+            held = self._user_sessions
+            rows = {
+                user_id: SessionRow(user_id, len(session._agents), session._created)
+                for user_id in changes.changed
+                for session in (held[user_id],)
+            }
         return RegistrySnapshot(
             taken_at=self.clock(),
             thresholds=self.thresholds,
             sessions=self.sessions(),
             cleaned_agents_alive=tracker.alive_after(leak_grace_seconds),
             cleaned_agents_untracked=tracker.untracked_total,
+            epoch=self.epoch,
+            generation=self.generation,
+            changes=changes,
+            changed_rows=rows,
+            totals=self.totals,
         )
 
     async def monitor_all_users(self) -> dict[str, Any]:

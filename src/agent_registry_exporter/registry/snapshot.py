@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .sessions import SessionLike
+from .changes import Changes
+from .sessions import SessionLike, SessionRow
 from .thresholds import Thresholds
 
 __all__ = ["RegistrySnapshot"]
@@ -35,3 +36,13 @@ class RegistrySnapshot:
     # How a user id is written as a label value (private ids: a keyed hash); None: as is.
     # Applied by the renderer to the ids it prints only, so the cost follows the output.
     user_label: Callable[[str], str] | None = None
+    # The registry's epoch and generation at `taken_at` (None: a source that keeps no change
+    # log). A renderer remembers them to read the next snapshot's `changes` against.
+    epoch: str | None = None
+    generation: int | None = None
+    # What changed since an earlier generation of the same registry (None: not known, the
+    # renderer reads every session); `changed_rows` holds the changed users' figures, read
+    # at `taken_at` together with `totals` (users, agents: exact, kept by the registry).
+    changes: Changes | None = None
+    changed_rows: Mapping[str, SessionRow] | None = None
+    totals: tuple[int, int] | None = None

@@ -21,9 +21,17 @@ class InProcessSource:
     ) -> None:
         self.registry = registry
         self.leak_grace_seconds = leak_grace_seconds
+        # The generation of the previous snapshot: the next one carries what changed since.
+        self._last_generation: int | None = None
 
     async def snapshot(self) -> RegistrySnapshot:
-        return self.registry.snapshot(leak_grace_seconds=self.leak_grace_seconds)
+        """The registry now, with what changed since the previous snapshot (a renderer that
+        rendered that one re-renders only the changed users)."""
+        snapshot = self.registry.snapshot(
+            leak_grace_seconds=self.leak_grace_seconds, since=self._last_generation
+        )
+        self._last_generation = snapshot.generation
+        return snapshot
 
     async def monitor_user(self, user_id: str) -> MonitorResult:
         return await self.registry.lifecycle_manager.monitor_user(user_id)

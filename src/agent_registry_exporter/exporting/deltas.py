@@ -1,0 +1,253 @@
+"""Taking a snapshot's changes into the cached chunks: a render's cost follows the change.
+
+A snapshot that says what changed since a generation the cache already shows (same registry
+epoch) is applied user by user: removed users leave their chunks, users changed in place
+get their new figures, and the sessions created since (a suffix of the registry's order,
+where a new or re-created session lands) are appended at the end. Only the chunks touched
+are rendered again; nothing walks every user to find them. Chunk boundaries then no longer
+follow the content-defined rule, which changes no byte of text: a body's text never depends
+on where its chunks end. A chunk left small is merged into its neighbour so pieces do not
+fragment over a long run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from itertools import chain
+from typing import TypeVar
+
+from ..registry import Changes, RegistrySnapshot, SessionRow
+from .chunks import Chunk, ChunkCache, DeltaState
+from .histograms import Histogram, agents_histogram_of
+from .writer import escape, lines
+
+__all__ = ["DeltaHistory", "apply_changes", "can_apply", "remember"]
+
+P = TypeVar("P")
+# Snapshots' changes kept per registry: a cache that missed a few renders (the other format
+# or encoding was asked meanwhile) catches up from them instead of walking every user.
+_HISTORY = 8
+
+
+class DeltaHistory:
+    """The changes of the last few snapshots of each registry, chained generation to
+    generation, to bring a cache from an older generation to the current snapshot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_worker: dict[str | None, list[RegistrySnapshot]] = {}
+
+    def record(self, snapshot: RegistrySnapshot) -> None:
+        changes = snapshot.changes
+        if changes is None or snapshot.changed_rows is None:
+            return
+        with self._lock:
+            kept = self._by_worker.setdefault(snapshot.worker, [])
+            if kept and kept[-1] is snapshot:
+                return
+            last = kept[-1].changes if kept else None
+            if last is None or (last.epoch, last.generation) != (changes.epoch, changes.since):
+                kept.clear()  # not the next one of the chain (another epoch, a gap)
+            kept.append(snapshot)
+            del kept[:-_HISTORY]
+
+    def reaching(self, snapshot: RegistrySnapshot, generation: int) -> RegistrySnapshot:
+        """`snapshot` (recorded last) with its changes counted back from `generation` when
+        the recorded chain reaches back that far; else `snapshot` as it is."""
+        changes = snapshot.changes
+        if changes is None or changes.since <= generation:
+            return snapshot
+        with self._lock:
+            kept = list(self._by_worker.get(snapshot.worker, ()))
+        if not kept or kept[-1] is not snapshot:
+            return snapshot
+        for start in range(len(kept) - 1, -1, -1):
+            earlier = kept[start].changes
+            if earlier is not None and earlier.since <= generation:
+                return _widened(kept[start:])
+        return snapshot
+
+
+def _widened(snapshots: list[RegistrySnapshot]) -> RegistrySnapshot:
+    """The last snapshot, its changes counted from the first one's `since` (rows of a user
+    come from the latest snapshot that changed it: unchanged since)."""
+    rows: dict[str, SessionRow] = {}
+    removed: set[str] = set()
+    for one in snapshots:
+        assert one.changes is not None
+        assert one.changed_rows is not None
+        removed.difference_update(one.changes.changed)
+        removed.update(one.changes.removed)
+        for user_id in one.changes.removed:
+            rows.pop(user_id, None)
+        rows.update(one.changed_rows)
+    last = snapshots[-1].changes
+    first = snapshots[0].changes
+    assert last is not None
+    assert first is not None
+    changes = Changes(last.epoch, first.since, last.generation, frozenset(rows), frozenset(removed))
+    return replace(snapshots[-1], changes=changes, changed_rows=rows)
+
+
+def can_apply(state: DeltaState[P] | None, snapshot: RegistrySnapshot) -> bool:
+    """Whether `snapshot`'s changes bring a cache in `state` to the snapshot's generation."""
+    changes = snapshot.changes
+    if state is None or changes is None or snapshot.changed_rows is None:
+        return False
+    return changes.epoch == state.epoch and changes.since <= state.generation <= changes.generation
+
+
+def remember(cache: ChunkCache[P], snapshot: RegistrySnapshot, counts: Sequence[int]) -> None:
+    """After a full walk that exported every user: what the next delta needs."""
+    if snapshot.epoch is None or snapshot.generation is None:
+        cache.delta = None
+        return
+    where = {user_id: chunk for chunk in cache.order for user_id in chunk.user_ids}
+    cache.delta = DeltaState(snapshot.epoch, snapshot.generation, where, Counter(counts))
+
+
+def apply_changes(
+    cache: ChunkCache[P], snapshot: RegistrySnapshot, line_of: tuple[str, str], chunk_users: int
+) -> Histogram | None:
+    """Bring the cache to `snapshot` (`can_apply` held); the agents histogram's counts and
+    sum, or None when the changes do not fit the cache (it is then dropped: walk every user).
+    """
+    state, changes, rows = cache.delta, snapshot.changes, snapshot.changed_rows
+    if state is None or changes is None or rows is None:
+        return None
+    where = state.where
+    tail = _created_since(snapshot.sessions, changes.changed)
+    in_place = changes.changed.difference(tail)
+    leaving = [user_id for user_id in chain(changes.removed, tail) if user_id in where]
+    # Checked before anything moves: a cache that does not match is never half updated.
+    if not all(map(where.__contains__, in_place)) or (
+        len(where) - len(leaving) + len(tail) != len(snapshot.sessions)
+    ):
+        cache.delta = None
+        return None
+    touched: dict[int, Chunk[P]] = {}
+    for user_id in leaving:
+        chunk = where.pop(user_id)
+        state.count_of[_take(chunk, user_id)] -= 1
+        touched[id(chunk)] = chunk
+    for user_id in in_place:
+        chunk, row = where[user_id], rows[user_id]
+        at = chunk.user_ids.index(user_id)
+        state.count_of[chunk.counts[at]] -= 1
+        state.count_of[row.agent_count] += 1
+        chunk.counts[at], chunk.created[at] = row.agent_count, row.created_timestamp
+        touched[id(chunk)] = chunk
+    label_of = _label_of(cache)
+    for user_id in tail:
+        chunk = _last_with_room(cache, chunk_users)
+        _append(chunk, rows[user_id], label_of(user_id))
+        where[user_id] = chunk
+        state.count_of[rows[user_id].agent_count] += 1
+        touched[id(chunk)] = chunk
+    cache.order = _merged(cache.order, touched, where, chunk_users)
+    for chunk in touched.values():
+        if chunk.user_ids:
+            _render(cache, chunk, line_of)
+    state.generation = changes.generation
+    return agents_histogram_of(state.count_of, snapshot.thresholds.agents_per_user)
+
+
+def _created_since(sessions: Sequence[object], changed: frozenset[str]) -> list[str]:
+    """The longest suffix of the registry's order whose users all changed: every session
+    created since (they are last), and changed users just before them, which are last in
+    the cache's order too (so taking them out and back in keeps the order)."""
+    tail: list[str] = []
+    for session in reversed(sessions):
+        user_id: str = session.user_id  # type: ignore[attr-defined]
+        if user_id not in changed:
+            break
+        tail.append(user_id)
+    tail.reverse()
+    return tail
+
+
+def _take(chunk: Chunk[P], user_id: str) -> int:
+    """Remove `user_id` from `chunk`; the agent count it had."""
+    at = chunk.user_ids.index(user_id)
+    if chunk.labels is not chunk.user_ids:
+        del chunk.labels[at]
+    del chunk.user_ids[at], chunk.created[at]
+    return chunk.counts.pop(at)
+
+
+def _label_of(cache: ChunkCache[P]) -> Callable[[str], str]:
+    label = cache.label
+    if label is None:
+        return escape
+    return lambda user_id: escape(label(user_id))
+
+
+def _last_with_room(cache: ChunkCache[P], chunk_users: int) -> Chunk[P]:
+    order = cache.order
+    if order and len(order[-1].user_ids) < chunk_users:
+        return order[-1]
+    empty = cache.encode("")
+    chunk: Chunk[P] = Chunk([], [], [], [], empty, empty)
+    chunk.labels = chunk.user_ids
+    order.append(chunk)
+    return chunk
+
+
+def _append(chunk: Chunk[P], row: SessionRow, label: str) -> None:
+    if chunk.labels is chunk.user_ids and label is not row.user_id:
+        chunk.labels = list(chunk.user_ids)  # no longer one list for both
+    chunk.user_ids.append(row.user_id)
+    if chunk.labels is not chunk.user_ids:
+        chunk.labels.append(label)
+    chunk.counts.append(row.agent_count)
+    chunk.created.append(row.created_timestamp)
+
+
+def _merged(
+    order: list[Chunk[P]],
+    touched: dict[int, Chunk[P]],
+    where: dict[str, Chunk[P]],
+    chunk_users: int,
+) -> list[Chunk[P]]:
+    """`order` without empty chunks, a touched chunk of a quarter of the average length or
+    less merged with the one before it (up to the longest a content-defined chunk gets)."""
+    out: list[Chunk[P]] = []
+    for chunk in order:
+        size = len(chunk.user_ids)
+        if not size:
+            continue
+        if (
+            out
+            and id(chunk) in touched
+            and 4 * size <= chunk_users
+            and size + len(out[-1].user_ids) <= 4 * chunk_users
+        ):
+            into = out[-1]
+            _extend(into, chunk)
+            for user_id in chunk.user_ids:
+                where[user_id] = into
+            touched[id(into)] = into
+            chunk.user_ids = []  # merged away: not rendered
+            continue
+        out.append(chunk)
+    return out
+
+
+def _extend(into: Chunk[P], chunk: Chunk[P]) -> None:
+    shared = into.labels is into.user_ids and chunk.labels is chunk.user_ids
+    if not shared and into.labels is into.user_ids:
+        into.labels = list(into.user_ids)
+    into.user_ids.extend(chunk.user_ids)
+    if not shared:
+        into.labels.extend(chunk.labels)
+    into.counts.extend(chunk.counts)
+    into.created.extend(chunk.created)
+
+
+def _render(cache: ChunkCache[P], chunk: Chunk[P], line_of: tuple[str, str]) -> None:
+    agents_line, created_line = line_of
+    chunk.agents_data = cache.encode(lines(agents_line, chunk.labels, chunk.counts))
+    chunk.created_data = cache.encode(lines(created_line, chunk.labels, chunk.created))
