@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
+from agent_registry_exporter.registry import SessionColumns
 from agent_registry_exporter.sources import WorkerIdentity, decode_snapshot, encode_snapshot
-from agent_registry_exporter.sources.snapshot_codec import SnapshotFormatError
+from agent_registry_exporter.sources.snapshot_codec import (
+    Delta,
+    Position,
+    SnapshotFormatError,
+    decode_answer,
+    encode_delta,
+)
+
+from .released_snapshot_decoder import released_decode
 
 IDENTITY = WorkerIdentity(worker="w1", pid=4242, started_at=1_795_000_000.5)
 
@@ -105,3 +116,117 @@ class TestGarbage:
         struct.pack_into("<I", data, 8 + header_len, 3)
         with pytest.raises(SnapshotFormatError, match="lengths do not match"):
             decode_snapshot(bytes(data))
+
+
+POSITION = Position(epoch="3f2a9c", generation=41)
+DATA = Path(__file__).parent / "data" / "snapshots"
+
+
+def delta_of(rows: list[SessionRow], *, tail: int = 0, removed: list[str] | None = None) -> Delta:
+    ids, counts, created = zip(*rows, strict=True) if rows else ((), (), ())
+    columns = SessionColumns(list(ids), list(counts), list(created))
+    return Delta(since=40, rows=columns, tail=tail, removed=removed or [], users=7, agents=70)
+
+
+def encode_a_delta(delta: Delta) -> bytes:
+    snapshot = RegistrySnapshot(
+        taken_at=1_795_780_815.0, thresholds=Thresholds(total_agents=9), sessions=()
+    )
+    return encode_delta(snapshot, IDENTITY, POSITION, delta)
+
+
+class TestDeltas:
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.text(min_size=1, max_size=12),
+                st.integers(min_value=0, max_value=2**40),
+                st.floats(min_value=0, max_value=4e9, allow_nan=False),
+            ),
+            max_size=12,
+        ),
+        st.lists(st.text(min_size=1, max_size=12), max_size=12),
+        st.integers(min_value=0, max_value=12),
+    )
+    def test_changed_rows_removed_ids_and_totals_survive(self, rows, removed, tail) -> None:
+        """Any ids, in the rows or removed; the tail, totals, since and position exact."""
+        sessions = [SessionRow(*row) for row in rows]
+        tail = min(tail, len(sessions))
+        answer = decode_answer(encode_a_delta(delta_of(sessions, tail=tail, removed=removed)))
+        assert answer.identity == IDENTITY
+        assert answer.position == POSITION
+        assert answer.delta is not None
+        assert list(answer.delta.rows) == sessions
+        assert list(answer.snapshot.sessions) == sessions
+        assert list(answer.delta.removed) == removed
+        assert (answer.delta.since, answer.delta.tail) == (40, tail)
+        assert (answer.delta.users, answer.delta.agents) == (7, 70)
+        assert answer.snapshot.thresholds == Thresholds(total_agents=9)
+        assert answer.snapshot.taken_at == 1_795_780_815.0
+
+    def test_a_full_snapshot_says_so_and_where_the_registry_stands(self) -> None:
+        """With a position the answer is marked full, and carries epoch and generation."""
+        rows = [SessionRow("u1", 3, 1.0)]
+        snapshot = RegistrySnapshot(taken_at=1.0, thresholds=Thresholds(), sessions=rows)
+        data = asyncio.run(encode_snapshot(snapshot, IDENTITY, POSITION))
+        answer = decode_answer(data)
+        assert answer.delta is None
+        assert answer.position == POSITION
+        assert list(answer.snapshot.sessions) == rows
+        assert b'"snapshot": "full"' in data
+
+    def test_a_released_workers_answer_is_a_full_snapshot_without_a_position(self) -> None:
+        """Bytes a 0.1 worker wrote (frozen): no delta marker, so full; no generation, so
+        the sidecar's next request asks for no delta."""
+        answer = decode_answer((DATA / "released-worker-full.bin").read_bytes())
+        assert answer.delta is None
+        assert answer.position is None
+        assert [s.user_id for s in answer.snapshot.sessions] == ["u1", "héllo 🦜", "nul\x00byte"]
+        assert answer.identity.worker == "w0"
+
+    def test_a_decoder_of_full_snapshots_only_refuses_a_delta(self) -> None:
+        """A delta read as a full snapshot would drop every unchanged user: refused."""
+        data = encode_a_delta(delta_of([SessionRow("u1", 3, 1.0)]))
+        with pytest.raises(SnapshotFormatError, match="a delta"):
+            decode_snapshot(data)
+        with pytest.raises(KeyError, match="users"):
+            released_decode(data)  # what a 0.1 sidecar does with it: no rows taken
+
+
+def with_header(data: bytes, **changes: object) -> bytes:
+    header_len = struct.unpack_from("<I", data, 4)[0]
+    header = json.loads(data[8 : 8 + header_len])
+    header.update(changes)
+    new = json.dumps(header).encode()
+    return struct.pack("<4sI", b"ARS1", len(new)) + new + data[8 + header_len :]
+
+
+class TestDeltaGarbage:
+    @pytest.mark.parametrize(
+        ("changes", "problem"),
+        [
+            ({"snapshot": "partial"}, "unknown snapshot kind"),
+            ({"tail": 5}, "a tail of 5 rows"),
+            ({"rows": -1}, "not a count"),
+            ({"removed": "2"}, "not a count"),
+            ({"generation": 1.5}, "not a count"),
+            ({"epoch": 7}, "not text"),
+            ({"totals": [1]}, "bad header"),
+            ({"removed": 40}, "too short"),
+        ],
+    )
+    def test_a_hostile_delta_header_is_refused(self, changes, problem) -> None:
+        """Each field checked: never a misaligned or partly applied delta."""
+        data = encode_a_delta(delta_of([SessionRow("u1", 3, 1.0)], tail=1, removed=["gone"]))
+        with pytest.raises(SnapshotFormatError, match=problem):
+            decode_answer(with_header(data, **changes))
+
+    def test_truncated_delta_is_refused(self) -> None:
+        """Cut anywhere, a delta never decodes into fewer rows or removals."""
+        data = encode_a_delta(
+            delta_of([SessionRow("u1", 3, 1.0), SessionRow("u2", 4, 2.0)], removed=["x"])
+        )
+        for cut in (1, 8, 17, len(data) // 2):
+            with pytest.raises(SnapshotFormatError):
+                decode_answer(data[:-cut])
