@@ -711,3 +711,52 @@ class TestPermissions:
                 cause = pipe.read()
             os.waitpid(child, 0)
         assert cause.startswith("permission denied on the socket: run the sidecar in the")
+
+
+class TestWorkerColumns:
+    async def test_each_worker_is_scraped_by_deltas_after_the_first_scrape(
+        self, workers, source
+    ) -> None:
+        """Every worker answers one full snapshot, then only what changed."""
+        for name, registry in workers.items():
+            await add_agents(registry, f"{name}-user", 2)
+        for n in range(3):
+            await add_agents(workers["b"], f"more{n}", 1)
+            snapshot = await source.snapshot()
+            assert [len(part.sessions) for part in snapshot.workers or ()] == [1, 2 + n, 1]
+        for name in workers:
+            worker = source.worker(name)
+            assert worker is not None
+            assert worker.answers == {"full": 1, "delta": 2}
+
+    async def test_a_worker_that_disappears_takes_its_columns_along(self, socket_dir) -> None:
+        """Its socket gone, the sidecar lets go of its columns; a worker taking the name
+        again is read from a full snapshot, never from the columns of its predecessor."""
+        first = AgentRegistry()
+        await add_agents(first, "old", 3)
+        handle = await serve_registry(first, socket_dir, worker="w0")
+        source = SidecarSource(socket_dir)
+        try:
+            await source.snapshot()
+            await source.snapshot()
+            held = source.worker("w0")
+            assert held is not None
+            assert held.answers == {"full": 1, "delta": 1}
+            await handle.stop()
+            snapshot = await source.snapshot()
+            assert snapshot.workers == ()
+            await source.settled()
+            assert held._held is None  # closed: the columns are dropped
+            second = AgentRegistry()
+            await add_agents(second, "new", 1)
+            handle = await serve_registry(second, socket_dir, worker="w0")
+            snapshot = await source.snapshot()
+            (part,) = snapshot.workers or ()
+            assert [(s.user_id, s.agent_count) for s in part.sessions] == [("new", 1)]
+            fresh = source.worker("w0")
+            assert fresh is not held
+            assert fresh is not None
+            assert fresh.answers == {"full": 1}
+        finally:
+            await handle.stop()
+            await source.close()

@@ -16,26 +16,41 @@ from typing import TextIO
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from agent_registry_exporter import (
     AgentRegistry,
     MonitorResult,
+    RegistrySnapshot,
     RegistrySocket,
+    SessionRow,
     Status,
     Thresholds,
     serve_registry,
 )
 from agent_registry_exporter._meta import logger_name
+from agent_registry_exporter.registry import SessionColumns
 from agent_registry_exporter.sources import (
     WorkerError,
     WorkerSource,
     discover_workers,
     socket_path,
 )
+from agent_registry_exporter.sources.snapshot_codec import (
+    SNAPSHOT_CONTENT_TYPE,
+    Answer,
+    Delta,
+    Position,
+    WorkerIdentity,
+    decode_answer,
+    encode_delta,
+    encode_snapshot,
+)
 from agent_registry_exporter.sources.socket_api import listening
 from agent_registry_exporter.testing import wait_until_async
 
 from .conftest import RecordingAgent, add_agents, assert_kept_or_closed_once
+from .released_snapshot_decoder import released_decode
 from .test_sidecar import FakeWorker
 
 HOSTILE_IDS = ["a/b", "50%", "x y?z#w", 'quo"te\\', "new\nline", "nul\x00byte", "..", "héllo 🦜"]
@@ -645,3 +660,310 @@ class TestVersions:
 def test_socket_path_names_the_worker() -> None:
     """One place decides the file name the sidecar discovers."""
     assert socket_path("/run/agent-registry", "7") == Path("/run/agent-registry/worker-7.sock")
+
+
+def rows_of(registry: AgentRegistry) -> list[tuple[str, int, float]]:
+    return [(s.user_id, s.agent_count, s.created_timestamp) for s in registry.sessions()]
+
+
+def rows_in(snapshot) -> list[tuple[str, int, float]]:  # type: ignore[no-untyped-def]
+    return [(s.user_id, s.agent_count, s.created_timestamp) for s in snapshot.sessions]
+
+
+async def snapshot_answer(path: Path, query: str = "") -> Answer:
+    """GET /v1/snapshot with `query`, decoded (a full snapshot or a delta)."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session,
+        session.get(URL(f"http://worker/v1/snapshot{query}", encoded=True)) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return decode_answer(await resp.read())
+
+
+def since(position: Position | None) -> str:
+    assert position is not None
+    return f"?since={position.generation}&epoch={position.epoch}"
+
+
+class SnapshotWatchingRegistry(AgentRegistry):
+    """Says when a snapshot was taken, to race a cleanup against its encoding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshot_taken = asyncio.Event()
+
+    def snapshot(self, **kwargs: float) -> RegistrySnapshot:
+        self.snapshot_taken.set()
+        return super().snapshot(**kwargs)
+
+
+class TestDeltas:
+    async def test_a_sidecar_at_a_known_generation_gets_only_what_changed(
+        self, registry, served
+    ) -> None:
+        """Two users changed, one removed, one added: those rows, that id, exact totals."""
+        for n in range(50):
+            await add_agents(registry, f"u{n}", 2)
+        full = await snapshot_answer(served.path)
+        assert full.delta is None
+        assert full.position == Position(registry.epoch, registry.generation)
+        await registry.register_user_agent("u3", "more", RecordingAgent())
+        await registry.unregister_user_agent("u7", "agent-0")
+        await registry.lifecycle_manager.trigger_cleanup("u9", if_violating=False)
+        await add_agents(registry, "new", 1)
+        answer = await snapshot_answer(served.path, since(full.position))
+        delta = answer.delta
+        assert delta is not None
+        assert answer.position == Position(registry.epoch, registry.generation)
+        assert delta.since == full.position.generation
+        assert sorted(rows_in(answer.snapshot)) == sorted(
+            r for r in rows_of(registry) if r[0] in {"u3", "u7", "new"}
+        )
+        assert list(delta.removed) == ["u9"]
+        assert (delta.users, delta.agents) == registry.totals == (50, 99)
+
+    async def test_nothing_changed_is_an_empty_delta(self, registry, served) -> None:
+        """A scrape of an idle worker costs it no rows at all."""
+        await add_agents(registry, "u", 3)
+        full = await snapshot_answer(served.path)
+        answer = await snapshot_answer(served.path, since(full.position))
+        assert answer.delta is not None
+        assert (len(answer.delta.rows), len(answer.delta.removed)) == (0, 0)
+
+    @pytest.mark.parametrize(
+        "query",
+        ["?since=999999", "?since=0&epoch=another-process", "?since=0"],
+        ids=["future-generation", "another-epoch", "no-epoch"],
+    )
+    async def test_a_generation_the_worker_cannot_vouch_for_gets_a_full_snapshot(
+        self, registry, served, query
+    ) -> None:
+        """A future generation, another process's epoch, or no epoch at all: full, said so."""
+        await add_agents(registry, "u", 3)
+        if "epoch" not in query and "999999" in query:
+            query += f"&epoch={registry.epoch}"
+        answer = await snapshot_answer(served.path, query)
+        assert answer.delta is None
+        assert rows_in(answer.snapshot) == rows_of(registry)
+        assert answer.position == Position(registry.epoch, registry.generation)
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "since=abc",
+            "since=-1",
+            "since=1.5",
+            "since=",
+            "since=%2B3",
+            "since=%203",
+            "since=%D9%A1",
+            "since=1e3",
+            "since=99999999999999999999",
+            "since=9223372036854775808",
+            "since=1&since=2",
+            "since=1&epoch=a&epoch=b",
+        ],
+    )
+    async def test_a_bad_since_is_a_400_naming_the_parameter_and_changes_nothing(
+        self, registry, served, query
+    ) -> None:
+        """Garbage, negative, fractional, non-ASCII digits, past int64, or given twice."""
+        await add_agents(registry, "u", 3)
+        full = await snapshot_answer(served.path)
+        status, body = await raw(served.path, "GET", f"/v1/snapshot?{query}")
+        assert status == 400
+        name = query.split("=")[-2].split("&")[-1]
+        assert body["parameter"] == name
+        assert name in body["error"]
+        assert registry.generation == full.position.generation  # type: ignore[union-attr]
+        answer = await snapshot_answer(served.path, since(full.position))
+        assert answer.delta is not None  # the sidecar's generation still holds
+
+    async def test_a_restarted_worker_with_the_same_name_answers_full(
+        self, registry, socket_dir
+    ) -> None:
+        """Worker w0 restarts (a new registry, generations from 0 again): the sidecar's
+        generation means nothing there, so it gets the new worker's whole registry."""
+        for n in range(5):
+            await add_agents(registry, f"old{n}", 1)
+        first = await serve_registry(registry, socket_dir, worker="w0")
+        client = WorkerSource("w0", first.path)
+        try:
+            assert len((await client.snapshot()).sessions) == 5
+            await first.stop()
+            restarted = AgentRegistry()
+            for n in range(10):  # more changes than the old one had: the generation is known
+                await add_agents(restarted, f"new{n}", 1)
+            second = await serve_registry(restarted, socket_dir, worker="w0")
+            try:
+                snapshot = await client.snapshot()
+                assert rows_in(snapshot) == rows_of(restarted)
+                assert client.answers == {"full": 2}
+                await restarted.unregister_user_agent("new4", "agent-0")
+                assert rows_in(await client.snapshot()) == rows_of(restarted)
+                assert client.answers == {"full": 2, "delta": 1}
+            finally:
+                await second.stop()
+        finally:
+            await client.close()
+
+
+class TestSidecarDeltas:
+    async def test_the_sidecar_asks_for_deltas_and_renders_exactly_the_registry(
+        self, registry, worker
+    ) -> None:
+        """After the first scrape only deltas; each snapshot is the registry as it is,
+        in its order, re-created sessions moved to the end."""
+        for n in range(30):
+            await add_agents(registry, f"u{n}", 1 + n % 4, age_hours=n)
+        assert rows_in(await worker.snapshot()) == rows_of(registry)
+        for step in range(6):
+            await registry.register_user_agent(f"u{step}", "again", RecordingAgent())
+            await registry.lifecycle_manager.trigger_cleanup(f"u{20 + step}", if_violating=False)
+            await add_agents(registry, f"u{20 + step}", 1)  # re-created: now last
+            await add_agents(registry, f"fresh{step}", 2)
+            assert rows_in(await worker.snapshot()) == rows_of(registry)
+        assert worker.answers == {"full": 1, "delta": 6}
+
+    async def test_a_cleanup_between_two_scrapes_leaves_no_stale_row(
+        self, registry, worker, fill
+    ) -> None:
+        """The cleaned user disappears from the very next snapshot."""
+        await add_agents(registry, "calm", 1)
+        await fill("leaky", 60)
+        first = await worker.snapshot()
+        assert "leaky" in {s.user_id for s in first.sessions}
+        result = await registry.lifecycle_manager.trigger_cleanup("leaky", if_violating=True)
+        assert result.agents_cleaned == 60
+        second = await worker.snapshot()
+        assert rows_in(second) == rows_of(registry) == [rows_of(registry)[0]]
+        assert "leaky" in {s.user_id for s in first.sessions}  # the earlier one untouched
+
+    async def test_a_cleanup_racing_a_full_snapshot_is_gone_at_the_next(self, socket_dir) -> None:
+        """12,000 users: the full snapshot is encoded in steps, and a cleanup detaches a
+        user between them. That snapshot still lists the user (it was taken before); the
+        next one, a delta, has no row of it."""
+        registry = SnapshotWatchingRegistry()
+        for n in range(12_000):
+            await registry.register_user_agent(f"u{n}", "a", RecordingAgent())
+        for n in range(60):
+            await registry.register_user_agent("u11000", f"more{n}", RecordingAgent())
+        handle = await serve_registry(registry, socket_dir, worker="w1")
+        client = WorkerSource("w1", handle.path, timeout=30)
+
+        async def cleanup_mid_encoding() -> None:
+            await registry.snapshot_taken.wait()  # wakes at the encoder's first step
+            await registry.lifecycle_manager.trigger_cleanup("u11000", if_violating=True)
+
+        try:
+            first, _ = await asyncio.gather(client.snapshot(), cleanup_mid_encoding())
+            assert registry.get_session("u11000") is None
+            assert "u11000" in {s.user_id for s in first.sessions}
+            assert rows_in(await client.snapshot()) == rows_of(registry)
+            assert client.answers == {"full": 1, "delta": 1}
+        finally:
+            await client.close()
+            await handle.stop()
+
+    async def test_concurrent_scrapes_each_get_the_registry_exactly(self, registry, worker) -> None:
+        """Two scrapes at once (two Prometheus replicas) while agents come and go."""
+        for n in range(40):
+            await add_agents(registry, f"u{n}", 2)
+        await worker.snapshot()
+
+        async def churn() -> None:
+            for n in range(40):
+                await registry.unregister_user_agent(f"u{n}", "agent-1")
+                await asyncio.sleep(0)
+
+        first, second, _ = await asyncio.gather(worker.snapshot(), worker.snapshot(), churn())
+        assert rows_in(await worker.snapshot()) == rows_of(registry)
+        for snapshot in (first, second):
+            assert len(snapshot.sessions) == 40
+            assert sum(s.agent_count for s in snapshot.sessions) in range(40, 81)
+
+
+RELEASED_ROWS = [
+    ("u1", 3, 1_795_000_000.0),
+    ("héllo 🦜", 51, 1_795_000_100.5),
+    ("nul\x00byte", 1, 1_794_900_000.25),
+]
+
+
+class TestMixedVersions:
+    async def test_a_released_sidecar_reads_a_new_workers_answer(self, registry, served) -> None:
+        """An old sidecar asks without `since`: the full snapshot, in the format it knows."""
+        for n, user in enumerate(HOSTILE_IDS):
+            await add_agents(registry, user, n + 1)
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(served.path))
+            ) as session,
+            session.get("http://worker/v1/snapshot") as resp,
+        ):
+            worker_name, rows = released_decode(await resp.read())
+        assert worker_name == "w1"
+        assert rows == rows_of(registry)
+
+    async def test_a_new_sidecar_takes_a_released_workers_answer_as_full(self, socket_dir) -> None:
+        """A worker rolled back to a release without deltas ignores `since` and answers a
+        full snapshot without the delta marker: taken whole, never applied as a delta, and
+        the next request asks for none."""
+        released = Path(__file__).parent / "data" / "snapshots" / "released-worker-full.bin"
+        new = await encode_snapshot(
+            RegistrySnapshot(
+                taken_at=1.0, thresholds=Thresholds(), sessions=[SessionRow("x", 1, 1.0)]
+            ),
+            WorkerIdentity("w0", 1, 1.0),
+            Position("epoch-of-the-new-release", 3),
+        )
+        answers, queries = [new, released.read_bytes(), released.read_bytes()], []
+
+        async def handler(request: web.Request) -> web.Response:
+            queries.append(request.query_string)
+            return web.Response(body=answers.pop(0), content_type=SNAPSHOT_CONTENT_TYPE)
+
+        async with FakeWorker(socket_dir / "worker-w0.sock", handler) as fake:
+            client = WorkerSource("w0", fake.path)
+            try:
+                assert rows_in(await client.snapshot()) == [("x", 1, 1.0)]
+                for _ in range(2):
+                    assert rows_in(await client.snapshot()) == RELEASED_ROWS
+            finally:
+                await client.close()
+        assert queries == ["", "since=3&epoch=epoch-of-the-new-release", ""]
+        assert client.answers == {"full": 3}
+
+    async def test_a_delta_that_does_not_fit_is_replaced_by_a_full_snapshot(
+        self, socket_dir
+    ) -> None:
+        """Totals that disagree with the columns (a worker's bug): the sidecar asks again
+        for everything in the same scrape and renders that, never the misfit."""
+        identity, position = WorkerIdentity("w0", 1, 1.0), Position("e", 3)
+        rows = [SessionRow("a", 1, 1.0), SessionRow("b", 2, 1.0)]
+        full = await encode_snapshot(
+            RegistrySnapshot(taken_at=1.0, thresholds=Thresholds(), sessions=rows),
+            identity,
+            position,
+        )
+        bogus = encode_delta(
+            RegistrySnapshot(taken_at=2.0, thresholds=Thresholds(), sessions=()),
+            identity,
+            Position("e", 4),
+            Delta(3, SessionColumns([], [], []), 0, [], users=5, agents=9),
+        )
+        answers, queries = [full, bogus, full], []
+
+        async def handler(request: web.Request) -> web.Response:
+            queries.append(request.query_string)
+            return web.Response(body=answers.pop(0), content_type=SNAPSHOT_CONTENT_TYPE)
+
+        async with FakeWorker(socket_dir / "worker-w0.sock", handler) as fake:
+            client = WorkerSource("w0", fake.path)
+            try:
+                await client.snapshot()
+                assert list(rows_in(await client.snapshot())) == rows
+            finally:
+                await client.close()
+        assert queries == ["", "since=3&epoch=e", ""]
+        assert client.answers == {"full": 2, "mismatch": 1}

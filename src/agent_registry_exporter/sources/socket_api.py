@@ -2,6 +2,9 @@
 
     GET  /v1/                           who serves this socket (worker, pid, start time)
     GET  /v1/snapshot                   thresholds, identity and the sessions as columns
+    GET  /v1/snapshot?since=G&epoch=E   what changed since generation G of epoch E (a full
+                                        snapshot when this registry cannot tell: another
+                                        epoch, a forgotten or future generation)
     GET  /v1/users/{user_id}            the lifecycle manager's monitor_memory_usage result
     POST /v1/users/{user_id}/cleanup    check and detach in one step; a JSON body
                                         {"if_violating": false} makes it unconditional
@@ -36,7 +39,15 @@ from ..common.json_errors import json_error, json_errors
 from ..common.process import resident_memory_bytes
 from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry
 from ..settings import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
-from .snapshot_codec import API_VERSION, SNAPSHOT_CONTENT_TYPE, WorkerIdentity, encode_snapshot
+from .snapshot_codec import (
+    API_VERSION,
+    SNAPSHOT_CONTENT_TYPE,
+    Position,
+    WorkerIdentity,
+    encode_delta,
+    encode_snapshot,
+)
+from .snapshot_delta import cut_delta
 
 __all__ = [
     "DEFAULT_SOCKET_DIR",
@@ -57,6 +68,11 @@ _MAX_SOCKET_PATH = 107
 _MAX_SLOTS = 1024
 _MAX_CLEANUP_BODY = 4096
 _VERSIONED = re.compile(r"^/(v\d+)(/|$)")
+_GENERATION = re.compile(r"[0-9]{1,19}")
+_MAX_GENERATION = 2**63 - 1
+# A delta is cut in one step on the loop (its rows read with the change log, so they agree
+# with the totals): past this many changed users, a full snapshot (read in steps) instead.
+_MAX_DELTA = 20_000
 
 _REGISTRY = web.AppKey("registry", AgentRegistry)
 _IDENTITY = web.AppKey("identity", WorkerIdentity)
@@ -73,6 +89,12 @@ class _CleanupRequest(BaseModel):
 
 class _BadUserId(ValueError):
     pass
+
+
+class _BadQuery(ValueError):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 def socket_path(socket_dir: Path | str, worker: str) -> Path:
@@ -104,6 +126,8 @@ def create_registry_app(
 def _translate(request: web.Request, exc: Exception) -> web.StreamResponse | None:
     if isinstance(exc, _BadUserId):
         return json_error(400, str(exc))
+    if isinstance(exc, _BadQuery):
+        return json_error(400, str(exc), parameter=exc.parameter)
     if isinstance(exc, web.HTTPNotFound):
         version = _VERSIONED.match(request.path)
         if version is None or version[1] != API_VERSION:
@@ -137,15 +161,53 @@ async def _identity(request: web.Request) -> web.Response:
     return web.json_response({"api": API_VERSION, **request.app[_IDENTITY].as_dict()})
 
 
+def _one(request: web.Request, name: str) -> str | None:
+    values = request.rel_url.query.getall(name, [])
+    if len(values) > 1:
+        raise _BadQuery(name, f"{name} given {len(values)} times: give it once")
+    return values[0] if values else None
+
+
+def _since(request: web.Request) -> tuple[int, str] | None:
+    """The generation and epoch the sidecar holds; None: it asks for a full snapshot (an
+    older sidecar, or one without columns). A `since` without `epoch` cannot prove it came
+    from this registry: a full snapshot."""
+    since, epoch = _one(request, "since"), _one(request, "epoch")
+    if since is None:
+        return None
+    if not _GENERATION.fullmatch(since) or int(since) > _MAX_GENERATION:
+        raise _BadQuery(
+            "since", f"since must be a generation: an integer from 0 to 2**63-1, not {since!r}"
+        )
+    return None if epoch is None else (int(since), epoch)
+
+
 async def _snapshot(request: web.Request) -> web.Response:
     app = request.app
+    asked = _since(request)  # a bad query is refused before anything is read
     async with app[_ENCODING]:
-        # Taken once the lock is ours, so a queued request does not send stale data.
+        # Taken once the lock is ours, so a queued request does not send stale data; the
+        # snapshot, the position and any delta are read in one step, with no await between.
+        registry = app[_REGISTRY]
         snapshot = dataclasses.replace(
-            app[_REGISTRY].snapshot(leak_grace_seconds=app[_LEAK_GRACE]),
+            registry.snapshot(leak_grace_seconds=app[_LEAK_GRACE]),
             resident_memory_bytes=resident_memory_bytes(),
         )
-        body = await encode_snapshot(snapshot, app[_IDENTITY])
+        changes = None if asked is None else registry.changes_since(*asked)
+        if changes is not None and len(changes.changed) + len(changes.removed) <= _MAX_DELTA:
+            delta = cut_delta(
+                snapshot.sessions,
+                registry.get_session,
+                since=changes.since,
+                changed=changes.changed,
+                removed=changes.removed,
+                totals=registry.totals,
+            )
+            position = Position(changes.epoch, changes.generation)
+            body = encode_delta(snapshot, app[_IDENTITY], position, delta)
+        else:
+            position = Position(registry.epoch, registry.generation)
+            body = await encode_snapshot(snapshot, app[_IDENTITY], position)
     return web.Response(body=body, content_type=SNAPSHOT_CONTENT_TYPE)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -13,15 +14,18 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from ..registry import CleanupResult, MonitorResult, RegistrySnapshot
+from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionColumns
 from ..settings import Settings
 from .snapshot_codec import (
     API_VERSION,
     SNAPSHOT_CONTENT_TYPE,
+    Answer,
+    Position,
     SnapshotFormatError,
     WorkerIdentity,
-    decode_snapshot,
+    decode_answer,
 )
+from .snapshot_delta import DeltaMismatch, apply_delta
 
 __all__ = ["WorkerError", "WorkerSource"]
 
@@ -41,8 +45,21 @@ class WorkerError(ConnectionError):
         self.refused = refused
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Held:
+    """A worker's last full columns and where its registry stood when they were true."""
+
+    position: Position
+    columns: SessionColumns
+
+
 class WorkerSource:
-    """One worker's registry, reached through its socket; each call bounded by `timeout`."""
+    """One worker's registry, reached through its socket; each call bounded by `timeout`.
+
+    It keeps the worker's last full columns and asks for what changed since: the worker
+    encodes only that. `answers` counts the worker's answers by kind: `full`, `delta`, and
+    `mismatch` (a delta that did not fit, replaced at once by a full snapshot).
+    """
 
     def __init__(
         self,
@@ -56,7 +73,11 @@ class WorkerSource:
         self.path = path
         self.timeout = timeout
         self.max_answer_bytes = max_answer_bytes
+        self.answers: Counter[str] = Counter()
         self._session: aiohttp.ClientSession | None = None
+        self._held: _Held | None = None
+        # One snapshot exchange at a time: each delta applies to what the previous one left.
+        self._exchange = asyncio.Lock()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -67,6 +88,7 @@ class WorkerSource:
         return self._session
 
     async def close(self) -> None:
+        self._held = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -80,13 +102,49 @@ class WorkerSource:
             raise self._error("answers something else: no worker identity") from None
 
     async def snapshot(self) -> RegistrySnapshot:
-        data = await self._fetch("GET", f"/{API_VERSION}/snapshot", SNAPSHOT_CONTENT_TYPE)
+        """The worker's sessions, exactly what a full snapshot gives: a delta is applied to
+        the columns held (never changing the ones handed out before)."""
+        async with self._exchange:
+            held = self._held
+            answer = await self._answer(None if held is None else held.position)
+            try:
+                columns = self._columns(answer, held)
+            except DeltaMismatch:
+                self.answers["mismatch"] += 1
+                self._held = None
+                answer = await self._answer(None)
+                columns = self._columns(answer, None)
+            self._held = None if answer.position is None else _Held(answer.position, columns)
+            self.answers["full" if answer.delta is None else "delta"] += 1
+        # Labelled with the socket's name, the one alerts route back by.
+        return dataclasses.replace(answer.snapshot, sessions=columns, worker=self.worker)
+
+    async def _answer(self, since: Position | None) -> Answer:
+        path = f"/{API_VERSION}/snapshot"
+        if since is not None:
+            path += f"?since={since.generation}&epoch={quote(since.epoch, safe='')}"
+        data = await self._fetch("GET", path, SNAPSHOT_CONTENT_TYPE)
         try:
-            _, snapshot = decode_snapshot(data)
+            return decode_answer(data)
         except SnapshotFormatError as exc:
             raise self._error(f"answered an invalid snapshot: {exc}") from None
-        # Labelled with the socket's name, the one alerts route back by.
-        return dataclasses.replace(snapshot, worker=self.worker)
+
+    def _columns(self, answer: Answer, held: _Held | None) -> SessionColumns:
+        """The full columns `answer` gives, applied to `held` if it is a delta. A worker
+        that ignores `since` (a release without deltas) answers full: taken as it is."""
+        delta = answer.delta
+        if delta is None:
+            columns = answer.snapshot.sessions
+            if not isinstance(columns, SessionColumns):  # pragma: no cover - decode's type
+                raise self._error("answered a snapshot without columns")
+            return columns
+        if held is None:
+            raise self._error("answered a delta to a request for a full snapshot")
+        if answer.position is None or answer.position.epoch != held.position.epoch:
+            raise DeltaMismatch("a delta of another epoch")
+        if delta.since != held.position.generation:
+            raise DeltaMismatch(f"a delta since {delta.since}, not {held.position.generation}")
+        return apply_delta(held.columns, delta)
 
     async def monitor_user(self, user_id: str) -> MonitorResult:
         """The worker's check of one user; never raises (a failure is `Status.ERROR`).
