@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import stat
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
@@ -35,6 +36,7 @@ from agent_registry_exporter.sources import (
     WorkerSource,
     discover_workers,
     socket_path,
+    worker_client,
 )
 from agent_registry_exporter.sources.snapshot_codec import (
     SNAPSHOT_CONTENT_TYPE,
@@ -809,6 +811,33 @@ class TestDeltas:
 
 
 class TestSidecarDeltas:
+    async def test_a_full_answer_lets_go_of_the_held_columns_before_it_is_decoded(
+        self, registry, socket_dir, monkeypatch
+    ) -> None:
+        """A restarted worker answers full: the sidecar never holds that worker's columns
+        twice (its memory bound counts one set per worker)."""
+        await add_agents(registry, "old", 2)
+        handle = await serve_registry(registry, socket_dir, worker="w0")
+        client = WorkerSource("w0", handle.path)
+        try:
+            await client.snapshot()
+            assert client._held is not None
+            old_counts = weakref.ref(client._held.columns.agent_counts)  # type: ignore[arg-type]
+            await handle.stop()
+            handle = await serve_registry(AgentRegistry(), socket_dir, worker="w0")
+            decoded_while_held = []
+
+            def watching(data: bytearray) -> Answer:
+                decoded_while_held.append(old_counts() is not None)
+                return decode_answer(data)
+
+            monkeypatch.setattr(worker_client, "decode_answer", watching)
+            await client.snapshot()
+            assert decoded_while_held == [False]
+        finally:
+            await client.close()
+            await handle.stop()
+
     async def test_the_sidecar_asks_for_deltas_and_renders_exactly_the_registry(
         self, registry, worker
     ) -> None:

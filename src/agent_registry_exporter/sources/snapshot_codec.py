@@ -46,6 +46,7 @@ __all__ = [
     "decode_snapshot",
     "encode_delta",
     "encode_snapshot",
+    "is_delta",
 ]
 
 API_VERSION = "v1"
@@ -218,6 +219,19 @@ def decode_snapshot(
     if decoded.delta is not None:
         raise SnapshotFormatError("a delta, not a full snapshot")
     return decoded.identity, decoded.snapshot
+
+
+def is_delta(answer: bytes | bytearray | memoryview) -> bool:
+    """Whether `answer` says it is a delta (its header only is read; garbage is not)."""
+    data = memoryview(answer)
+    if len(data) < _PREFIX.size:
+        return False
+    magic, header_len = _PREFIX.unpack_from(data)
+    try:
+        header = json.loads(bytes(data[_PREFIX.size : _PREFIX.size + header_len]))
+    except ValueError:
+        return False
+    return magic == _MAGIC and isinstance(header, dict) and header.get("snapshot") == "delta"
 
 
 def decode_answer(answer: bytes | bytearray | memoryview) -> Answer:

@@ -24,6 +24,7 @@ from .snapshot_codec import (
     SnapshotFormatError,
     WorkerIdentity,
     decode_answer,
+    is_delta,
 )
 from .snapshot_delta import DeltaMismatch, apply_delta
 
@@ -105,10 +106,11 @@ class WorkerSource:
         """The worker's sessions, exactly what a full snapshot gives: a delta is applied to
         the columns held (never changing the ones handed out before)."""
         async with self._exchange:
-            held = self._held
-            answer = await self._answer(None if held is None else held.position)
+            # Only `self._held` refers to the columns: a full answer lets go of them before
+            # it is decoded, so a worker's columns are never held twice.
+            answer = await self._answer(None if self._held is None else self._held.position)
             try:
-                columns = self._columns(answer, held)
+                columns = self._columns(answer, self._held)
             except DeltaMismatch:
                 self.answers["mismatch"] += 1
                 self._held = None
@@ -124,6 +126,8 @@ class WorkerSource:
         if since is not None:
             path += f"?since={since.generation}&epoch={quote(since.epoch, safe='')}"
         data = await self._fetch("GET", path, SNAPSHOT_CONTENT_TYPE)
+        if not is_delta(data):
+            self._held = None
         try:
             return decode_answer(data)
         except SnapshotFormatError as exc:
