@@ -1,17 +1,21 @@
 """Sidecar mode against the in-process exporter, over the same registry, in one run.
 
 For 10,000 and 100,000 users (3 agents each) the backend (this process, one event loop)
-is scraped three ways, with Prometheus' own headers (OpenMetrics, gzip):
+is scraped three ways, with Prometheus' own headers (OpenMetrics, gzip), 1% of the users
+changed before each scrape (80% gain or lose an agent, 10% are cleaned, 10% are new; the
+changes are not counted in the scrape's CPU):
 
 - stock: prometheus_client's aiohttp handler over a collector (the reference path);
 - in-process: `start_exporter`, the render runs in the backend;
 - sidecar: the backend only serves `/v1/snapshot` on its socket (`serve_registry`); the
-  `agent-registry-exporter sidecar` process gathers and renders.
+  `agent-registry-exporter sidecar` process gathers and renders, asking each worker for
+  what changed since its last answer (`?since=`).
 
 Printed per size: the backend's CPU per scrape (process CPU minus the scraping thread's),
 the backend loop's worst stall, and the whole scrape's wall time; then the ratios the
-issue sets targets for (backend CPU <= 20% of in-process, sidecar scrape <= 2x). A second
-table measures the snapshot encoding alone: json columns against the packed columns chosen.
+issue sets targets for (backend CPU <= 5% of in-process, sidecar scrape <= 2x). A second
+table measures the snapshot encoding alone: json columns against the packed columns chosen,
+and a delta of 1% of the users (cut from the change log and encoded, what a scrape costs).
 
     .venv/bin/python benchmarks/sidecar.py [--sizes 10000,100000] [--repeat 5]
 """
@@ -21,14 +25,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +43,8 @@ from scrape import HEADERS, StallMeter, build_registry, start_ours, start_stock
 
 from agent_registry_exporter import AgentRegistry, serve_registry
 from agent_registry_exporter.sources import WorkerIdentity, encode_snapshot
+from agent_registry_exporter.sources.snapshot_codec import Position, encode_delta
+from agent_registry_exporter.sources.snapshot_delta import cut_delta
 from agent_registry_exporter.testing import ManagedProcess
 
 
@@ -55,8 +64,35 @@ def _fetch(url: str) -> tuple[float, float]:
     return time.perf_counter() - started, time.thread_time() - cpu
 
 
-async def measure(url: str, repeat: int) -> Run:
-    """CPU and wall time from `repeat` scrapes, then the worst stall from `repeat` more.
+_NEW_USERS = itertools.count()  # new users' numbers, never one twice in a run
+
+
+class Churn:
+    """1% of the users change: 80% of those gain or lose an agent, 10% are cleaned up, and
+    as many new users arrive (so the registry keeps its size)."""
+
+    def __init__(self, registry: AgentRegistry, seed: int = 21) -> None:
+        self.registry = registry
+        self.rng = random.Random(seed)
+
+    async def __call__(self) -> None:
+        registry = self.registry
+        users = [s.user_id for s in registry.sessions()]
+        picked = self.rng.sample(users, max(1, len(users) // 100))
+        tenth = max(1, len(picked) // 10)
+        for user in picked[:tenth]:
+            await registry.lifecycle_manager.trigger_cleanup(user, if_violating=False)
+        for user in picked[tenth:]:
+            if await registry.unregister_user_agent(user, "extra") is None:
+                await registry.register_user_agent(user, "extra", object())
+        for new in itertools.islice(_NEW_USERS, tenth):
+            for a in range(3):
+                await registry.register_user_agent(f"new-{new:07d}", f"agent-{a}", object())
+
+
+async def measure(url: str, repeat: int, churn: Callable[[], Awaitable[None]]) -> Run:
+    """CPU and wall time from `repeat` scrapes, then the worst stall from `repeat` more;
+    `churn` changes the registry before each scrape, outside the measured CPU.
 
     Apart, because the stall meter itself costs the loop CPU for as long as a scrape lasts.
     """
@@ -64,12 +100,14 @@ async def measure(url: str, repeat: int) -> Run:
     gc.collect()
     cpus, walls = [], []
     for _ in range(repeat):
+        await churn()
         before = time.process_time()
         wall, scraper_cpu = await asyncio.to_thread(_fetch, url)
         cpus.append(time.process_time() - before - scraper_cpu)
         walls.append(wall)
     stalls = []
     for _ in range(repeat):
+        await churn()
         meter = StallMeter()
         meter.start()
         await asyncio.sleep(0.01)
@@ -82,7 +120,7 @@ async def measure(url: str, repeat: int) -> Run:
 async def stock_run(registry: AgentRegistry, repeat: int) -> Run:
     runner, url = await start_stock(registry)
     try:
-        return await measure(url, repeat)
+        return await measure(url, repeat, Churn(registry))
     finally:
         await runner.cleanup()
 
@@ -90,7 +128,7 @@ async def stock_run(registry: AgentRegistry, repeat: int) -> Run:
 async def in_process_run(registry: AgentRegistry, users: int, repeat: int) -> Run:
     server = await start_ours(registry, users)
     try:
-        return await measure(f"{server.url}/metrics", repeat)
+        return await measure(f"{server.url}/metrics", repeat, Churn(registry))
     finally:
         await server.stop()
 
@@ -112,14 +150,15 @@ async def sidecar_run(registry: AgentRegistry, users: int, repeat: int) -> Run:
 
         sidecar = await asyncio.to_thread(ManagedProcess.start_on_free_port, sidecar_on, 60)
         try:
-            return await measure(f"{sidecar.url}/metrics", repeat)
+            return await measure(f"{sidecar.url}/metrics", repeat, Churn(registry))
         finally:
             await asyncio.to_thread(sidecar.stop)
             await handle.stop()
 
 
-async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, float]:
-    """CPU of the packed encoding (chosen) and of json columns (the alternative)."""
+async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, float, float]:
+    """CPU of the packed encoding (chosen), of json columns (the alternative) and of a 1%
+    delta (cut and encoded, as the socket does it)."""
     identity = WorkerIdentity("bench", os.getpid(), time.time())
 
     def json_columns() -> bytes:
@@ -132,7 +171,23 @@ async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, floa
             }
         ).encode()
 
-    packed, as_json = [], []
+    def delta() -> bytes:
+        changes = registry.changes_since(since, registry.epoch)
+        assert changes is not None
+        snapshot = registry.snapshot()
+        cut = cut_delta(
+            snapshot.sessions,
+            registry.get_session,
+            since=changes.since,
+            changed=changes.changed,
+            removed=changes.removed,
+            totals=registry.totals,
+        )
+        position = Position(changes.epoch, changes.generation)
+        return encode_delta(snapshot, identity, position, cut)
+
+    packed, as_json, deltas = [], [], []
+    churn = Churn(registry, seed=5)
     for _ in range(repeat):
         before = time.process_time()
         await encode_snapshot(registry.snapshot(), identity)
@@ -140,7 +195,12 @@ async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, floa
         before = time.process_time()
         json_columns()
         as_json.append(time.process_time() - before)
-    return statistics.median(packed) * 1000, statistics.median(as_json) * 1000
+        since = registry.generation
+        await churn()
+        before = time.process_time()
+        delta()
+        deltas.append(time.process_time() - before)
+    return tuple(statistics.median(t) * 1000 for t in (packed, as_json, deltas))  # type: ignore[return-value]
 
 
 async def main() -> None:
@@ -181,9 +241,14 @@ async def main() -> None:
             f"{side.cpu_ms / stock.cpu_ms:>14.0%} {side.wall_ms / inproc.wall_ms:>25.2f}x"
         )
     print()
-    print(f"{'users':>8} {'packed columns ms':>18} {'json columns ms':>16} {'packed/json':>12}")
-    for users, packed, as_json in encodings:
-        print(f"{users:>8,} {packed:>18.1f} {as_json:>16.1f} {packed / as_json:>12.0%}")
+    print(
+        f"{'users':>8} {'packed columns ms':>18} {'json columns ms':>16} {'packed/json':>12} "
+        f"{'1% delta ms':>12}"
+    )
+    for users, packed, as_json, delta in encodings:
+        print(
+            f"{users:>8,} {packed:>18.1f} {as_json:>16.1f} {packed / as_json:>12.0%} {delta:>12.2f}"
+        )
 
 
 if __name__ == "__main__":
