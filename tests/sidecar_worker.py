@@ -16,8 +16,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agent_registry_exporter import AgentRegistry, RegistrySnapshot, serve_registry
-from agent_registry_exporter.sources import WorkerIdentity, socket_api
+from agent_registry_exporter import AgentRegistry, serve_registry
+from agent_registry_exporter.sources import socket_api
 
 
 async def main(argv: list[str]) -> None:
@@ -31,7 +31,7 @@ async def main(argv: list[str]) -> None:
     if args.hang_flag:
         flag = Path(args.hang_flag)
 
-        async def hang(snapshot: RegistrySnapshot, identity: WorkerIdentity) -> bytes:
+        async def hang(*args: object) -> bytes:  # in place of encode_snapshot
             await asyncio.to_thread(flag.touch)
             await asyncio.sleep(3600)
             raise AssertionError("unreachable")
