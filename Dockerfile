@@ -2,9 +2,9 @@
 # The exporter as a sidecar image: `agent-registry-exporter sidecar` by default.
 # The same Python as `make test`, whose tests/test_container.py repeats these build and run
 # steps without an engine (build the wheel, install it into a clean environment, run it).
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS build
+# The base is named, tag and all, in each FROM: a scanner (checkov's CKV_DOCKER_7) cannot see
+# through an ARG, and both stages must be the same Python (a test checks).
+FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps the rest out of the context).
 COPY pyproject.toml README.md LICENSE ./
@@ -12,7 +12,7 @@ COPY src/ src/
 # The project alone: its dependencies come from the lock, in the runtime stage.
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM ${PYTHON_IMAGE}
+FROM python:3.11-slim-bookworm
 # VERSION must equal pyproject's version (a test checks); SOURCE is the repository URL.
 ARG VERSION=0.1.0
 ARG SOURCE=""
