@@ -224,6 +224,14 @@ class TestKubernetesSchemas:
                 "agent-registry-exporter"
             )
 
+    @pytest.mark.processes
+    def test_kustomize_output_loads_with_pyyaml(self) -> None:
+        """What `kubectl kustomize` writes is plain YAML to PyYAML, and so to checkov: no bare
+        `=` (YAML 1.1's value tag), which kustomize writes unquoted for `matchType: =`."""
+        done = kubectl("kustomize", DEPLOY)
+        assert done.returncode == 0, done.stderr
+        assert list(yaml.safe_load_all(done.stdout)) == load_kube(done.stdout)
+
     def test_kustomization_leaves_out_the_patch_the_alternative_and_the_example(
         self, manifests
     ) -> None:
@@ -309,7 +317,8 @@ class TestWiring:
         example = yaml.safe_load((ALERTS / "alertmanager.example.yml").read_text())
         (native,) = [r for r in example["route"]["routes"] if r["receiver"] != "default"]
         route = manifests["alertmanagerconfig.yaml"]["spec"]["route"]
-        assert [f'{m["name"]}{m["matchType"]}"{m["value"]}"' for m in route["matchers"]] == (
+        matchers = route["matchers"]
+        assert [f'{m["name"]}{m.get("matchType", "=")}"{m["value"]}"' for m in matchers] == (
             native["matchers"]
         )
         snake = {re.sub(r"([A-Z])", r"_\1", k).lower(): v for k, v in route.items()}

@@ -252,7 +252,12 @@ def _matcher(text: str) -> dict[str, str]:
     match = _MATCHER.match(text)
     if match is None:
         raise ValueError(f"cannot translate the matcher {text!r}")
-    return {"name": match["name"], "value": match["value"], "matchType": match["op"]}
+    matcher = {"name": match["name"], "value": match["value"]}
+    # Equality is the operator's default; a bare `=` is what kustomize writes unquoted, which
+    # YAML 1.1 readers (PyYAML, so checkov) cannot load.
+    if match["op"] != "=":
+        matcher["matchType"] = match["op"]
+    return matcher
 
 
 def _camel(key: str) -> str:
