@@ -4,25 +4,39 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
 from .._meta import LOGGER, LOGGER_NAMES
 
-__all__ = ["LOGGER", "LOGGER_NAMES", "configure_logging"]
+__all__ = ["LOGGER", "LOGGER_NAMES", "LOG_FORMATS", "LogFormat", "configure_logging", "rfc3339"]
 
 
-LogFormat = Literal["auto", "json", "text"]
+LogFormat = Literal["auto", "json", "text", "logfmt"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "text", "logfmt")
+
+
+def rfc3339(created: float) -> str:
+    """A record's time as RFC 3339 in UTC with milliseconds: `2026-12-01T18:54:26.123Z`."""
+    when = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return when.replace("+00:00", "Z")
+
+
+def _head(record: logging.LogRecord) -> dict[str, Any]:
+    """The keys every JSON and logfmt line starts with, in this order."""
+    return {
+        "time": rfc3339(record.created),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        line = _head(record)
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -82,6 +96,49 @@ class _TextFormatter(logging.Formatter):
         return text
 
 
+# Written as JSON's \uXXXX inside a quoted logfmt value (JSON escapes C0 itself): DEL, C1,
+# the line separators and the bidirectional overrides, so a value cannot forge a line or
+# rewrite the terminal, and a quoted value unquotes as a JSON string.
+_LOGFMT_ESCAPES = {c: f"\\u{c:04x}" for c in _CONTROL_CODES if c >= 0x20}
+_LOGFMT_QUOTED = re.compile("[" + re.escape("".join(map(chr, _CONTROL_CODES)) + '="\\') + r"\s]")
+_LOGFMT_KEY_UNSAFE = re.compile(r"[^!#-<>-~]")  # printable ASCII but space, " and =
+
+
+def _logfmt_value(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        text = json.dumps(value)
+    elif isinstance(value, dict | list | tuple):
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    else:
+        text = str(value)
+    if text and not _LOGFMT_QUOTED.search(text):
+        return text
+    return json.dumps(text, ensure_ascii=False).translate(_LOGFMT_ESCAPES)
+
+
+class _LogfmtFormatter(logging.Formatter):
+    """`key=value` pairs, the JSON line's keys in its order; a value is quoted (as a JSON
+    string) when it holds a space, `=`, a quote, a backslash or a control character."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = _head(record)
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return " ".join(
+            f"{_LOGFMT_KEY_UNSAFE.sub('_', str(key)) or '_'}={_logfmt_value(value)}"
+            for key, value in line.items()
+        )
+
+
+def _formatter(log_format: LogFormat, out: IO[str]) -> logging.Formatter:
+    if log_format == "logfmt":
+        return _LogfmtFormatter()
+    if log_format == "json" or (log_format == "auto" and not out.isatty()):
+        return _JsonFormatter()
+    return _TextFormatter("%(asctime)s %(levelname)s %(message)s")
+
+
 class _Handler(logging.StreamHandler[IO[str]]):
     """Ours, so configuring again replaces it instead of adding a second one."""
 
@@ -113,18 +170,17 @@ def configure_logging(
     logger: str = "",
     stream: IO[str] | None = None,
 ) -> None:
-    """Log one line per event to `stream` (stderr): JSON when not a terminal, or as asked.
+    """Log one line per event to `stream` (stderr): JSON when not a terminal, or as asked
+    (`json`, `text`, `logfmt`). JSON and logfmt lines carry an RFC 3339 time in UTC with
+    milliseconds.
 
     `logger=""` configures the root logger (what the command does). An embedding host
     passes `logger="agent_registry_exporter"` to see the exporter's lines without touching
     its own logging; calling again replaces the handler set up before.
     """
     out = stream if stream is not None else sys.stderr
-    as_json = log_format == "json" or (log_format == "auto" and not out.isatty())
     handler = _Handler(stream) if stream is not None else _StderrHandler()
-    handler.setFormatter(
-        _JsonFormatter() if as_json else _TextFormatter("%(asctime)s %(levelname)s %(message)s")
-    )
+    handler.setFormatter(_formatter(log_format, out))
     target = logging.getLogger(logger)
     target.handlers[:] = [h for h in target.handlers if not isinstance(h, _Handler)]
     if not logger:
