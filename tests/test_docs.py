@@ -469,6 +469,11 @@ CLAIMS: dict[tuple[str, str, str], str] = {
         "console",
         "apply -k",
     ): "test_the_three_commands_name_the_rendered_objects",
+    (
+        "docs/configuration.md",
+        "console",
+        "--web.listen-address",
+    ): "test_the_configuration_pages_session_prints_what_it_shows",
     ("docs/runbooks.md", "python", "gc.get_referrers"): "test_referrer_walk_names_the_holder",
     ("docs/runbooks.md", "promql", ""): "test_every_query_parses_with_promtool",
     (

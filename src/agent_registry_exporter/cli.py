@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ._meta import __version__
 from .artifacts import (
@@ -27,6 +27,7 @@ from .artifacts import (
     render_rules_yaml,
 )
 from .common import configure_logging
+from .flags import add_server_flags, own_flag, server_overrides, setting_help
 from .http import ExporterServer, ListenError, start_exporter
 from .registry import AgentRegistry, Thresholds
 from .settings import (
@@ -44,38 +45,11 @@ __all__ = ["main"]
 _log = logging.getLogger("agent_registry_exporter")
 
 
-# The settings `serve` and `sidecar` take as options, and the type argparse reads each as.
-_SERVER_SETTINGS: dict[str, type] = {
-    "listen_host": str,
-    "listen_port": int,
-    "max_user_series": int,
-    "webhook_token_file": str,
-    "web_config_file": str,
-    "user_id_hmac_key_file": str,
-    "instance_host": str,
-}
-
-
-def _flag(name: str) -> str:
-    return f"--{name.replace('_', '-')}"
-
-
-def _help(model: type[BaseModel], name: str) -> str:
-    """The help of the option setting `name`: the field's description and default, read
-    from `model` (never restated here)."""
-    field = model.model_fields[name]
-    text = (field.description or name.replace("_", " ")).replace("%", "%%")
-    default = field.get_default(call_default_factory=True)
-    if default is None or isinstance(default, bool):
-        return text
-    return f"{text} (default: {default})"
-
-
 def _threshold_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(f"thresholds (env {ENV_PREFIX}<NAME>)")
     for name, field in Thresholds.model_fields.items():
         kind = float if field.annotation is float else int  # every limit is a number
-        group.add_argument(_flag(name), type=kind, help=_help(Thresholds, name))
+        group.add_argument(own_flag(name), type=kind, help=setting_help(Thresholds, name))
 
 
 def _rule_options(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "sidecar", help="serve the registries of every backend worker found in --socket-dir"
     )
     _server_options(sidecar)
-    sidecar.add_argument("--socket-dir", help=_help(Settings, "socket_dir"))
+    sidecar.add_argument("--socket-dir", help=setting_help(Settings, "socket_dir"))
 
     rules = commands.add_parser("rules", help="print the Prometheus alert rules as YAML")
     _rule_options(rules)
@@ -219,10 +193,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
-    for name, type_ in _SERVER_SETTINGS.items():
-        parser.add_argument(_flag(name), type=type_, help=_help(Settings, name))
+    add_server_flags(parser)
     parser.add_argument(
-        "--dry-run", action="store_true", default=None, help=_help(Settings, "dry_run")
+        "--dry-run", action="store_true", default=None, help=setting_help(Settings, "dry_run")
     )
     parser.add_argument(
         "--check-config", action="store_true", help="validate settings and exit (0 when valid)"
@@ -238,7 +211,8 @@ def _load(args: argparse.Namespace) -> tuple[Settings, Thresholds]:
     thresholds = ThresholdSettings(
         **_overrides(args, list(ThresholdSettings.model_fields))
     ).to_thresholds()
-    settings = Settings(**_overrides(args, [*_SERVER_SETTINGS, "dry_run", "socket_dir"]))
+    # The settings' flags (any command's: user-id-label takes the key file's).
+    settings = Settings(**server_overrides(args), **_overrides(args, ["dry_run", "socket_dir"]))
     return settings, thresholds
 
 
@@ -379,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "sidecar") and args.check_config:
         return _check_config(settings, sidecar=args.command == "sidecar")
     configure_logging(settings.log_level, settings.log_format)
+    _log.debug("settings in force", extra={"fields": settings.model_dump(mode="json")})
     if args.command in ("serve", "sidecar"):
         try:
             with contextlib.suppress(KeyboardInterrupt):

@@ -7,13 +7,14 @@ import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .common.addresses import format_host_port, parse_peers, split_host_port
 from .common.keyfile import read_key_file
+from .common.logs import LogFormat
 from .common.setting_checks import run_setting_check
 from .registry import DEFAULT_LEAK_GRACE_SECONDS, Thresholds
 
@@ -29,10 +30,12 @@ __all__ = [
     "Settings",
     "ThresholdSettings",
     "describe_validation_error",
+    "log_level_name",
     "unknown_environment",
 ]
 
 ENV_PREFIX = "AGENT_REGISTRY_EXPORTER_"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 # The workers' `serve_registry` reads the same variable as the sidecar's setting.
 SOCKET_DIR_ENV = f"{ENV_PREFIX}SOCKET_DIR"
 DEFAULT_SOCKET_DIR = Path("/run/agent-registry")
@@ -44,6 +47,15 @@ NO_WEBHOOK_TOKEN = (
     f" {ENV_PREFIX}WEBHOOK_TOKEN_FILE (or {ENV_PREFIX}WEBHOOK_ALLOW_UNAUTHENTICATED=true on a"
     " trusted network)"
 )
+
+
+def log_level_name(text: str) -> LogLevel:
+    """`debug`, `Info`, `warn`... as the level's name; ValueError listing the levels."""
+    name = text.strip().upper()
+    name = "WARNING" if name == "WARN" else name  # the Go exporters' name
+    if name not in get_args(LogLevel):
+        raise ValueError(f"{text!r} is no level: debug, info, warn (warning), error, in any case")
+    return cast(LogLevel, name)
 
 
 class Settings(BaseSettings):
@@ -206,12 +218,26 @@ class Settings(BaseSettings):
         description="alerts remembered as handled (same fingerprint and startsAt)",
     )
 
-    log_format: Literal["auto", "json", "text"] = Field(
-        default="auto", description="auto: JSON when not on a terminal"
+    log_format: LogFormat = Field(
+        default="auto",
+        description="auto (JSON when not on a terminal), json, text or logfmt, in any case;"
+        " JSON and logfmt lines carry an RFC 3339 time in UTC with milliseconds",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="level of the package's loggers"
+    log_level: LogLevel = Field(
+        default="INFO",
+        description="level of the package's loggers: debug, info, warn (or warning) or error,"
+        " in any case",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return log_level_name(value) if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_in_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("peers")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
+from ..flags import GO_FLAGS, SERVER_SETTINGS, own_flag
 from ..registry import Thresholds
 from ..settings import ENV_PREFIX, Settings, ThresholdSettings
 
@@ -41,8 +42,31 @@ def render_settings_tables() -> str:
             "",
             *head,
             *thresholds,
+            "",
+            *_flag_rows(),
         ]
     )
+
+
+def _flag_rows() -> list[str]:
+    """The flags of `serve` and `sidecar` that set settings, own names and the Go ones."""
+    own = [f"| `{own_flag(name)}` | `{name}` |" for name in SERVER_SETTINGS]
+    go = [
+        f"| `{f.flag}={f.metavar}` | {' and '.join(f'`{s}`' for s in f.settings)}"
+        f" (as {' and '.join(f'`{own_flag(s)}`' for s in f.settings)}{f.more}) |"
+        for f in GO_FLAGS
+    ]
+    return [
+        "Flags of `serve` and `sidecar` (besides `--dry-run`, and `--socket-dir` for"
+        " `sidecar`): a flag wins over its variable; the Go exporters' names may stand"
+        " beside the own ones, and a setting given both ways must be given the same value,"
+        " or start-up stops naming both:",
+        "",
+        "| flag | setting |",
+        "|---|---|",
+        *own,
+        *go,
+    ]
 
 
 def render_configuration_page(page: str) -> str:

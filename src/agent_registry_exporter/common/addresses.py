@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["bracket_host", "format_host_port", "parse_peers", "split_host_port"]
+__all__ = [
+    "bracket_host",
+    "format_host_port",
+    "parse_peers",
+    "split_host_port",
+    "split_listen_address",
+]
 
 
 def bracket_host(host: str) -> str:
@@ -17,8 +23,11 @@ def format_host_port(host: str, port: int) -> str:
     return f"{bracket_host(host)}:{port}"
 
 
-def split_host_port(text: str, *, port_required: bool = False) -> tuple[str, int | None]:
-    """`host`, `host:port` or `[v6]:port` -> (host, port); ValueError naming what is wrong."""
+def split_host_port(
+    text: str, *, port_required: bool = False, port_zero: bool = False
+) -> tuple[str, int | None]:
+    """`host`, `host:port` or `[v6]:port` -> (host, port); ValueError naming what is wrong.
+    `port_zero`: port 0 (a free one, for an address to listen on) is valid too."""
     text = text.strip()
     host, port_text = text, ""
     if text.startswith("["):
@@ -39,7 +48,7 @@ def split_host_port(text: str, *, port_required: bool = False) -> tuple[str, int
         if port_required or text.endswith(":"):
             raise ValueError(f"{text!r} has no port")
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not port_text.isdigit() or not (0 if port_zero else 1) <= int(port_text) < 65536:
         raise ValueError(f"{text!r} has no valid port")
     return host, int(port_text)
 
@@ -52,3 +61,15 @@ def parse_peers(spec: str) -> list[tuple[str, int | None]]:
     if not all(entries):
         raise ValueError(f"{spec!r} has an empty entry")
     return [split_host_port(entry) for entry in entries]
+
+
+def split_listen_address(text: str) -> tuple[str, int]:
+    """A Go exporter's `--web.listen-address`: `host:port`, `[v6]:port`, or `:port` (every
+    IPv4 interface, `0.0.0.0`) -> (host, port); port 0 picks a free one."""
+    if text.startswith(":") and ":" not in text[1:]:
+        if not text[1:].isdigit() or int(text[1:]) > 65535:
+            raise ValueError(f"{text!r} has no valid port")
+        return "0.0.0.0", int(text[1:])
+    host, port = split_host_port(text, port_required=True, port_zero=True)
+    assert port is not None  # port_required
+    return host, port
