@@ -175,7 +175,8 @@ class LocalStack:
     `targets` are the exporter addresses (host:port) Prometheus scrapes in job
     `agent-registry-exporter`; the webhook goes to `webhook_address`, by default the first.
     With `access`, both reach them over HTTPS (and Prometheus with basic auth);
-    `extra_scrape_configs` add jobs.
+    `relabel_configs` rewrite that job's target labels (e.g. `instance` to a pod name, as
+    clusters do); `extra_scrape_configs` add jobs.
     With `alertmanager_pair`, Prometheus sends to a second, unclustered Alertmanager too
     (an HA pair whose gossip never dedupes: every notification is delivered twice).
     """
@@ -197,6 +198,7 @@ class LocalStack:
         )
     )
     access: ExporterAccess | None = None
+    relabel_configs: list[dict[str, Any]] = field(default_factory=list)
     extra_scrape_configs: list[dict[str, Any]] = field(default_factory=list)
     prometheus: ManagedProcess | None = None
     alertmanager: ManagedProcess | None = None
@@ -269,6 +271,11 @@ class LocalStack:
                     {
                         "job_name": JOB,
                         "static_configs": [{"targets": self.targets}],
+                        **(
+                            {"relabel_configs": self.relabel_configs}
+                            if self.relabel_configs
+                            else {}
+                        ),
                         **(self.access.scrape_config() if self.access else {}),
                     },
                     *self.extra_scrape_configs,
