@@ -28,6 +28,10 @@ DEPLOY = ROOT / "deploy" / "kubernetes"
 DATA = Path(__file__).parent / "data"
 CRDS = DATA / "crds"
 BACKEND_DEPLOYMENT = DATA / "kubernetes" / "backend-deployment.yaml"
+# The same backend hardened (restricted profile, its own fsGroup, probes, limits): the patch
+# applied to it is what scanners (checkov) should see.
+HARDENED_DEPLOYMENT = DATA / "kubernetes" / "hardened-deployment.yaml"
+SAMPLE_DEPLOYMENTS = (BACKEND_DEPLOYMENT, HARDENED_DEPLOYMENT)
 # The oldest Kubernetes still common in clusters, and the newest kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -54,15 +58,46 @@ def kubectl(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[
     )
 
 
-def patched_deployment(patch: Path) -> dict[str, Any]:
-    """The example backend Deployment after the docs' `kubectl patch` (strategic merge)."""
+def patched_deployment(patch: Path, deployment: Path = BACKEND_DEPLOYMENT) -> dict[str, Any]:
+    """A sample backend Deployment after the docs' `kubectl patch` (strategic merge)."""
     done = kubectl(
-        "patch", "--local", "-f", BACKEND_DEPLOYMENT, "--type", "strategic",
+        "patch", "--local", "-f", deployment, "--type", "strategic",
         "--patch-file", patch, "-o", "yaml",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = yaml.safe_load(done.stdout)
     return result
+
+
+def changed(original: Any, patched: Any, path: str = "") -> list[str]:
+    """Where `patched` does not keep `original` (a value changed or gone), as paths; what
+    `patched` adds is not listed. Lists of named objects (containers, env, volumes) are
+    matched by name, other lists must be equal."""
+    if isinstance(original, dict) and isinstance(patched, dict):
+        return [
+            p
+            for key, value in original.items()
+            for p in (
+                changed(value, patched[key], f"{path}.{key}")
+                if key in patched
+                else [f"{path}.{key} (gone)"]
+            )
+        ]
+    named = isinstance(original, list) and all(
+        isinstance(i, dict) and "name" in i for i in original
+    )
+    if named and isinstance(patched, list) and original:
+        by_name = {i.get("name"): i for i in patched if isinstance(i, dict)}
+        return [
+            p
+            for item in original
+            for p in (
+                changed(item, by_name[item["name"]], f"{path}[{item['name']}]")
+                if item["name"] in by_name
+                else [f"{path}[{item['name']}] (gone)"]
+            )
+        ]
+    return [] if original == patched else [f"{path}: {original!r} -> {patched!r}"]
 
 
 def container_env(container: dict[str, Any], pod_ip: str) -> dict[str, str]:

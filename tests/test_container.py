@@ -87,8 +87,9 @@ class TestDockerfile:
         assert uid.isdigit()
         assert gid.isdigit()
         assert int(uid) > 0
-        user, group, _ = pod_identity()
-        assert (int(uid), int(gid)) == (user, group)  # the patch's runAsUser and runAsGroup
+        user, _ = pod_identity()
+        # The patch's runAsUser; its runAsGroup is the backend's group (--backend-gid).
+        assert int(uid) == user
 
     def test_runtime_environment_and_labels(self, runtime) -> None:
         """No bytecode writes, unbuffered logs, OCI labels for version, source and licence."""
@@ -269,12 +270,14 @@ def token_file() -> Iterator[Path]:
         shutil.rmtree(directory)
 
 
-def pod_identity() -> tuple[int, int, int]:
-    """(runAsUser, runAsGroup, fsGroup) of the sidecar, from the committed patch."""
+def pod_identity() -> tuple[int, int]:
+    """(runAsUser, runAsGroup) of the sidecar, from the committed patch: the group is the
+    backend's (`--backend-gid`); the patch sets nothing at the pod level."""
     spec = yaml.safe_load((DEPLOY / "deployment-patch.yaml").read_text())["spec"]["template"]
+    assert "securityContext" not in spec["spec"]
     (sidecar,) = [c for c in spec["spec"]["containers"] if c["name"] == "agent-registry-exporter"]
     context = sidecar["securityContext"]
-    return context["runAsUser"], context["runAsGroup"], spec["spec"]["securityContext"]["fsGroup"]
+    return context["runAsUser"], context["runAsGroup"]
 
 
 class TestBuiltWithoutEngine:
@@ -351,7 +354,7 @@ class TestBuiltWithoutEngine:
         self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
     ) -> None:
         """As in the pod: the backend (another user) serves its socket, the sidecar runs as
-        the patch's user and reads it through the pod's fsGroup; /metrics shows the worker.
+        the patch's user in the backend's group (its runAsGroup); /metrics shows the worker.
         Alice's 3 agents are under half the limit: with the patch's minimum pressure (0.5)
         she is in the histogram, not in per-user series."""
         ready, body = _scrape_one_worker(image, runtime, token_file, socket_dir, tmp_path, True)
@@ -364,12 +367,13 @@ class TestBuiltWithoutEngine:
         assert (tmp_path / "sidecar.log").read_text().startswith("{")  # LOG_FORMAT=json
 
     @pytest.mark.processes
-    def test_without_the_pod_fs_group_the_sidecar_cannot_read_the_socket(
+    def test_in_its_own_group_the_sidecar_cannot_read_the_socket(
         self, image: Path, runtime, token_file, socket_dir: Path, tmp_path: Path
     ) -> None:
-        """Why the patch sets fsGroup: a 0660 socket of the backend's own group is refused."""
+        """Why the patch sets the sidecar's runAsGroup: a 0660 socket of the backend's group
+        is refused to a sidecar in another group."""
         ready, body = _scrape_one_worker(image, runtime, token_file, socket_dir, tmp_path, False)
-        assert ready == 503  # no worker answers: the pod would not become ready
+        assert ready == 503  # no worker answers (the pod stays Ready: no readiness probe)
         assert 'agent_registry_source_up{worker="w1"} 0.0' in body
         assert "permission denied" in (tmp_path / "sidecar.log").read_text()
 
@@ -378,14 +382,14 @@ BACKEND_USER = 1000  # the user's backend container: any other non-root user
 
 
 def _scrape_one_worker(
-    image: Path, runtime: Stage, token_file: Path, socket_dir: Path, log_dir: Path, fs_group: bool
+    image: Path, runtime: Stage, token_file: Path, socket_dir: Path, log_dir: Path, shared: bool
 ) -> tuple[int, str]:
-    """Start a backend worker and the sidecar with the patch's settings and identities;
-    the readiness probe's status and the scrape."""
-    user, group, pod_group = pod_identity()
-    # The kubelet gives an fsGroup volume that group with the setgid bit (emptyDir is 0777).
-    os.chown(socket_dir, 0, pod_group if fs_group else 0)
-    socket_dir.chmod(0o2777 if fs_group else 0o777)
+    """Start a backend worker and the sidecar with the patch's settings and identities (the
+    sidecar in its own group 65532 unless `shared`); /-/ready's status and the scrape."""
+    user, backend_group = pod_identity()
+    # An emptyDir without fsGroup, as the kubelet makes it: root's, mode 0777.
+    os.chown(socket_dir, 0, 0)
+    socket_dir.chmod(0o777)
     env = {
         **patch_env("127.0.0.1", token_file),
         **image_env(
@@ -396,8 +400,9 @@ def _scrape_one_worker(
             socket_dir=str(socket_dir),
         ),
     }
-    backend = {"user": BACKEND_USER, "group": BACKEND_USER, "extra_groups": [pod_group]}
-    sidecar = {"user": user, "group": group, "extra_groups": [pod_group]}
+    # No supplementary groups (root's are not inherited): each has its primary group only.
+    backend = {"user": BACKEND_USER, "group": backend_group, "extra_groups": []}
+    sidecar = {"user": user, "group": backend_group if shared else user, "extra_groups": []}
     worker = [image / "bin" / "python", image / "backend_worker.py", "w1"]
     with (
         _started(*worker, env=env, log=log_dir / "worker.log", ready="serving", **backend),

@@ -474,6 +474,11 @@ CLAIMS: dict[tuple[str, str, str], str] = {
         "console",
         "--web.listen-address",
     ): "test_the_configuration_pages_session_prints_what_it_shows",
+    (
+        "docs/kubernetes.md",
+        "console",
+        "--dry-run=client",
+    ): "test_the_documented_check_shows_a_wrong_container_name",
     ("docs/runbooks.md", "python", "gc.get_referrers"): "test_referrer_walk_names_the_holder",
     ("docs/runbooks.md", "promql", ""): "test_every_query_parses_with_promtool",
     (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from .manifests import (
     BACKEND_DEPLOYMENT,
     DEPLOY,
     ROOT,
+    SAMPLE_DEPLOYMENTS,
+    changed,
     committed,
     drifted,
     http_status,
@@ -134,7 +137,7 @@ class TestRendering:
         argv = [
             "kubernetes", "--output-dir", str(tmp_path), "--namespace", "team-a",
             "--deployment", "api", "--backend-container", "app", "--image", "reg.example/are:9",
-            "--app-port", "9000", "--app-port", "9001", "--job", "agents", "--fs-group", "2000",
+            "--app-port", "9000", "--app-port", "9001", "--job", "agents", "--backend-gid", "2000",
         ]  # fmt: skip
         assert main(argv) == 0
         out = {p.name: yaml.safe_load(p.read_text()) for p in tmp_path.iterdir()}
@@ -147,7 +150,9 @@ class TestRendering:
         ports = [p["port"] for rule in ingress for p in rule["ports"]]
         assert ports == [PORT, 9000, 9001]
         assert patch["spec"]["template"]["metadata"]["labels"] == {JOB_LABEL: "agents"}
-        assert patch["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 2000
+        sidecar = patch["spec"]["template"]["spec"]["containers"][1]
+        assert sidecar["securityContext"]["runAsGroup"] == 2000
+        assert "securityContext" not in patch["spec"]["template"]["spec"]
         hook = out["alertmanagerconfig.yaml"]["spec"]["receivers"][0]["webhookConfigs"][0]
         assert hook["url"].startswith("http://agent-registry-exporter.team-a.svc:")
         assert {m["metadata"]["namespace"] for n, m in out.items() if "metadata" in m} == {"team-a"}
@@ -158,7 +163,8 @@ class TestRendering:
             (["--namespace", "Team_A"], "namespace='Team_A' is not a Kubernetes name"),
             (["--app-port", str(PORT)], f"app port {PORT} must be 1-65535 and not"),
             (["--app-port", "70000"], "app port 70000"),
-            (["--fs-group", "0"], "fs_group 0 must be a group id above 0"),
+            (["--backend-gid", "0"], "backend_gid 0 must be a group id above 0"),
+            (["--backend-gid", str(2**31)], f"backend_gid {2**31} must be a group id above 0"),
             (["--for-exporter-down", "1h"], "for_exporter_down"),
         ],
     )
@@ -464,15 +470,37 @@ class TestWiring:
             assert env(c)["AGENT_REGISTRY_EXPORTER_SOCKET_DIR"] == mount["mountPath"]
         assert mount["mountPath"] == str(Settings().socket_dir)  # the image's default too
 
-    def test_pod_fs_group_lets_the_sidecar_open_the_0660_sockets(self, deployment) -> None:
-        """fsGroup owns the emptyDir (setgid): sockets get a group both containers have.
+    def test_the_sidecar_runs_in_the_backends_group_to_open_the_0660_sockets(
+        self, manifests
+    ) -> None:
+        """Container-level runAsGroup = --backend-gid: the workers' sockets (mode 0660, their
+        group) open to the sidecar without any pod-level fsGroup."""
+        spec = manifests["deployment-patch.yaml"]["spec"]["template"]["spec"]
+        (sidecar,) = [c for c in spec["containers"] if c["name"] == "agent-registry-exporter"]
+        assert sidecar["securityContext"]["runAsGroup"] == KubernetesOptions().backend_gid
+        assert "securityContext" not in spec  # the pod's own is never touched
 
-        The user's own pod securityContext is merged, not replaced.
-        """
-        context = pod_spec(deployment)["securityContext"]
-        assert context["fsGroup"] == KubernetesOptions().fs_group
-        assert context["fsGroupChangePolicy"] == "OnRootMismatch"
-        assert context["runAsNonRoot"] is True  # from the user's Deployment
+    @pytest.mark.processes
+    @pytest.mark.parametrize("sample", SAMPLE_DEPLOYMENTS, ids=lambda p: p.stem)
+    def test_the_patch_changes_nothing_of_the_users_deployment(self, sample: Path) -> None:
+        """Everything the user's Deployment says is still there, unchanged (its pod
+        securityContext and fsGroup, its container's probes, ports, env, volumes): the patch
+        only adds."""
+        original = yaml.safe_load(sample.read_text())
+        patched = patched_deployment(DEPLOY / "deployment-patch.yaml", sample)
+        assert changed(original, patched) == []
+        assert pod_spec(patched).get("securityContext") == pod_spec(original).get("securityContext")
+
+    def test_the_comparison_sees_a_replaced_value(self) -> None:
+        """`changed` is not blind: a replaced fsGroup and a lost container are named."""
+        original = yaml.safe_load(SAMPLE_DEPLOYMENTS[1].read_text())
+        patched = copy.deepcopy(original)
+        pod_spec(patched)["securityContext"]["fsGroup"] = 65532
+        pod_spec(patched)["containers"] = []
+        assert changed(original, patched) == [
+            ".spec.template.spec.securityContext.fsGroup: 2000 -> 65532",
+            ".spec.template.spec.containers[backend] (gone)",
+        ]
 
     def test_every_variable_the_patch_sets_is_a_setting(self, deployment) -> None:
         """No typo in a variable name: each AGENT_REGISTRY_EXPORTER_* names a Settings field."""
@@ -508,6 +536,51 @@ class TestDocs:
             f"kubectl -n {namespace} patch deployment {target} "
             "--patch-file deploy/kubernetes/deployment-patch.yaml"
         )
+
+    @pytest.mark.processes
+    @pytest.mark.parametrize(
+        ("backend_container", "listed"),
+        [
+            ("backend", "backend agent-registry-exporter"),
+            ("api", "api agent-registry-exporter backend"),
+        ],
+    )
+    def test_the_documented_check_shows_a_wrong_container_name(
+        self, manifests, tmp_path: Path, backend_container: str, listed: str
+    ) -> None:
+        """The docs' offline check, run as written on the sample Deployment: the right name
+        lists the two containers shown; a wrong --backend-container shows up as a third, as
+        the page says, and patched.yaml is the whole patched Deployment."""
+        shown = block("docs/kubernetes.md", "console", "--dry-run=client")
+        get, *checks = shown.commands()
+        meta = manifests["deployment-patch.yaml"]["metadata"]
+        assert get == (
+            f"kubectl -n {meta['namespace']} get deployment {meta['name']} -o yaml > deploy.yaml"
+        )
+        (tmp_path / "deploy.yaml").write_text(BACKEND_DEPLOYMENT.read_text())
+        files = render_kubernetes_files(
+            Thresholds(), KubernetesOptions(backend_container=backend_container)
+        )
+        (tmp_path / "deploy" / "kubernetes").mkdir(parents=True)
+        patch = tmp_path / "deploy" / "kubernetes" / "deployment-patch.yaml"
+        patch.write_text(files["deployment-patch.yaml"])
+        outputs = []
+        for line in checks:
+            command, _, target = line.partition(" > ")
+            argv = shlex.split(command)
+            assert argv[0] == "kubectl"
+            done = kubectl(*argv[1:], cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            if target:
+                (tmp_path / target).write_text(done.stdout)
+            outputs.append(done.stdout)
+        assert outputs[-1] == listed + "\n"
+        if backend_container == "backend":
+            assert outputs[-1] == shown.text.splitlines()[-1] + "\n"
+        else:
+            assert f"`{listed}`" in " ".join(self.PAGE.split())
+        patched = yaml.safe_load((tmp_path / "patched.yaml").read_text())
+        assert patched == patched_deployment(patch)
 
     def test_every_file_is_explained(self) -> None:
         """The file table has one row per rendered file."""

@@ -103,6 +103,33 @@ class TestServeRegistry:
         finally:
             await handle.stop()
 
+    @pytest.mark.parametrize("umask", [0o022, 0o077])
+    async def test_sockets_and_a_directory_it_creates_are_group_writable_whatever_the_umask(
+        self, registry, socket_dir, umask: int
+    ) -> None:
+        """The sidecar shares only the workers' group (the patch's runAsGroup, no fsGroup):
+        it connects to 0660 sockets and removes dead workers' sockets from a 0770 directory."""
+        previous = os.umask(umask)
+        try:
+            handle = await serve_registry(registry, socket_dir / "made", worker="w1")
+        finally:
+            os.umask(previous)
+        try:
+            assert handle.path is not None
+            assert stat.S_IMODE(handle.path.stat().st_mode) == 0o660
+            assert stat.S_IMODE((socket_dir / "made").stat().st_mode) == 0o770
+        finally:
+            await handle.stop()
+
+    async def test_an_existing_directory_keeps_its_mode(self, registry, socket_dir) -> None:
+        """Only what it creates: the emptyDir (0777) or the operator's directory is left as is."""
+        (socket_dir / "given").mkdir(mode=0o755)
+        handle = await serve_registry(registry, socket_dir / "given", worker="w1")
+        try:
+            assert stat.S_IMODE((socket_dir / "given").stat().st_mode) == 0o755
+        finally:
+            await handle.stop()
+
     async def test_stop_removes_the_socket(self, registry, socket_dir) -> None:
         """After stop() the file is gone and nothing answers."""
         handle = await serve_registry(registry, socket_dir, worker="gone")

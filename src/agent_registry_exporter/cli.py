@@ -90,11 +90,11 @@ def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
             help=f"{help_} (%(default)s)",
         )
     parser.add_argument(
-        "--fs-group",
+        "--backend-gid",
         type=int,
-        default=defaults.fs_group,
-        help="the pod's fsGroup, shared by the backend's sockets and the sidecar; use yours if "
-        "your pod sets one (%(default)s)",
+        default=defaults.backend_gid,
+        help="the group your backend container runs as (`id -g` in it): the sidecar runs in it"
+        " to open the workers' sockets (%(default)s)",
     )
     parser.add_argument(
         "--app-port",
@@ -113,7 +113,7 @@ def _kubernetes(args: argparse.Namespace, rules: RuleOptions) -> KubernetesOptio
         "backend_container",
         "image",
         "monitoring_namespace",
-        "fs_group",
+        "backend_gid",
     )
     chosen: dict[str, Any] = {name: getattr(args, name) for name in names}
     if args.app_ports is not None:

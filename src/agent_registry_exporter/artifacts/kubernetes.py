@@ -85,9 +85,9 @@ class KubernetesOptions:
     # The backend's own ports: the NetworkPolicy isolates the pods, so it keeps these open.
     app_ports: tuple[int, ...] = (8080,)
     image: str = f"agent-registry-exporter:{__version__}"
-    # The workers' sockets are mode 0660: the pod's fsGroup owns the socket emptyDir (setgid),
-    # so the sockets get this group, which every container of the pod belongs to.
-    fs_group: int = 65532
+    # The workers' sockets are mode 0660 in the backend's group: the sidecar runs in that
+    # group (container-level runAsGroup), so the pod's own securityContext is never touched.
+    backend_gid: int = 1000
     name: str = "agent-registry-exporter"
     monitoring_namespace: str = "monitoring"
     scrape_interval: str = "30s"
@@ -103,8 +103,10 @@ class KubernetesOptions:
                 raise ValueError(f"app port {port} must be 1-65535 and not the exporter's {PORT}")
         if not self.image.strip():
             raise ValueError("image must not be empty")
-        if not 0 < self.fs_group < 2**31:
-            raise ValueError(f"fs_group {self.fs_group} must be a group id above 0")
+        if not 0 < self.backend_gid < 2**31:
+            raise ValueError(
+                f"backend_gid {self.backend_gid} must be a group id above 0 and below 2^31"
+            )
 
     @property
     def peers_service(self) -> str:
@@ -169,7 +171,7 @@ def _sidecar(o: KubernetesOptions) -> dict[str, Any]:
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": 65532,
-            "runAsGroup": 65532,
+            "runAsGroup": o.backend_gid,  # the group of the workers' 0660 sockets
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
@@ -206,11 +208,8 @@ def _deployment_patch(o: KubernetesOptions) -> dict[str, Any]:
         "spec": {
             "template": {
                 "metadata": {"labels": _selected(o)},
+                # No pod-level securityContext: the patch changes only what it adds.
                 "spec": {
-                    "securityContext": {
-                        "fsGroup": o.fs_group,
-                        "fsGroupChangePolicy": "OnRootMismatch",
-                    },
                     "containers": [backend, _sidecar(o)],
                     "volumes": [
                         {"name": SOCKET_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},

@@ -297,7 +297,7 @@ class RegistrySocket:
 
     async def _bind(self) -> None:
         """Claim the name, bind the socket; OSError (nothing left behind) when it cannot."""
-        self._directory.mkdir(mode=0o770, parents=True, exist_ok=True)
+        _make_directory(self._directory)
         name, self._lock = _claim(self._directory, self._name)
         try:
             path = socket_path(self._directory, name)
@@ -402,6 +402,18 @@ async def serve_registry(
         handle._waiting(exc)
         handle._retry = asyncio.get_running_loop().create_task(handle._retry_until_bound())
     return handle
+
+
+def _make_directory(directory: Path) -> None:
+    """Create `directory` group-writable whatever the umask: the sidecar shares only the
+    workers' group and removes dead workers' sockets. An existing one keeps its mode."""
+    try:
+        directory.mkdir(mode=0o770, parents=True)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise
+        return
+    os.chmod(directory, 0o770)  # noqa: S103 - the workers' group only, as its sockets
 
 
 def _slot(n: int) -> str:
