@@ -20,7 +20,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import yaml
 from packaging.utils import canonicalize_name
 
 from agent_registry_exporter import Settings, __version__
+from agent_registry_exporter.testing.ports import PortInUse, start_on_free_port
 
 from .dockerfile import DOCKERFILE, ROOT, Stage, arg_default, context_files, stages
 from .lockfile import LOCK, pins
@@ -395,7 +396,6 @@ def _scrape_one_worker(
         **image_env(
             runtime,
             listen_host="127.0.0.1",
-            listen_port="0",
             peers="localhost",  # resolved from /etc/hosts: no DNS query leaves the host
             socket_dir=str(socket_dir),
         ),
@@ -404,11 +404,26 @@ def _scrape_one_worker(
     backend = {"user": BACKEND_USER, "group": backend_group, "extra_groups": []}
     sidecar = {"user": user, "group": backend_group if shared else user, "extra_groups": []}
     worker = [image / "bin" / "python", image / "backend_worker.py", "w1"]
-    with (
-        _started(*worker, env=env, log=log_dir / "worker.log", ready="serving", **backend),
-        _started(*command(image, runtime), env=env, log=log_dir / "sidecar.log", **sidecar) as url,
-    ):
-        return _status(f"{url}/-/ready"), _get(f"{url}/metrics")
+
+    def sidecar_on(port: int) -> tuple[ExitStack, str]:
+        # A fixed port: instance_host (the patch's) gives instance as <host>:<listen port>.
+        env["AGENT_REGISTRY_EXPORTER_LISTEN_PORT"] = str(port)
+        stack, log = ExitStack(), log_dir / "sidecar.log"
+        try:
+            url = stack.enter_context(
+                _started(*command(image, runtime), env=env, log=log, **sidecar)
+            )
+        except AssertionError:
+            stack.close()
+            if "address already in use" in log.read_text().lower():
+                raise PortInUse(f"the sidecar on 127.0.0.1:{port}") from None
+            raise
+        return stack, url
+
+    with _started(*worker, env=env, log=log_dir / "worker.log", ready="serving", **backend):
+        stack, url = start_on_free_port(sidecar_on)
+        with stack:
+            return _status(f"{url}/-/ready"), _get(f"{url}/metrics")
 
 
 def command(image: Path, runtime: Stage) -> list[str]:
