@@ -28,10 +28,11 @@ DEPLOY = ROOT / "deploy" / "kubernetes"
 DATA = Path(__file__).parent / "data"
 CRDS = DATA / "crds"
 BACKEND_DEPLOYMENT = DATA / "kubernetes" / "backend-deployment.yaml"
-# The same backend hardened (restricted profile, its own fsGroup, probes, limits): the patch
-# applied to it is what scanners (checkov) should see.
-HARDENED_DEPLOYMENT = DATA / "kubernetes" / "hardened-deployment.yaml"
-SAMPLE_DEPLOYMENTS = (BACKEND_DEPLOYMENT, HARDENED_DEPLOYMENT)
+# The same backend hardened (what tests/test_scanners.py scans with the patch applied), and
+# one with a pod securityContext and fsGroup of its own: the patch must keep all of them.
+HARDENED_DEPLOYMENT = DATA / "kubernetes" / "hardened-backend-deployment.yaml"
+FS_GROUP_DEPLOYMENT = DATA / "kubernetes" / "backend-with-fsgroup-deployment.yaml"
+SAMPLE_DEPLOYMENTS = (BACKEND_DEPLOYMENT, HARDENED_DEPLOYMENT, FS_GROUP_DEPLOYMENT)
 # The oldest Kubernetes still common in clusters, and the newest kubernetes-validate ships.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 

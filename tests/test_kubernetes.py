@@ -28,6 +28,7 @@ from .doc_blocks import block
 from .manifests import (
     BACKEND_DEPLOYMENT,
     DEPLOY,
+    FS_GROUP_DEPLOYMENT,
     ROOT,
     SAMPLE_DEPLOYMENTS,
     changed,
@@ -493,7 +494,7 @@ class TestWiring:
 
     def test_the_comparison_sees_a_replaced_value(self) -> None:
         """`changed` is not blind: a replaced fsGroup and a lost container are named."""
-        original = yaml.safe_load(SAMPLE_DEPLOYMENTS[1].read_text())
+        original = yaml.safe_load(FS_GROUP_DEPLOYMENT.read_text())
         patched = copy.deepcopy(original)
         pod_spec(patched)["securityContext"]["fsGroup"] = 65532
         pod_spec(patched)["containers"] = []
