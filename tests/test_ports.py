@@ -116,3 +116,14 @@ class TestChildProcesses:
             assert "address already in use" in (tmp_path / f"exporter-{taken}.log").read_text()
         finally:
             proc.stop()
+
+
+class TestPortFreeOnSeveralHosts:
+    def test_one_port_free_on_an_ipv4_and_an_ipv6_host(self) -> None:
+        """A dual-stack fleet (127.0.0.2 and ::1) gets one port both can bind."""
+        from agent_registry_exporter.testing.ports import free_port_on
+
+        port = free_port_on(["127.0.0.2", "::1"])
+        with socket.socket(socket.AF_INET6) as v6, socket.socket() as v4:
+            v6.bind(("::1", port))
+            v4.bind(("127.0.0.2", port))

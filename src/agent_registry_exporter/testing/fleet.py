@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..common.addresses import format_host_port, split_host_port
 from ..http import ExporterServer, create_app
 from ..registry import AgentRegistry
 from ..remediation import Decision
@@ -81,7 +82,7 @@ class RoundRobinProxy:
             await self._pass()
             host, port = self.backends[self._next % len(self.backends)]
             self._next += 1
-            backend = f"{host}:{port}"
+            backend = format_host_port(host, port)
             try:
                 up_reader, up_writer = await asyncio.open_connection(host, port)
             except OSError:
@@ -127,8 +128,9 @@ class Replica:
 
         source = self.source or InProcessSource(self.registry)
         app = create_app(source, self.settings, on_decision=record)
-        host, port = self.address.rsplit(":", 1)
-        self.server = ExporterServer(app, host, int(port))
+        host, port = split_host_port(self.address, port_required=True)
+        assert port is not None
+        self.server = ExporterServer(app, host, port)
         await self.server.start()
 
     async def stop(self) -> None:
@@ -143,7 +145,8 @@ class Replica:
 
 @dataclass
 class LocalFleet:
-    """Replicas on `hosts`, one shared port, peers listed, behind a round-robin proxy."""
+    """Replicas on `hosts` (IPv4 or IPv6), one shared port, peers listed, behind a
+    round-robin proxy; each knows its own instance from `instance_host`, as in a pod."""
 
     hosts: Sequence[str]
     token: str
@@ -160,16 +163,15 @@ class LocalFleet:
         await start_on_free_port_async(self._start_on, choose=lambda: free_port_on(self.hosts))
 
     async def _start_on(self, port: int) -> None:
-        addresses = [f"{host}:{port}" for host in self.hosts]
+        addresses = [format_host_port(host, port) for host in self.hosts]
         peers = ",".join(addresses) if len(addresses) > 1 else None
         self.replicas = []
-        for address in addresses:
-            host = address.rsplit(":", 1)[0]
+        for host, address in zip(self.hosts, addresses, strict=True):
             settings = Settings(
                 listen_host=host,
                 listen_port=port,
                 webhook_token=self.token,
-                instance=address,
+                instance_host=host,
                 peers=peers,
                 **self.settings,
             )

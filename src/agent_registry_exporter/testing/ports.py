@@ -42,10 +42,14 @@ def address_in_use(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 
+def _socket_for(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free on `host` right now: only for an address nobody is meant to listen on,
     or through `start_on_free_port` (someone may bind it first)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+    with _socket_for(host) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -54,12 +58,12 @@ def free_port_on(hosts: Sequence[str], attempts: int = 50) -> int:
     """A port free on every one of `hosts` right now (pods share one port)."""
     for _ in range(attempts):
         with contextlib.ExitStack() as held:
-            first = held.enter_context(socket.socket())
+            first = held.enter_context(_socket_for(hosts[0]))
             first.bind((hosts[0], 0))
             port = int(first.getsockname()[1])
             try:
                 for host in hosts[1:]:
-                    held.enter_context(socket.socket()).bind((host, port))
+                    held.enter_context(_socket_for(host)).bind((host, port))
             except OSError:
                 continue
             return port
