@@ -1,5 +1,6 @@
 """Sidecar deltas over any history (hypothesis): what the sidecar renders from the deltas
-it applied is byte for byte what it renders from a full snapshot of the same registry.
+it applied, with a renderer that takes each delta's changes into its cache, is byte for
+byte what a fresh render of a full snapshot of the same registry gives.
 
 A real registry served on a real socket, the sidecar's real worker client: registrations,
 unregistrations, conditional and unconditional cleanups, backdated sessions, sidecar and
@@ -21,10 +22,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from agent_registry_exporter import AgentRegistry, RegistrySnapshot, Thresholds, serve_registry
-from agent_registry_exporter.exporting import OPENMETRICS, ExporterMetrics, render
+from agent_registry_exporter.exporting import OPENMETRICS, TEXT, ExporterMetrics, Renderer, render
 from agent_registry_exporter.sources import WorkerSource
 
 from .conftest import FakeClock, RecordingAgent
+from .test_render_cache import single_member
 from .test_socket_api import snapshot_answer
 
 USERS = ("u0", "u1", "u2", "u\n3", "u4")
@@ -40,10 +42,19 @@ def registry_families_only() -> ExporterMetrics:
 METRICS = registry_families_only()
 
 
-def body(snapshot: RegistrySnapshot) -> bytes:
+def as_sidecar(part: RegistrySnapshot) -> RegistrySnapshot:
+    """What the sidecar renders: one part per worker, here one."""
     # The worker's resident memory moves between two answers: not what is compared here.
-    steady = dataclasses.replace(snapshot, resident_memory_bytes=None)
-    return render(steady, METRICS, format=OPENMETRICS, max_user_series=3).body
+    part = dataclasses.replace(part, resident_memory_bytes=None)
+    return RegistrySnapshot(
+        taken_at=part.taken_at, thresholds=part.thresholds, sessions=part.sessions, workers=(part,)
+    )
+
+
+def body(renderer: Renderer | None, snapshot: RegistrySnapshot, options: dict[str, Any]) -> bytes:
+    draw = render if renderer is None else renderer.render
+    rendered = draw(as_sidecar(snapshot), METRICS, **options)
+    return single_member(rendered.body) if rendered.gzipped else rendered.body
 
 
 step = st.one_of(
@@ -51,8 +62,8 @@ step = st.one_of(
     st.tuples(st.just("unregister"), st.sampled_from(USERS), st.integers(0, 4)),
     st.tuples(st.just("cleanup"), st.sampled_from(USERS), st.booleans()),
     st.tuples(st.just("age"), st.sampled_from(USERS), st.sampled_from([0.5, 2.0])),
-    st.tuples(st.just("scrape")),
-    st.tuples(st.just("scrape")),
+    st.tuples(st.just("scrape"), st.booleans(), st.booleans(), st.sampled_from([3, 1000])),
+    st.tuples(st.just("scrape"), st.just(True), st.just(True), st.just(1000)),
     st.tuples(st.just("sidecar restarts")),
     st.tuples(st.just("worker restarts")),
 )
@@ -64,6 +75,7 @@ class Play:
         self.clock = FakeClock()
         self.registry = AgentRegistry(thresholds=LIMITS, clock=self.clock)
         self.names = 0
+        self.renderer = Renderer(chunk_users=2)  # tiny chunks: boundaries everywhere
 
     async def start(self) -> None:
         self.handle = await serve_registry(self.registry, self.socket_dir, worker="w0")
@@ -98,16 +110,22 @@ class Play:
             self.registry = AgentRegistry(thresholds=LIMITS, clock=self.clock)
             self.handle = await serve_registry(self.registry, self.socket_dir, worker="w0")
         elif action == "scrape":
-            await self.scrape()
+            await self.scrape(*args)
 
-    async def scrape(self) -> None:
+    async def scrape(self, openmetrics: bool, gzipped: bool, cap: int) -> None:
         self.clock.advance(15)
         ours = await self.client.snapshot()
         full = (await snapshot_answer(self.handle.path)).snapshot
         assert [tuple(s) for s in ours.sessions] == [
             (s.user_id, s.agent_count, s.created_timestamp) for s in self.registry.sessions()
         ]
-        assert body(ours) == body(dataclasses.replace(full, worker="w0"))
+        options = {
+            "format": OPENMETRICS if openmetrics else TEXT,
+            "gzipped": gzipped,
+            "max_user_series": cap,
+        }
+        full = dataclasses.replace(full, worker="w0")
+        assert body(self.renderer, ours, options) == body(None, full, options)
 
 
 async def play(steps: list[tuple[Any, ...]]) -> dict[str, int]:
@@ -115,7 +133,7 @@ async def play(steps: list[tuple[Any, ...]]) -> dict[str, int]:
         history = Play(Path(directory))
         await history.start()
         try:
-            for action, *args in [*steps, ("scrape",)]:
+            for action, *args in [*steps, ("scrape", True, True, 1000)]:
                 await history.act(action, *args)
             return dict(history.client.answers)
         finally:
@@ -139,6 +157,36 @@ class TestAnyHistoryOverTheSocket:
 
     def test_a_long_quiet_history_is_served_by_deltas(self, loop) -> None:
         """Many scrapes, few changes: one full snapshot, then deltas only."""
-        steps = [("register", "u0", 2), ("scrape",)] + [("scrape",)] * 5
-        steps += [("unregister", "u0", 0), ("scrape",), ("register", "u1", 1), ("scrape",)]
+        scrape = ("scrape", True, True, 1000)
+        steps = [("register", "u0", 2), scrape] + [scrape] * 5
+        steps += [("unregister", "u0", 0), scrape, ("register", "u1", 1), scrape]
         assert loop.run(play(steps)) == {"full": 1, "delta": 8}
+
+    def test_the_sidecars_renderer_takes_each_delta_into_its_cache(self, loop) -> None:
+        """The renderer's cache of the worker is brought forward delta by delta: the state
+        its first (full) walk left is updated in place, never rebuilt by another walk."""
+
+        async def scrapes() -> None:
+            with tempfile.TemporaryDirectory(prefix="ars-") as directory:
+                history = Play(Path(directory))
+                await history.start()
+                try:
+                    for n in range(200):
+                        await history.act("register", f"user{n}", 1)
+                    states = []
+                    for n in range(3):
+                        await history.act("register", f"user{n}", 1)
+                        await history.scrape(True, True, 1000)
+                        state = history.renderer._deflated.by_worker["w0"].delta
+                        assert state is not None
+                        assert (state.epoch, state.generation) == (
+                            history.registry.epoch,
+                            history.registry.generation,
+                        )
+                        states.append(state)
+                    assert states[0] is states[1] is states[2]
+                    assert history.client.answers == {"full": 1, "delta": 2}
+                finally:
+                    await history.stop()
+
+        loop.run(scrapes())

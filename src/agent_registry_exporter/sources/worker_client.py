@@ -14,7 +14,13 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionColumns
+from ..registry import (
+    Changes,
+    CleanupResult,
+    MonitorResult,
+    RegistrySnapshot,
+    SessionColumns,
+)
 from ..settings import Settings
 from .snapshot_codec import (
     API_VERSION,
@@ -119,7 +125,9 @@ class WorkerSource:
             self._held = None if answer.position is None else _Held(answer.position, columns)
             self.answers["full" if answer.delta is None else "delta"] += 1
         # Labelled with the socket's name, the one alerts route back by.
-        return dataclasses.replace(answer.snapshot, sessions=columns, worker=self.worker)
+        return _for_the_renderer(
+            dataclasses.replace(answer.snapshot, sessions=columns, worker=self.worker), answer
+        )
 
     async def _answer(self, since: Position | None) -> Answer:
         path = f"/{API_VERSION}/snapshot"
@@ -234,6 +242,32 @@ class WorkerSource:
 
     def _error(self, cause: str, *, refused: bool = False) -> WorkerError:
         return WorkerError(self.worker, cause, refused=refused)
+
+
+def _for_the_renderer(snapshot: RegistrySnapshot, answer: Answer) -> RegistrySnapshot:
+    """`snapshot` with the worker's position and, from a delta, what changed, as the
+    in-process snapshot carries them: the renderer then re-renders only those users."""
+    position, delta = answer.position, answer.delta
+    if position is None:
+        return snapshot
+    if delta is None:
+        return dataclasses.replace(snapshot, epoch=position.epoch, generation=position.generation)
+    rows = delta.rows
+    changes = Changes(
+        position.epoch,
+        delta.since,
+        position.generation,
+        frozenset(rows.user_ids),
+        frozenset(delta.removed),
+    )
+    return dataclasses.replace(
+        snapshot,
+        epoch=position.epoch,
+        generation=position.generation,
+        changes=changes,
+        changed_rows={row.user_id: row for row in rows},
+        totals=(delta.users, delta.agents),
+    )
 
 
 def _user_path(user_id: str) -> str:
