@@ -38,13 +38,18 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 
 def committed() -> dict[str, dict[str, Any]]:
-    """deploy/kubernetes/*.yaml as data, by file name."""
-    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(DEPLOY.glob("*.yaml"))}
+    """deploy/kubernetes/**/*.yaml as data, by path under it."""
+    return {
+        p.relative_to(DEPLOY).as_posix(): yaml.safe_load(p.read_text())
+        for p in sorted(DEPLOY.rglob("*.yaml"))
+    }
 
 
 def drifted(files: dict[str, str], directory: Path = DEPLOY) -> list[str]:
-    """The file names whose committed text differs from `files` (missing or extra included)."""
-    on_disk = {p.name: p.read_text() for p in directory.glob("*.yaml")}
+    """The paths whose committed text differs from `files` (missing or extra included)."""
+    on_disk = {
+        p.relative_to(directory).as_posix(): p.read_text() for p in directory.rglob("*.yaml")
+    }
     return sorted(n for n in on_disk.keys() | files.keys() if on_disk.get(n) != files.get(n))
 
 

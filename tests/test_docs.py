@@ -479,6 +479,11 @@ CLAIMS: dict[tuple[str, str, str], str] = {
         "console",
         "--dry-run=client",
     ): "test_the_documented_check_shows_a_wrong_container_name",
+    (
+        "docs/kubernetes.md",
+        "yaml",
+        "components/networkpolicy",
+    ): "test_the_documented_overlay_adds_the_network_policy",
     ("docs/runbooks.md", "python", "gc.get_referrers"): "test_referrer_walk_names_the_holder",
     ("docs/runbooks.md", "promql", ""): "test_every_query_parses_with_promtool",
     (

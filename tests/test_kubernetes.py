@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from agent_registry_exporter import Settings, Thresholds
 from agent_registry_exporter.artifacts.kubernetes import (
     FILES,
     JOB_LABEL,
+    NETWORK_POLICY,
+    NETWORK_POLICY_COMPONENT,
     KubernetesOptions,
     render_kubernetes,
     render_kubernetes_files,
@@ -45,7 +48,7 @@ from .manifests import (
 from .test_rules import run, tool
 
 ALERTS = ROOT / "alerts"
-CORE = ("service.yaml", "peers-service.yaml", "networkpolicy.yaml", "secret.example.yaml")
+CORE = ("service.yaml", "peers-service.yaml", NETWORK_POLICY, "secret.example.yaml")
 CUSTOM = (
     "podmonitor.yaml",
     "servicemonitor.yaml",
@@ -103,6 +106,21 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def shown_outputs(text: str) -> list[str]:
+    """The output shown after each `$ ` command of a console block, in order."""
+    outputs: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("$ "):
+            outputs.append("")
+        else:
+            outputs[-1] += line + "\n"
+    return outputs
+
+
+def policy_ports(policy: dict[str, Any]) -> set[int]:
+    return {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+
+
 def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
     labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
     return labels
@@ -113,7 +131,9 @@ class TestRendering:
         """deploy/kubernetes/ holds exactly what `make rules` writes, file for file."""
         stale = drifted(render_kubernetes_files(Thresholds()))
         assert stale == [], f"deploy/kubernetes/ is stale ({', '.join(stale)}): run `make rules`"
-        assert sorted(p.name for p in DEPLOY.glob("*.yaml")) == sorted(FILES)
+        assert sorted(p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("*.yaml")) == sorted(
+            FILES
+        )
 
     def test_a_changed_threshold_default_changes_the_prometheus_rule_and_drift_names_it(
         self, tmp_path: Path, changed_default: None
@@ -121,7 +141,9 @@ class TestRendering:
         """`make rules` after raising agents_per_user's default rewrites only the
         PrometheusRule, so the drift test above fails until the files are regenerated."""
         assert main(["kubernetes", "--output-dir", str(tmp_path)]) == 0
-        written = {p.name: p.read_text() for p in tmp_path.iterdir()}
+        written = {
+            p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*.yaml")
+        }
         assert drifted(written) == ["prometheusrule.yaml"]
         rule = yaml.safe_load(written["prometheusrule.yaml"])
         exprs = [r["expr"] for r in rule["spec"]["groups"][0]["rules"]]
@@ -130,7 +152,11 @@ class TestRendering:
     def test_cli_writes_the_committed_files(self, tmp_path: Path, capsys) -> None:
         """`agent-registry-exporter kubernetes --output-dir DIR` with defaults: no drift."""
         assert main(["kubernetes", "--output-dir", str(tmp_path / "k")]) == 0
-        assert drifted({p.name: p.read_text() for p in (tmp_path / "k").iterdir()}) == []
+        out = tmp_path / "k"
+        assert (
+            drifted({p.relative_to(out).as_posix(): p.read_text() for p in out.rglob("*.yaml")})
+            == []
+        )
         assert f"wrote {len(FILES)} files" in capsys.readouterr().out
 
     def test_cli_options_reach_the_manifests(self, tmp_path: Path) -> None:
@@ -141,13 +167,16 @@ class TestRendering:
             "--app-port", "9000", "--app-port", "9001", "--job", "agents", "--backend-gid", "2000",
         ]  # fmt: skip
         assert main(argv) == 0
-        out = {p.name: yaml.safe_load(p.read_text()) for p in tmp_path.iterdir()}
+        out = {
+            p.relative_to(tmp_path).as_posix(): yaml.safe_load(p.read_text())
+            for p in tmp_path.rglob("*.yaml")
+        }
         patch = out["deployment-patch.yaml"]
         assert patch["metadata"] == {"name": "api", "namespace": "team-a"}
         names = [c["name"] for c in patch["spec"]["template"]["spec"]["containers"]]
         assert names == ["app", "agent-registry-exporter"]
         assert patch["spec"]["template"]["spec"]["containers"][1]["image"] == "reg.example/are:9"
-        ingress = out["networkpolicy.yaml"]["spec"]["ingress"]
+        ingress = out[NETWORK_POLICY]["spec"]["ingress"]
         ports = [p["port"] for rule in ingress for p in rule["ports"]]
         assert ports == [PORT, 9000, 9001]
         assert patch["spec"]["template"]["metadata"]["labels"] == {JOB_LABEL: "agents"}
@@ -249,7 +278,70 @@ class TestKubernetesSchemas:
             "deployment-patch.yaml",
             "servicemonitor.yaml",
             "secret.example.yaml",
+            NETWORK_POLICY_COMPONENT,
+            NETWORK_POLICY,
         }
+
+    def test_the_network_policy_is_opt_in(self, manifests) -> None:
+        """A policy selecting the pods isolates every port of theirs: the default applies
+        none; the component holds it, for those who list it under `components:`."""
+        kustomization = manifests["kustomization.yaml"]
+        assert "components" not in kustomization
+        assert not any("networkpolicy" in r for r in kustomization["resources"])
+        component = manifests[NETWORK_POLICY_COMPONENT]
+        assert (component["apiVersion"], component["kind"]) == (
+            "kustomize.config.k8s.io/v1alpha1",
+            "Component",
+        )
+        assert component["resources"] == [Path(NETWORK_POLICY).name]
+        assert component["labels"] == kustomization["labels"]
+
+    @pytest.mark.processes
+    def test_the_default_kustomization_builds_no_network_policy(self) -> None:
+        """`kubectl apply -k deploy/kubernetes` creates no NetworkPolicy."""
+        done = kubectl("kustomize", DEPLOY)
+        assert done.returncode == 0, done.stderr
+        assert "NetworkPolicy" not in {o["kind"] for o in load_kube(done.stdout)}
+
+    @pytest.mark.processes
+    def test_the_documented_overlay_adds_the_network_policy(self, tmp_path: Path) -> None:
+        """The docs' overlay (the kustomization plus the component) builds everything the
+        default builds and the NetworkPolicy, labelled like the rest."""
+        overlay = block("docs/kubernetes.md", "yaml", "components/networkpolicy")
+        shutil.copytree(DEPLOY, tmp_path / "deploy" / "kubernetes")
+        (tmp_path / "overlay").mkdir()
+        (tmp_path / "overlay" / "kustomization.yaml").write_text(overlay.text)
+        default = kubectl("kustomize", DEPLOY)
+        done = kubectl("kustomize", tmp_path / "overlay")
+        assert done.returncode == 0, done.stderr
+        built = load_kube(done.stdout)
+        kinds = sorted(o["kind"] for o in built)
+        assert kinds == sorted([*(o["kind"] for o in load_kube(default.stdout)), "NetworkPolicy"])
+        (policy,) = [o for o in built if o["kind"] == "NetworkPolicy"]
+        assert policy["metadata"]["labels"]["app.kubernetes.io/part-of"] == (
+            "agent-registry-exporter"
+        )
+
+    @pytest.mark.processes
+    @pytest.mark.parametrize("sample", SAMPLE_DEPLOYMENTS, ids=lambda p: p.stem)
+    def test_rendered_with_the_pods_ports_the_policy_lists_every_one(
+        self, sample: Path, tmp_path: Path
+    ) -> None:
+        """Every port of every container of the patched pod is in the policy once rendered
+        with --app-port for each of the app's; one left out is not (so it would be cut off)."""
+        pod = pod_spec(yaml.safe_load(sample.read_text()))
+        app_ports = [p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])]
+        options = KubernetesOptions(app_ports=tuple(app_ports))
+        files = render_kubernetes_files(Thresholds(), options)
+        (tmp_path / "patch.yaml").write_text(files["deployment-patch.yaml"])
+        patched = pod_spec(patched_deployment(tmp_path / "patch.yaml", sample))
+        served = {p["containerPort"] for c in patched["containers"] for p in c.get("ports", [])}
+        assert served == {*app_ports, PORT}
+        assert policy_ports(render_kubernetes(Thresholds(), options)[NETWORK_POLICY]) == served
+        fewer = KubernetesOptions(app_ports=tuple(app_ports[1:]))
+        assert app_ports[0] not in policy_ports(
+            render_kubernetes(Thresholds(), fewer)[NETWORK_POLICY]
+        )
 
 
 class TestCustomResources:
@@ -392,7 +484,7 @@ class TestWiring:
             manifests["service.yaml"]["spec"]["selector"],
             manifests["peers-service.yaml"]["spec"]["selector"],
             manifests["podmonitor.yaml"]["spec"]["selector"]["matchLabels"],
-            manifests["networkpolicy.yaml"]["spec"]["podSelector"]["matchLabels"],
+            manifests[NETWORK_POLICY]["spec"]["podSelector"]["matchLabels"],
         ]
         for selector in selectors:
             assert selector
@@ -404,7 +496,7 @@ class TestWiring:
         self, manifests
     ) -> None:
         """Port 8464 admits three sources; the backend's own port stays open to all."""
-        spec = manifests["networkpolicy.yaml"]["spec"]
+        spec = manifests[NETWORK_POLICY]["spec"]
         assert spec["policyTypes"] == ["Ingress"]
         exporter, app = spec["ingress"]
         assert exporter["ports"] == [{"protocol": "TCP", "port": PORT}]
@@ -575,11 +667,15 @@ class TestDocs:
             if target:
                 (tmp_path / target).write_text(done.stdout)
             outputs.append(done.stdout)
-        assert outputs[-1] == listed + "\n"
+        _, names, ports = outputs
+        assert names == listed + "\n"
         if backend_container == "backend":
-            assert outputs[-1] == shown.text.splitlines()[-1] + "\n"
+            assert shown_outputs(shown.text)[2:] == [names, ports]
         else:
             assert f"`{listed}`" in " ".join(self.PAGE.split())
+        # The pod's ports but the exporter's are the --app-port the committed policy keeps open.
+        (exporter, *app), listed_ports = [PORT, *KubernetesOptions().app_ports], ports.split()
+        assert sorted(map(int, listed_ports)) == sorted([exporter, *app])
         patched = yaml.safe_load((tmp_path / "patched.yaml").read_text())
         assert patched == patched_deployment(patch)
 

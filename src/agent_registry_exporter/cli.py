@@ -101,7 +101,8 @@ def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         action="append",
         dest="app_ports",
-        help="your backend's own port, left open by the NetworkPolicy (repeat; "
+        help="every port of your pod but the exporter's (each container's, a mesh proxy's):"
+        " the opt-in NetworkPolicy keeps them open to all (repeat; "
         f"{', '.join(map(str, defaults.app_ports))})",
     )
 

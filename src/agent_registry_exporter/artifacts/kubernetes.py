@@ -28,6 +28,8 @@ from .rules import RuleOptions, render_rules
 __all__ = [
     "FILES",
     "JOB_LABEL",
+    "NETWORK_POLICY",
+    "NETWORK_POLICY_COMPONENT",
     "KubernetesOptions",
     "render_kubernetes",
     "render_kubernetes_files",
@@ -47,7 +49,12 @@ WEBHOOK_VOLUME = "agent-registry-webhook-token"
 WEBHOOK_MOUNT = "/etc/agent-registry-exporter/webhook"
 CREDENTIALS_KEY = "token"
 
-# File name -> what it is for; also the order of the kustomization's resources.
+# Opt-in: a policy selecting the pods isolates every port of theirs, the app's too.
+NETWORK_POLICY_DIR = "components/networkpolicy"
+NETWORK_POLICY_COMPONENT = f"{NETWORK_POLICY_DIR}/kustomization.yaml"
+NETWORK_POLICY = f"{NETWORK_POLICY_DIR}/networkpolicy.yaml"
+
+# File path -> what it is for; also the order of the kustomization's resources.
 FILES: dict[str, str] = {
     "kustomization.yaml": "what `kubectl apply -k` applies (everything below but the patch,"
     " the ServiceMonitor and the example Secret)",
@@ -57,15 +64,20 @@ FILES: dict[str, str] = {
     "servicemonitor.yaml": "the alternative to the PodMonitor: scrape through the Service",
     "prometheusrule.yaml": "the alert rules of alerts/agent-registry.rules.yml",
     "alertmanagerconfig.yaml": 'routes remediation="cleanup" alerts to the webhook',
-    "networkpolicy.yaml": "only Prometheus, Alertmanager and the peers reach port 8464",
     "deployment-patch.yaml": "adds the sidecar to your Deployment (`kubectl patch`)",
     "secret.example.yaml": "the shape of the webhook token Secret (create your own)",
+    NETWORK_POLICY_COMPONENT: "opt-in kustomize component: the NetworkPolicy below (list it"
+    " under `components:`)",
+    NETWORK_POLICY: "only Prometheus, Alertmanager and the peers reach port 8464; every other"
+    " port of the pod (--app-port) stays open to all",
 }
 _NOT_APPLIED = (
     "kustomization.yaml",
     "servicemonitor.yaml",
     "deployment-patch.yaml",
     "secret.example.yaml",
+    NETWORK_POLICY_COMPONENT,
+    NETWORK_POLICY,
 )
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _MATCHER = re.compile(r'^(?P<name>[A-Za-z_]\w*)(?P<op>=~|!~|!=|=)"(?P<value>.*)"$')
@@ -329,10 +341,14 @@ def _network_policy(o: KubernetesOptions) -> dict[str, Any]:
     }
 
 
+def _kustomize_labels(o: KubernetesOptions) -> list[dict[str, Any]]:
+    return [{"pairs": {"app.kubernetes.io/part-of": o.name}, "includeSelectors": False}]
+
+
 def render_kubernetes(
     thresholds: Thresholds, options: KubernetesOptions | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Every manifest as data, by file name (the keys of `FILES`)."""
+    """Every manifest as data, by path under deploy/kubernetes/ (the keys of `FILES`)."""
     o = options or KubernetesOptions()
     manifests: dict[str, dict[str, Any]] = {
         "service.yaml": _service(o, o.name, _selected(o), headless=False),
@@ -346,7 +362,13 @@ def render_kubernetes(
             "spec": {"groups": render_rules(thresholds, o.rules)["groups"]},
         },
         "alertmanagerconfig.yaml": _alertmanager_config(o),
-        "networkpolicy.yaml": _network_policy(o),
+        NETWORK_POLICY: _network_policy(o),
+        NETWORK_POLICY_COMPONENT: {
+            "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+            "kind": "Component",
+            "labels": _kustomize_labels(o),
+            "resources": [NETWORK_POLICY.removeprefix(f"{NETWORK_POLICY_DIR}/")],
+        },
         "deployment-patch.yaml": _deployment_patch(o),
         "secret.example.yaml": {
             "apiVersion": "v1",
@@ -359,7 +381,7 @@ def render_kubernetes(
     manifests["kustomization.yaml"] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "labels": [{"pairs": {"app.kubernetes.io/part-of": o.name}, "includeSelectors": False}],
+        "labels": _kustomize_labels(o),
         "resources": [name for name in FILES if name not in _NOT_APPLIED],
     }
     return {name: manifests[name] for name in FILES}
@@ -368,7 +390,7 @@ def render_kubernetes(
 def render_kubernetes_files(
     thresholds: Thresholds, options: KubernetesOptions | None = None
 ) -> dict[str, str]:
-    """Every manifest as committed in deploy/kubernetes/, by file name."""
+    """Every manifest as committed in deploy/kubernetes/, by path under it."""
     return {
         name: f"{_HEADER}# {FILES[name]}\n"
         + yaml.safe_dump(manifest, sort_keys=False, width=1000, allow_unicode=True)
