@@ -22,12 +22,11 @@ import yaml
 
 from agent_registry_exporter.cli import main
 
-from .manifests import DATA, DEPLOY, ROOT, kubectl, load_kube
+from .manifests import DATA, DEPLOY, HARDENED_DEPLOYMENT, ROOT, kubectl, load_kube
 
 CHECKOV = ROOT / ".venv-scan" / "bin" / "checkov"
 CONFIG = ROOT / ".checkov.yaml"
 DOCS = ROOT / "docs" / "scanners.md"
-HARDENED = DATA / "kubernetes" / "hardened-backend-deployment.yaml"
 BACKEND_POLICY = DATA / "kubernetes" / "backend-networkpolicy.yaml"
 DIGEST_IMAGE = "registry.example/agent-registry-exporter@sha256:" + "0123456789abcdef" * 4
 
@@ -106,7 +105,7 @@ def read_by_checkov(files: list[Path]) -> dict[str, int | None]:
 
 def patched(patch: Path, out: Path) -> Path:
     done = kubectl(
-        "patch", "--local", "-f", HARDENED, "--type", "strategic", "--patch-file", patch,
+        "patch", "--local", "-f", HARDENED_DEPLOYMENT, "--type", "strategic", "--patch-file", patch,
         "-o", "yaml",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -141,7 +140,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     directory = tmp_path_factory.mktemp("scan")
     sample = directory / "sample"
     sample.mkdir()
-    shutil.copy2(HARDENED, sample / "deployment.yaml")
+    shutil.copy2(HARDENED_DEPLOYMENT, sample / "deployment.yaml")
     shutil.copy2(BACKEND_POLICY, sample / "networkpolicy.yaml")
     built = kubectl("kustomize", DEPLOY)
     assert built.returncode == 0, built.stderr
@@ -179,6 +178,20 @@ class TestDocumentedChecks:
         config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
         assert config["skip-download"] is True
         assert set(config["framework"]) == {"dockerfile", "kubernetes"}
+
+    def test_the_cpu_limit_reason_quotes_the_patchs_resources(self) -> None:
+        """Why no CPU limit is given with the sidecar's real request and memory limit."""
+        patch = yaml.safe_load((DEPLOY / "deployment-patch.yaml").read_text())
+        (sidecar,) = [
+            c
+            for c in patch["spec"]["template"]["spec"]["containers"]
+            if c["name"] == "agent-registry-exporter"
+        ]
+        resources = sidecar["resources"]
+        assert "cpu" not in resources["limits"]
+        for text in (DOCS.read_text(), CONFIG.read_text()):
+            assert f"the {resources['requests']['cpu']} request" in text
+            assert f"({resources['limits']['memory']})" in text
 
     def test_the_docs_name_the_pinned_checkov(self) -> None:
         """The version the page speaks of is the one `make scan-tools` installs."""
