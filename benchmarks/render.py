@@ -6,9 +6,11 @@ are cleaned (removed), 10% are new users. Every figure is the OpenMetrics + gzip
 Prometheus asks for, median of `--repeat` rounds (each round runs every variant once, so
 background load hits them alike), measured in this one process:
 
-- ours: the current renderer after rendering the previous scrape (the server's case), with
-  ISA-L (ours zlib: the zlib fallback engine); no age: ours with `export_session_age=False`;
-  full: ours with nothing cached (a process's first scrape);
+- ours: the current renderer after rendering the previous scrape, given the registry's
+  changes since it as the in-process source gives them (the server's case), with ISA-L
+  (ours zlib: the zlib fallback engine); no age: ours with `export_session_age=False`;
+  walk: the same renderer given no changes, so it reads every user to find them (a source
+  without a change log); full: nothing cached (a process's first scrape);
 - release: the previous release's renderer (benchmarks/released/, zlib, gzip members), also
   after the previous scrape;
 - zlib floor / isal floor: joining the already-rendered lines of the same body and
@@ -60,6 +62,7 @@ from agent_registry_exporter.exporting import (
 from agent_registry_exporter.exporting.chunks import spans
 from agent_registry_exporter.exporting.parts import deflate_piece
 from agent_registry_exporter.exporting.selection import select_indexes
+from agent_registry_exporter.registry import Changes
 
 assert ISAL is not None, "isal does not import: `pip install isal`"
 
@@ -97,6 +100,30 @@ def snapshot(rows: dict[str, SessionRow]) -> RegistrySnapshot:
     return RegistrySnapshot(
         taken_at=time.time(), thresholds=Thresholds(), sessions=list(rows.values())
     )
+
+
+def with_changes(
+    before: dict[str, SessionRow], after: dict[str, SessionRow]
+) -> tuple[RegistrySnapshot, RegistrySnapshot]:
+    """The two snapshots as an in-process registry gives them: generations, and the second
+    one's changes since the first (the changed users' rows, the removed ids, the totals)."""
+    changed = {uid: row for uid, row in after.items() if before.get(uid) != row}
+    changes = Changes("bench", 1, 2, frozenset(changed), frozenset(before.keys() - after.keys()))
+    first = replace(
+        snapshot(before),
+        epoch="bench",
+        generation=1,
+        totals=(len(before), sum(r.agent_count for r in before.values())),
+    )
+    second = replace(
+        snapshot(after),
+        epoch="bench",
+        generation=2,
+        changes=changes,
+        changed_rows=changed,
+        totals=(len(after), sum(r.agent_count for r in after.values())),
+    )
+    return first, second
 
 
 def seconds(run: Callable[[], Any], before: Callable[[], Any] = lambda: None) -> float:
@@ -184,15 +211,16 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
     options: dict[str, Any] = {"format": OPENMETRICS, "gzipped": True, "max_user_series": 2 * n}
     # The released renderer predates the Format object.
     released: dict[str, Any] = {"openmetrics": True, "gzipped": True, "max_user_series": 2 * n}
-    snap_before, snap_after = snapshot(before_rows), snapshot(after_rows)
+    # With the registry's changes (what the in-process source gives), and without (a walk).
+    snap_before, snap_after = with_changes(before_rows, after_rows)
+    walk_before, walk_after = snapshot(before_rows), snapshot(after_rows)
     warmed: dict[str, Any] = {}
 
     def warm(name: str, make: Callable[[], Any]) -> Callable[[], None]:
         def run() -> None:
             warmed[name] = make()
-            warmed[name].render(
-                snap_before, metrics, **(released if name == "release" else options)
-            )
+            before = walk_before if name in ("release", "walk") else snap_before
+            warmed[name].render(before, metrics, **(released if name == "release" else options))
 
         return run
 
@@ -204,10 +232,14 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
         rounds(
             {
                 "release": (
-                    lambda: warmed["release"].render(snap_after, metrics, **released),
+                    lambda: warmed["release"].render(walk_after, metrics, **released),
                     warm("release", ReleasedRenderer),
                 ),
-                "full": (lambda: render(snap_after, metrics, **options), nothing),
+                "full": (lambda: render(walk_after, metrics, **options), nothing),
+                "walk": (
+                    lambda: warmed["walk"].render(walk_after, metrics, **options),
+                    warm("walk", lambda: Renderer(engine=ISAL)),
+                ),
                 "ours": (
                     lambda: warmed["ours"].render(snap_after, metrics, **options),
                     warm("ours", lambda: Renderer(engine=ISAL)),
@@ -312,7 +344,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     columns = (
-        ("users", 9), ("release ms", 10), ("full ms", 8), ("ours ms", 8), ("ours zlib ms", 12),
+        ("users", 9), ("release ms", 10), ("full ms", 8), ("walk ms", 8), ("ours ms", 8),
+        ("ours zlib ms", 12),
         ("no age ms", 9), ("zlib floor ms", 13), ("isal floor ms", 13), ("stock ms", 8),
         ("gauge ms", 8), ("cap ms", 6), ("body KiB", 8), ("zlib floor KiB", 14),
         ("cache/body", 10),
@@ -322,8 +355,10 @@ def main() -> None:
     for size in sizes:
         r = bench(size, args.repeat, args.stock)
         results.append(r)
-        keys = ("release", "full", "ours", "ours_zlib", "no_age", "zlib_floor", "isal_floor")
-        cells = [f"{r[k] * 1e3:>{w}.0f}" for k, (_, w) in zip(keys, columns[1:8], strict=True)]
+        keys = (
+            "release", "full", "walk", "ours", "ours_zlib", "no_age", "zlib_floor", "isal_floor",
+        )  # fmt: skip
+        cells = [f"{r[k] * 1e3:>{w}.0f}" for k, (_, w) in zip(keys, columns[1:9], strict=True)]
         cells += [
             f"{r['stock'] * 1e3:>8.0f}",
             f"{r['gauge'] * 1e3:>8.0f}",

@@ -8,12 +8,14 @@ one event loop as an embedding backend would:
 - ours: `start_exporter` (`max_user_series` raised so every user is exported, as in the
   stock path).
 
-Each scrape is made from another thread with Prometheus' own headers (OpenMetrics first,
-gzip), while a ticker on the loop records the longest stall (worst of all repeats, after
-one warm-up scrape). Prints one table; ratios are
-measured in the same run, never compared across machines.
+Before each scrape 1% of users change (`--churn`), on the loop as the backend would change
+them: 80% of those gain or lose an agent, 10% are cleaned up, 10% are new users. Each
+scrape is made from another thread with Prometheus' own headers (OpenMetrics first, gzip),
+while a ticker on the loop records the longest stall (worst of all repeats, after one
+warm-up scrape). Prints one table; ratios are measured in the same run, never compared
+across machines.
 
-    .venv/bin/python benchmarks/scrape.py [--sizes 1000,10000,100000] [--repeat 5]
+    .venv/bin/python benchmarks/scrape.py [--sizes 1000,10000,100000] [--repeat 5] [--churn 0.01]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import random
 import statistics
 import time
 import urllib.request
@@ -103,16 +106,55 @@ def fetch(url: str) -> tuple[float, int]:
     return time.perf_counter() - started, size
 
 
-async def measure(url: str, repeat: int) -> tuple[float, float, int]:
-    """Median scrape seconds, worst loop stall seconds, compressed bytes.
+class Churn:
+    """Changes a fraction of the registry's users, as a backend does between two scrapes."""
+
+    def __init__(self, registry: AgentRegistry, fraction: float) -> None:
+        self.registry, self.fraction = registry, fraction
+        self.rng = random.Random(len(registry))
+        self.added = 0
+
+    async def step(self) -> None:
+        registry, rng = self.registry, self.rng
+        picked = rng.sample(
+            [s.user_id for s in registry.sessions()], int(len(registry) * self.fraction)
+        )
+        tenth = len(picked) // 10
+        for user in picked[:tenth]:
+            await registry.detach_session(user)
+        for user in picked[tenth:]:
+            session = registry.get_session(user)
+            if session is not None and "extra" in session.agents:
+                await registry.unregister_user_agent(user, "extra")
+            else:
+                await registry.register_user_agent(user, "extra", object())
+        for _ in range(tenth):
+            self.added += 1
+            await registry.register_user_agent(f"new-{self.added:06d}", "agent-0", object())
+
+
+async def idle_stall(seconds: float) -> float:
+    """The worst gap of the ticker on a loop doing nothing else for `seconds`: what the
+    machine's own load (other processes taking the cores) costs, the floor of any stall."""
+    meter = StallMeter()
+    meter.start()
+    await asyncio.sleep(seconds)
+    await meter.stop()
+    return meter.max_gap
+
+
+async def measure(url: str, repeat: int, churn: Churn) -> tuple[float, float, int, float]:
+    """Median scrape seconds, worst loop stall seconds, compressed bytes, and the worst
+    idle stall over as long (the same ticker while nothing is scraped).
 
     One warm-up scrape first; a full garbage collection before, so neither path pays
     for the other's leftovers.
     """
     await asyncio.to_thread(fetch, url)
     gc.collect()
-    times, stalls, size = [], [], 0
+    times, stalls, idle, size = [], [], [], 0
     for _ in range(repeat):
+        await churn.step()
         meter = StallMeter()
         meter.start()
         await asyncio.sleep(0.01)
@@ -120,7 +162,8 @@ async def measure(url: str, repeat: int) -> tuple[float, float, int]:
         await meter.stop()
         times.append(elapsed)
         stalls.append(meter.max_gap)
-    return statistics.median(times), max(stalls), size
+        idle.append(await idle_stall(elapsed + 0.01))
+    return statistics.median(times), max(stalls), size, max(idle)
 
 
 async def build_registry(users: int) -> AgentRegistry:
@@ -162,14 +205,16 @@ async def start_ours(registry: AgentRegistry, users: int) -> ExporterServer:
     )
 
 
-async def bench(users: int, repeat: int) -> dict[str, float]:
+async def bench(users: int, repeat: int, fraction: float) -> dict[str, float]:
     registry = await build_registry(users)
+    churn = Churn(registry, fraction)
     runner, stock_url = await start_stock(registry)
-    ours = await start_ours(registry, users)
+    # Room for the users the churn adds: every user exported, as in the stock path.
+    ours = await start_ours(registry, 2 * users)
     try:
         stock_repeat = max(1, repeat // 2) if users >= 100_000 else repeat
-        stock_t, stock_stall, stock_size = await measure(stock_url, stock_repeat)
-        ours_t, ours_stall, ours_size = await measure(f"{ours.url}/metrics", repeat)
+        stock_t, stock_stall, stock_size, _ = await measure(stock_url, stock_repeat, churn)
+        ours_t, ours_stall, ours_size, idle = await measure(f"{ours.url}/metrics", repeat, churn)
     finally:
         await ours.stop()
         await runner.cleanup()
@@ -180,6 +225,7 @@ async def bench(users: int, repeat: int) -> dict[str, float]:
         "speedup": stock_t / ours_t,
         "stock_stall_ms": stock_stall * 1000,
         "ours_stall_ms": ours_stall * 1000,
+        "idle_stall_ms": idle * 1000,
         "stock_kb": stock_size / 1024,
         "ours_kb": ours_size / 1024,
     }
@@ -189,16 +235,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--churn", type=float, default=0.01, help="users changed per scrape")
     args = parser.parse_args()
     print(
         f"{'users':>8} {'stock ms':>9} {'ours ms':>8} {'speedup':>8} "
-        f"{'stock stall ms':>15} {'ours stall ms':>14} {'stock KiB':>10} {'ours KiB':>9}"
+        f"{'stock stall ms':>15} {'ours stall ms':>14} {'idle stall ms':>14} {'stock KiB':>10} "
+        f"{'ours KiB':>9}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
-        r = await bench(size, args.repeat)
+        r = await bench(size, args.repeat, args.churn)
         print(
             f"{r['users']:>8,} {r['stock_ms']:>9.1f} {r['ours_ms']:>8.1f} {r['speedup']:>7.1f}x "
-            f"{r['stock_stall_ms']:>15.1f} {r['ours_stall_ms']:>14.1f} "
+            f"{r['stock_stall_ms']:>15.1f} {r['ours_stall_ms']:>14.1f} {r['idle_stall_ms']:>14.1f} "
             f"{r['stock_kb']:>10.0f} {r['ours_kb']:>9.0f}",
             flush=True,
         )

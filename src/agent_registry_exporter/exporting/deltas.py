@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from itertools import chain
 from typing import TypeVar
@@ -32,26 +32,30 @@ P = TypeVar("P")
 _HISTORY = 8
 
 
+_Delta = tuple[Changes, Mapping[str, SessionRow]]
+
+
 class DeltaHistory:
-    """The changes of the last few snapshots of each registry, chained generation to
-    generation, to bring a cache from an older generation to the current snapshot."""
+    """The changes of the last few snapshots of each registry (the changes and the changed
+    rows only, never a snapshot's sessions), chained generation to generation, to bring a
+    cache from an older generation to the current snapshot."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_worker: dict[str | None, list[RegistrySnapshot]] = {}
+        self._by_worker: dict[str | None, list[_Delta]] = {}
 
     def record(self, snapshot: RegistrySnapshot) -> None:
-        changes = snapshot.changes
-        if changes is None or snapshot.changed_rows is None:
+        changes, rows = snapshot.changes, snapshot.changed_rows
+        if changes is None or rows is None:
             return
         with self._lock:
             kept = self._by_worker.setdefault(snapshot.worker, [])
-            if kept and kept[-1] is snapshot:
+            if kept and kept[-1][0] is changes:
                 return
-            last = kept[-1].changes if kept else None
+            last = kept[-1][0] if kept else None
             if last is None or (last.epoch, last.generation) != (changes.epoch, changes.since):
                 kept.clear()  # not the next one of the chain (another epoch, a gap)
-            kept.append(snapshot)
+            kept.append((changes, rows))
             del kept[:-_HISTORY]
 
     def reaching(self, snapshot: RegistrySnapshot, generation: int) -> RegistrySnapshot:
@@ -62,34 +66,29 @@ class DeltaHistory:
             return snapshot
         with self._lock:
             kept = list(self._by_worker.get(snapshot.worker, ()))
-        if not kept or kept[-1] is not snapshot:
+        if not kept or kept[-1][0] is not changes:
             return snapshot
         for start in range(len(kept) - 1, -1, -1):
-            earlier = kept[start].changes
-            if earlier is not None and earlier.since <= generation:
-                return _widened(kept[start:])
+            if kept[start][0].since <= generation:
+                changes, rows = _widened(kept[start:])
+                return replace(snapshot, changes=changes, changed_rows=rows)
         return snapshot
 
 
-def _widened(snapshots: list[RegistrySnapshot]) -> RegistrySnapshot:
-    """The last snapshot, its changes counted from the first one's `since` (rows of a user
-    come from the latest snapshot that changed it: unchanged since)."""
+def _widened(deltas: list[_Delta]) -> _Delta:
+    """Consecutive deltas as one, from the first one's `since` to the last one's generation
+    (a user's row comes from the latest delta that changed it: unchanged since)."""
     rows: dict[str, SessionRow] = {}
     removed: set[str] = set()
-    for one in snapshots:
-        assert one.changes is not None
-        assert one.changed_rows is not None
-        removed.difference_update(one.changes.changed)
-        removed.update(one.changes.removed)
-        for user_id in one.changes.removed:
+    for changes, changed_rows in deltas:
+        removed.difference_update(changes.changed)
+        removed.update(changes.removed)
+        for user_id in changes.removed:
             rows.pop(user_id, None)
-        rows.update(one.changed_rows)
-    last = snapshots[-1].changes
-    first = snapshots[0].changes
-    assert last is not None
-    assert first is not None
-    changes = Changes(last.epoch, first.since, last.generation, frozenset(rows), frozenset(removed))
-    return replace(snapshots[-1], changes=changes, changed_rows=rows)
+        rows.update(changed_rows)
+    first, last = deltas[0][0], deltas[-1][0]
+    widened = Changes(last.epoch, first.since, last.generation, frozenset(rows), frozenset(removed))
+    return widened, rows
 
 
 def can_apply(state: DeltaState[P] | None, snapshot: RegistrySnapshot) -> bool:
@@ -128,7 +127,10 @@ def apply_changes(
     ):
         cache.delta = None
         return None
+    # Chunks whose users changed (both pieces rendered again), or only counts or created times.
     touched: dict[int, Chunk[P]] = {}
+    recounted: dict[int, Chunk[P]] = {}
+    redated: dict[int, Chunk[P]] = {}
     for user_id in leaving:
         chunk = where.pop(user_id)
         state.count_of[_take(chunk, user_id)] -= 1
@@ -136,10 +138,14 @@ def apply_changes(
     for user_id in in_place:
         chunk, row = where[user_id], rows[user_id]
         at = chunk.user_ids.index(user_id)
-        state.count_of[chunk.counts[at]] -= 1
-        state.count_of[row.agent_count] += 1
-        chunk.counts[at], chunk.created[at] = row.agent_count, row.created_timestamp
-        touched[id(chunk)] = chunk
+        if chunk.counts[at] != row.agent_count:
+            state.count_of[chunk.counts[at]] -= 1
+            state.count_of[row.agent_count] += 1
+            chunk.counts[at] = row.agent_count
+            recounted[id(chunk)] = chunk
+        if chunk.created[at] != row.created_timestamp:
+            chunk.created[at] = row.created_timestamp
+            redated[id(chunk)] = chunk
     label_of = _label_of(cache)
     for user_id in tail:
         chunk = _last_with_room(cache, chunk_users)
@@ -148,9 +154,11 @@ def apply_changes(
         state.count_of[rows[user_id].agent_count] += 1
         touched[id(chunk)] = chunk
     cache.order = _merged(cache.order, touched, where, chunk_users)
-    for chunk in touched.values():
-        if chunk.user_ids:
-            _render(cache, chunk, line_of)
+    agents_line, created_line = line_of
+    for chunk in _each_once(touched, recounted):
+        chunk.agents_data = cache.encode(lines(agents_line, chunk.labels, chunk.counts))
+    for chunk in _each_once(touched, redated):
+        chunk.created_data = cache.encode(lines(created_line, chunk.labels, chunk.created))
     state.generation = changes.generation
     return agents_histogram_of(state.count_of, snapshot.thresholds.agents_per_user)
 
@@ -247,7 +255,9 @@ def _extend(into: Chunk[P], chunk: Chunk[P]) -> None:
     into.created.extend(chunk.created)
 
 
-def _render(cache: ChunkCache[P], chunk: Chunk[P], line_of: tuple[str, str]) -> None:
-    agents_line, created_line = line_of
-    chunk.agents_data = cache.encode(lines(agents_line, chunk.labels, chunk.counts))
-    chunk.created_data = cache.encode(lines(created_line, chunk.labels, chunk.created))
+def _each_once(*groups: dict[int, Chunk[P]]) -> list[Chunk[P]]:
+    """The chunks of the groups, each once, leaving out the ones merged away (empty)."""
+    merged: dict[int, Chunk[P]] = {}
+    for group in groups:
+        merged.update(group)
+    return [chunk for chunk in merged.values() if chunk.user_ids]
