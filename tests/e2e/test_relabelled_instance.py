@@ -132,10 +132,14 @@ async def test_every_leak_is_cleaned_once_on_its_owner(relabelled) -> None:
         else:
             healthy.append((replica, "shared", await add_agents(replica.registry, "shared", 5)))
 
+    # A decision is recorded once its cleanup has finished, after the session was detached.
     await wait_until_async(
-        lambda: all(r.registry.get_session(u) is None for u, (r, _) in leaks.items()),
+        lambda: all(
+            r.registry.get_session(u) is None and relabelled.fleet.cleaned(u)
+            for u, (r, _) in leaks.items()
+        ),
         timeout=45,
-        message="every leaking session cleaned",
+        message="every leaking session cleaned and its decision recorded",
     )
 
     for user, (owner, agents) in leaks.items():
