@@ -187,9 +187,43 @@ class TestRendering:
         assert hook["url"].startswith("http://agent-registry-exporter.team-a.svc:")
         assert {m["metadata"]["namespace"] for n, m in out.items() if "metadata" in m} == {"team-a"}
 
+    def test_monitor_labels_go_on_the_monitors_and_the_rule_only(self, tmp_path: Path) -> None:
+        """kube-prometheus-stack selects PodMonitors, ServiceMonitors and PrometheusRules by
+        `release: <name>`: --monitor-label (repeated) puts each label on those three."""
+        argv = [
+            "kubernetes", "--output-dir", str(tmp_path), "--monitor-label", "release=kps",
+            "--monitor-label", "team.example.com/owner=agents", "--monitor-label", "empty=",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        wanted = {"release": "kps", "team.example.com/owner": "agents", "empty": ""}
+        for path in tmp_path.rglob("*.yaml"):
+            meta = yaml.safe_load(path.read_text()).get("metadata", {})
+            labels = meta.get("labels", {})
+            if path.name in ("podmonitor.yaml", "servicemonitor.yaml", "prometheusrule.yaml"):
+                assert labels == wanted, path.name
+            else:
+                assert not set(wanted) & set(labels), path.name
+        validate_custom(yaml.safe_load((tmp_path / "podmonitor.yaml").read_text()))
+
+    def test_without_monitor_labels_the_monitors_carry_none(self, manifests) -> None:
+        """The default rendering adds no label a Prometheus might not select by."""
+        for name in ("podmonitor.yaml", "servicemonitor.yaml", "prometheusrule.yaml"):
+            assert "labels" not in manifests[name]["metadata"], name
+
     @pytest.mark.parametrize(
         ("argv", "message"),
         [
+            (["--monitor-label", "release"], "--monitor-label 'release' must be KEY=VALUE"),
+            (["--monitor-label", "=kps"], "--monitor-label '=kps': '' is not a label key"),
+            (
+                ["--monitor-label", "Bad Key=x"],
+                "--monitor-label 'Bad Key=x': 'Bad Key' is not a label key",
+            ),
+            (
+                ["--monitor-label", "release=not ok"],
+                "--monitor-label 'release=not ok': 'not ok' is not a label value",
+            ),
+            (["--monitor-label", f"release={'v' * 64}"], "is not a label value"),
             (["--namespace", "Team_A"], "namespace='Team_A' is not a Kubernetes name"),
             (["--app-port", str(PORT)], f"app port {PORT} must be 1-65535 and not"),
             (["--app-port", "70000"], "app port 70000"),

@@ -20,6 +20,7 @@ from ._meta import __version__
 from .artifacts import (
     KubernetesOptions,
     RuleOptions,
+    kubernetes_label_problem,
     render_alertmanager_yaml,
     render_kubernetes_files,
     render_metrics_markdown,
@@ -97,6 +98,14 @@ def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
         " to open the workers' sockets (%(default)s)",
     )
     parser.add_argument(
+        "--monitor-label",
+        action="append",
+        dest="monitor_labels",
+        metavar="KEY=VALUE",
+        help="a label on the PodMonitor, ServiceMonitor and PrometheusRule, what your"
+        " Prometheus selects them by (repeat; kube-prometheus-stack: release=<its release>)",
+    )
+    parser.add_argument(
         "--app-port",
         type=int,
         action="append",
@@ -105,6 +114,16 @@ def _kubernetes_options(parser: argparse.ArgumentParser) -> None:
         " the opt-in NetworkPolicy keeps them open to all (repeat; "
         f"{', '.join(map(str, defaults.app_ports))})",
     )
+
+
+def _monitor_label(text: str) -> tuple[str, str]:
+    """`--monitor-label KEY=VALUE` as (key, value); ValueError naming the flag."""
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise ValueError(f"--monitor-label {text!r} must be KEY=VALUE (e.g. release=kps)")
+    if problem := kubernetes_label_problem(key, value):
+        raise ValueError(f"--monitor-label {text!r}: {problem}")
+    return key, value
 
 
 def _kubernetes(args: argparse.Namespace, rules: RuleOptions) -> KubernetesOptions:
@@ -119,6 +138,7 @@ def _kubernetes(args: argparse.Namespace, rules: RuleOptions) -> KubernetesOptio
     chosen: dict[str, Any] = {name: getattr(args, name) for name in names}
     if args.app_ports is not None:
         chosen["app_ports"] = tuple(args.app_ports)
+    chosen["monitor_labels"] = tuple(_monitor_label(text) for text in args.monitor_labels or ())
     return KubernetesOptions(rules=rules, **chosen)
 
 

@@ -11,6 +11,7 @@ from .alertmanager_route import (
     render_alertmanager_yaml,
 )
 from .kubernetes import KubernetesOptions, render_kubernetes, render_kubernetes_files
+from .kubernetes import label_problem as kubernetes_label_problem
 from .metrics_doc import render_metrics_markdown
 from .mixin import render_mixin_files
 from .rules import GROUP_NAME, RuleOptions, render_rules, render_rules_yaml
@@ -20,6 +21,7 @@ __all__ = [
     "AlertmanagerRoute",
     "KubernetesOptions",
     "RuleOptions",
+    "kubernetes_label_problem",
     "render_alertmanager_config",
     "render_alertmanager_yaml",
     "render_kubernetes",
