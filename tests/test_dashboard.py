@@ -153,7 +153,7 @@ class TestWithoutTheSdk:
             "sys.exit(main(['dashboard']))"
         )
         assert done.returncode == 2, done.stderr
-        assert "pip install 'agent-registry-exporter[dashboard]'" in done.stderr
+        assert "pip install '.[dashboard]'" in done.stderr
         assert "Traceback" not in done.stderr
         assert done.stdout == ""
 

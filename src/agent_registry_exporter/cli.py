@@ -278,8 +278,8 @@ def _dashboard_json(command: str) -> str | None:
         if not (exc.name or "").startswith("grafana_foundation_sdk"):
             raise
         print(
-            f"the {command} command needs Grafana's SDK, the 'dashboard' extra: "
-            "pip install 'agent-registry-exporter[dashboard]'",
+            f"the {command} command needs Grafana's SDK, the package's 'dashboard' extra: "
+            "pip install '.[dashboard]' in the source tree (see docs/install.md)",
             file=sys.stderr,
         )
         return None
