@@ -68,6 +68,10 @@ class TestWebListenAddress:
             ("[::1]9000", "'[::1]9000' is not host:port"),
             ("127.0.0.1:http", "'127.0.0.1:http' has no valid port"),
             ("127.0.0.1:70000", "'127.0.0.1:70000' has no valid port"),
+            ("127.0.0.1:\u0663\u0663", "'127.0.0.1:\u0663\u0663' has no valid port"),
+            ("127.0.0.1:\u00b9", "'127.0.0.1:\u00b9' has no valid port"),
+            (":\u0663\u0663", "':\u0663\u0663' has no valid port"),
+            ("[::1]:\u00b2", "'[::1]:\u00b2' has no valid port"),
         ],
     )
     def test_a_bad_address_is_refused_naming_the_flag(self, capsys, address, why) -> None:

@@ -50,7 +50,11 @@ class TestParsing:
         assert split_host_port(text) == expected
 
     @pytest.mark.parametrize(
-        "text", ["", "host:", ":8464", "host:http", "host:0", "host:70000", "a:b:c", "[fd00::2"]
+        "text",
+        [
+            *["", "host:", ":8464", "host:http", "host:0", "host:70000", "a:b:c", "[fd00::2"],
+            *["host:\u0663\u0663", "host:\u00b9", "[fd00::2]:\u0668\u0664\u0666\u0664"],
+        ],
     )
     def test_malformed_entry_is_refused(self, text) -> None:
         """Each malformed form raises ValueError."""

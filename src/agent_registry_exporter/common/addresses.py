@@ -48,9 +48,15 @@ def split_host_port(
         if port_required or text.endswith(":"):
             raise ValueError(f"{text!r} has no port")
         return host, None
-    if not port_text.isdigit() or not (0 if port_zero else 1) <= int(port_text) < 65536:
+    if not _is_port(port_text) or not (0 if port_zero else 1) <= int(port_text) < 65536:
         raise ValueError(f"{text!r} has no valid port")
     return host, int(port_text)
+
+
+def _is_port(text: str) -> bool:
+    # ASCII digits only: str.isdigit() takes "\u0663\u0663" (int() reads 33) and
+    # "\u00b9" (int() refuses it), as Go's net.SplitHostPort and Prometheus do not.
+    return text.isascii() and text.isdigit()
 
 
 def parse_peers(spec: str) -> list[tuple[str, int | None]]:
@@ -67,7 +73,7 @@ def split_listen_address(text: str) -> tuple[str, int]:
     """A Go exporter's `--web.listen-address`: `host:port`, `[v6]:port`, or `:port` (every
     IPv4 interface, `0.0.0.0`) -> (host, port); port 0 picks a free one."""
     if text.startswith(":") and ":" not in text[1:]:
-        if not text[1:].isdigit() or int(text[1:]) > 65535:
+        if not _is_port(text[1:]) or int(text[1:]) > 65535:
             raise ValueError(f"{text!r} has no valid port")
         return "0.0.0.0", int(text[1:])
     host, port = split_host_port(text, port_required=True, port_zero=True)
