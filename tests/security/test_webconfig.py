@@ -165,6 +165,27 @@ class TestValidFiles:
             " memory, which needs Linux (memfd_create and /proc); use cert_file"
         )
 
+    def test_many_loads_of_inline_pem_leave_no_descriptor_open(self, pki: Pki) -> None:
+        """Hot reloads, good and refused (a key of another certificate), keep no memfd."""
+        good = inline_tls(pki)
+        other = pki.ca.issue_cert("other.example")
+        bad = pki.write(
+            "tls_server_config:\n  cert: |\n"
+            + "".join(f"    {line}\n" for line in (pki.dir / "server.crt").read_text().splitlines())
+            + "  key: |\n"
+            + "".join(
+                f"    {line}\n" for line in other.private_key_pem.bytes().decode().splitlines()
+            ),
+            name="bad.yml",
+        )
+        ActiveWebConfig.load(good)  # anything opened once (a library's first use) is open now
+        before = sorted(os.listdir("/proc/self/fd"))
+        for _ in range(100):
+            assert ActiveWebConfig.load(good).ssl_context is not None
+            with pytest.raises(WebConfigError, match="cannot be used with the certificate"):
+                ActiveWebConfig.load(bad)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+
     def test_committed_example_loads(self, pki: Pki) -> None:
         """examples/web-config.yml loads with certificates where it says they are."""
         (pki.dir / "tls").mkdir()
