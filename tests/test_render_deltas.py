@@ -144,6 +144,63 @@ class TestOnlyTheChangedChunks:
             expected = render(frozen, metrics, **kinds[n % 2])
             assert registry_part(ours) == registry_part(expected)
 
+    async def test_a_render_failing_midway_leaves_no_stale_piece(self) -> None:
+        """A label that raises while the changes are taken in (a private-id hash failing):
+        the render fails, and the next one is still exactly a full render's body."""
+        clock = FakeClock()
+        registry = await registry_of(60, clock)
+        source, renderer = InProcessSource(registry), Renderer(chunk_users=4)
+        metrics = ExporterMetrics("1")
+        failing = {"on": False}
+
+        def label(user_id: str) -> str:
+            if failing["on"] and user_id == "newcomer":
+                raise RuntimeError("hash key unavailable")
+            return f"h-{user_id}"
+
+        def labelled(snapshot: RegistrySnapshot) -> RegistrySnapshot:
+            return replace(snapshot, user_label=label)
+
+        renderer.render(labelled(await source.snapshot()), metrics, format=TEXT)
+        for n in range(0, 60, 3):
+            await registry.unregister_user_agent(f"user-{n:04d}", "a0")
+        await registry.register_user_agent("newcomer", "a", object())
+        failing["on"] = True
+        with pytest.raises(RuntimeError, match="hash key"):
+            renderer.render(labelled(await source.snapshot()), metrics, format=TEXT)
+        failing["on"] = False
+        await registry.register_user_agent("user-0001", "more", object())
+        snapshot = labelled(await source.snapshot())
+        ours = renderer.render(snapshot, metrics, format=TEXT)
+        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
+
+    async def test_a_walk_failing_midway_leaves_no_stale_piece(self) -> None:
+        """The same failure while every user is read (a snapshot without changes)."""
+        clock = FakeClock()
+        registry = await registry_of(60, clock)
+        renderer, metrics = Renderer(chunk_users=4), ExporterMetrics("1")
+        failing = {"on": False}
+
+        def label(user_id: str) -> str:
+            if failing["on"] and user_id == "newcomer":
+                raise RuntimeError("hash key unavailable")
+            return f"h-{user_id}"
+
+        def frozen() -> RegistrySnapshot:
+            return replace(full(registry.snapshot()), user_label=label)
+
+        renderer.render(frozen(), metrics, format=TEXT)
+        for n in range(60):
+            await registry.register_user_agent(f"user-{n:04d}", "more", object())
+        await registry.register_user_agent("newcomer", "a", object())
+        failing["on"] = True
+        with pytest.raises(RuntimeError, match="hash key"):
+            renderer.render(frozen(), metrics, format=TEXT)
+        failing["on"] = False
+        snapshot = frozen()
+        ours = renderer.render(snapshot, metrics, format=TEXT)
+        assert registry_part(ours) == registry_part(render(snapshot, metrics, format=TEXT))
+
     async def test_chunks_left_small_are_merged(self) -> None:
         """Removing most users of every chunk, a scrape at a time, does not leave a body of
         one-user pieces."""

@@ -212,7 +212,12 @@ def _refresh(
         view = _from_changes(cache, snapshot, select)
         if view is None:
             view = RegistryView.of(snapshot, select.max_user_series, select.min_pressure)
-            cache.order = _refresh_one(cache, view, select.chunk_users)
+            cache.delta = None  # the walk changes chunks in place: the old state is gone
+            try:
+                cache.order = _refresh_one(cache, view, select.chunk_users)
+            except BaseException:
+                cache.order = []  # pieces may no longer match their users
+                raise
             if select.exports_all(snapshot):
                 remember(cache, snapshot, view.counts)
             else:
@@ -238,7 +243,12 @@ def _from_changes(
         user_line(c.USER_AGENTS, worker, COUNT),
         user_line(c.USER_SESSION_CREATED, worker, SECONDS),
     )
-    agents = apply_changes(cache, snapshot, line_of, select.chunk_users)
+    try:
+        agents = apply_changes(cache, snapshot, line_of, select.chunk_users)
+    except BaseException:
+        # Half taken in, pieces may no longer match their users: nothing of it is reused.
+        cache.order, cache.delta = [], None
+        raise
     if agents is None:
         return None
     created: list[float] = []
