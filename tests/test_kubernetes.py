@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,14 @@ from .manifests import (
 from .test_rules import run, tool
 
 ALERTS = ROOT / "alerts"
-CORE = ("service.yaml", "peers-service.yaml", NETWORK_POLICY, "secret.example.yaml")
+CORE = (
+    "service.yaml",
+    "peers-service.yaml",
+    NETWORK_POLICY,
+    "secret.example.yaml",
+    "grafana-dashboard.yaml",
+)
+DASHBOARD = ROOT / "grafana" / "agent-registry.json"
 CUSTOM = (
     "podmonitor.yaml",
     "servicemonitor.yaml",
@@ -376,6 +385,56 @@ class TestKubernetesSchemas:
         assert app_ports[0] not in policy_ports(
             render_kubernetes(Thresholds(), fewer)[NETWORK_POLICY]
         )
+
+
+class TestDashboardConfigMap:
+    def test_it_holds_exactly_the_committed_dashboard(self, manifests) -> None:
+        """One key, grafana/agent-registry.json's text byte for byte (the Grafana sidecar
+        writes each key as a file of that name)."""
+        config_map = manifests["grafana-dashboard.yaml"]
+        assert (config_map["apiVersion"], config_map["kind"]) == ("v1", "ConfigMap")
+        assert config_map["data"] == {"agent-registry.json": DASHBOARD.read_text()}
+        assert json.loads(config_map["data"]["agent-registry.json"])["title"]
+
+    def test_it_is_labelled_and_annotated_for_the_grafana_sidecar(self, manifests) -> None:
+        """kube-prometheus-stack's sidecar loads ConfigMaps labelled grafana_dashboard: "1"
+        (its label and labelValue); the folder is read from the annotation the chart's
+        folderAnnotation names, k8s-sidecar's own default or the common grafana_folder."""
+        meta = manifests["grafana-dashboard.yaml"]["metadata"]
+        assert meta["labels"] == {"grafana_dashboard": "1"}
+        assert meta["annotations"] == {
+            "grafana_folder": "agent-registry",
+            "k8s-sidecar-target-directory": "agent-registry",
+        }
+        assert meta["namespace"] == manifests["service.yaml"]["metadata"]["namespace"]
+        text = (DEPLOY / "grafana-dashboard.yaml").read_text()
+        assert 'grafana_dashboard: "1"' in text or "grafana_dashboard: '1'" in text
+
+    def test_it_is_applied_by_default(self, manifests) -> None:
+        """In the default kustomization's resources."""
+        assert "grafana-dashboard.yaml" in manifests["kustomization.yaml"]["resources"]
+
+    def test_it_fits_kubectl_applys_last_applied_annotation(self) -> None:
+        """`kubectl apply` (client side) copies the object into an annotation of at most
+        256 KiB (the JSON inside it escaped again: half of that is the margin); a larger
+        ConfigMap would need --server-side."""
+        assert len((DEPLOY / "grafana-dashboard.yaml").read_bytes()) < 256 * 1024 // 2
+
+    def test_cli_without_grafanas_sdk_says_which_extra(
+        self, tmp_path: Path, capsys, monkeypatch
+    ) -> None:
+        """The dashboard needs the 'dashboard' extra: without it the command says so,
+        exits 2 and writes nothing."""
+        # As if not installed: the SDK and the modules that imported it are forgotten.
+        for name in list(sys.modules):
+            if name.startswith(
+                ("grafana_foundation_sdk", "agent_registry_exporter.artifacts.dashboard")
+            ):
+                monkeypatch.delitem(sys.modules, name)
+        monkeypatch.setitem(sys.modules, "grafana_foundation_sdk", None)
+        assert main(["kubernetes", "--output-dir", str(tmp_path / "k")]) == 2
+        assert "the 'dashboard' extra" in capsys.readouterr().err
+        assert not (tmp_path / "k").exists()
 
 
 class TestCustomResources:

@@ -357,7 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_rules_yaml(thresholds, options))
         return 0
     if args.command == "kubernetes":
-        _write(Path(args.output_dir), render_kubernetes_files(thresholds, kubernetes))
+        dashboard = _dashboard_json("kubernetes")
+        if dashboard is None:
+            return 2
+        _write(Path(args.output_dir), render_kubernetes_files(thresholds, kubernetes, dashboard))
         return 0
     if args.command == "dashboard":
         return _print_dashboard()

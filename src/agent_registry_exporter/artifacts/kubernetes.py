@@ -11,6 +11,7 @@ the ServiceMonitor's `jobLabel` point at it (prometheus-operator otherwise names
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,8 @@ FILES: dict[str, str] = {
     "podmonitor.yaml": "how Prometheus scrapes each pod's sidecar (the default)",
     "servicemonitor.yaml": "the alternative to the PodMonitor: scrape through the Service",
     "prometheusrule.yaml": "the alert rules of alerts/agent-registry.rules.yml",
+    "grafana-dashboard.yaml": "grafana/agent-registry.json for kube-prometheus-stack's Grafana"
+    " sidecar (label grafana_dashboard)",
     "alertmanagerconfig.yaml": 'routes remediation="cleanup" alerts to the webhook',
     "deployment-patch.yaml": "adds the sidecar to your Deployment (`kubectl patch`)",
     "secret.example.yaml": "the shape of the webhook token Secret (create your own)",
@@ -373,15 +376,63 @@ def _network_policy(o: KubernetesOptions) -> dict[str, Any]:
     }
 
 
+class _Literal(str):
+    """Text written as a YAML literal block (`|`): the dashboard stays readable JSON."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(
+    _Literal, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, "|")
+)
+
+# kube-prometheus-stack's Grafana sidecar loads ConfigMaps with this label (its `label`,
+# `labelValue` "1") from every namespace (`searchNamespace: ALL`). The folder: k8s-sidecar's
+# default annotation, and the name charts commonly set as `folderAnnotation`; Grafana shows
+# it as a folder with the provider's `foldersFromFilesStructure`.
+DASHBOARD_LABEL = {"grafana_dashboard": "1"}
+DASHBOARD_FOLDER = "agent-registry"
+DASHBOARD_KEY = "agent-registry.json"
+
+
+def _dashboard_config_map(o: KubernetesOptions, dashboard_json: str) -> dict[str, Any]:
+    meta = _meta(o, f"{o.name}-dashboard", DASHBOARD_LABEL)
+    meta["annotations"] = {
+        "grafana_folder": DASHBOARD_FOLDER,
+        "k8s-sidecar-target-directory": DASHBOARD_FOLDER,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {DASHBOARD_KEY: _Literal(dashboard_json)},
+    }
+
+
+@functools.cache
+def _committed_dashboard() -> str:
+    # Needs Grafana's SDK (the dashboard extra): imported only when no JSON is given.
+    from .dashboard import render_dashboard_json
+
+    return render_dashboard_json()
+
+
 def _kustomize_labels(o: KubernetesOptions) -> list[dict[str, Any]]:
     return [{"pairs": {"app.kubernetes.io/part-of": o.name}, "includeSelectors": False}]
 
 
 def render_kubernetes(
-    thresholds: Thresholds, options: KubernetesOptions | None = None
+    thresholds: Thresholds,
+    options: KubernetesOptions | None = None,
+    dashboard_json: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every manifest as data, by path under deploy/kubernetes/ (the keys of `FILES`)."""
+    """Every manifest as data, by path under deploy/kubernetes/ (the keys of `FILES`); the
+    dashboard's ConfigMap holds `dashboard_json` (by default the dashboard rendered, which
+    needs the dashboard extra)."""
     o = options or KubernetesOptions()
+    dashboard = _committed_dashboard() if dashboard_json is None else dashboard_json
     manifests: dict[str, dict[str, Any]] = {
         "service.yaml": _service(o, o.name, _selected(o), headless=False),
         "peers-service.yaml": _service(o, o.peers_service, {PEERS_LABEL: o.name}, headless=True),
@@ -394,6 +445,7 @@ def render_kubernetes(
             "spec": {"groups": render_rules(thresholds, o.rules)["groups"]},
         },
         "alertmanagerconfig.yaml": _alertmanager_config(o),
+        "grafana-dashboard.yaml": _dashboard_config_map(o, dashboard),
         NETWORK_POLICY: _network_policy(o),
         NETWORK_POLICY_COMPONENT: {
             "apiVersion": "kustomize.config.k8s.io/v1alpha1",
@@ -420,11 +472,13 @@ def render_kubernetes(
 
 
 def render_kubernetes_files(
-    thresholds: Thresholds, options: KubernetesOptions | None = None
+    thresholds: Thresholds,
+    options: KubernetesOptions | None = None,
+    dashboard_json: str | None = None,
 ) -> dict[str, str]:
     """Every manifest as committed in deploy/kubernetes/, by path under it."""
     return {
         name: f"{_HEADER}# {FILES[name]}\n"
-        + yaml.safe_dump(manifest, sort_keys=False, width=1000, allow_unicode=True)
-        for name, manifest in render_kubernetes(thresholds, options).items()
+        + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
+        for name, manifest in render_kubernetes(thresholds, options, dashboard_json).items()
     }
