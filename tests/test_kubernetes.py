@@ -433,7 +433,7 @@ class TestDashboardConfigMap:
                 monkeypatch.delitem(sys.modules, name)
         monkeypatch.setitem(sys.modules, "grafana_foundation_sdk", None)
         assert main(["kubernetes", "--output-dir", str(tmp_path / "k")]) == 2
-        assert "the 'dashboard' extra" in capsys.readouterr().err
+        assert "'dashboard' extra" in capsys.readouterr().err
         assert not (tmp_path / "k").exists()
 
 
