@@ -10,10 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_registry_exporter import AgentRegistry, RegistrySnapshot, SessionRow, Thresholds
+from agent_registry_exporter import (
+    AgentRegistry,
+    RegistrySnapshot,
+    SessionRow,
+    Settings,
+    Thresholds,
+    create_app,
+)
 from agent_registry_exporter.exporting import OPENMETRICS, TEXT, ExporterMetrics, Renderer, render
 from agent_registry_exporter.exporting import renderer as renderer_module
-from agent_registry_exporter.sources import InProcessSource
+from agent_registry_exporter.sources import InProcessSource, PrivateIdSource, UserIdHasher
 
 from .conftest import ENGINES, FakeClock
 from .test_render_cache import registry_part, reused_pieces
@@ -58,6 +65,51 @@ async def registry_of(users: int, clock: FakeClock) -> AgentRegistry:
             await registry.register_user_agent(f"user-{n:04d}", f"a{a}", object())
         clock.advance(1)
     return registry
+
+
+class TestOtherReadersOfTheSource:
+    """The renderer is not the source's only reader: the readiness probe, the webhook's
+    private-id search and its circuit breaker take snapshots too. None of them may take
+    the changes the next scrape renders from (it would walk every user again)."""
+
+    async def test_a_readiness_probe_between_scrapes_leaves_the_scrape_its_changes(
+        self, aiohttp_client, monkeypatch
+    ) -> None:
+        """/-/ready (Kubernetes asks it more often than Prometheus scrapes) between two
+        scrapes: the second scrape still renders from the changes, and shows them."""
+        clock = FakeClock()
+        registry = await registry_of(200, clock)
+        client = await aiohttp_client(create_app(InProcessSource(registry), Settings()))
+        assert (await client.get("/metrics")).status == 200
+        await registry.register_user_agent("user-0005", "extra", object())
+        assert (await client.get("/-/ready")).status == 200
+        await registry.register_user_agent("user-0006", "extra", object())
+        refuse_full_walk(monkeypatch)
+        scraped = await client.get("/metrics")
+        body = await scraped.text()
+        assert scraped.status == 200, body
+        assert 'agent_registry_user_agents{user_id="user-0005"} 4' in body
+        assert 'agent_registry_user_agents{user_id="user-0006"} 2' in body
+
+    async def test_a_private_id_search_between_renders_leaves_the_render_its_changes(
+        self, monkeypatch
+    ) -> None:
+        """The webhook's search for a hashed label reads the sessions: the next render
+        still takes every change since the one before, and is a full render's body."""
+        clock = FakeClock()
+        registry = await registry_of(200, clock)
+        hasher = UserIdHasher(b"k" * 32)
+        source, renderer = PrivateIdSource(InProcessSource(registry), hasher), Renderer()
+        metrics = ExporterMetrics("1")
+        renderer.render(await source.snapshot(), metrics, format=TEXT)
+        await registry.register_user_agent("user-0005", "extra", object())
+        await source.look_up([hasher.digest("someone-gone")])  # known to no render: a search
+        await registry.unregister_user_agent("user-0100", "a0")
+        snapshot = await source.snapshot()
+        refuse_full_walk(monkeypatch)
+        ours = renderer.render(snapshot, metrics, format=TEXT)
+        monkeypatch.undo()
+        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
 
 
 class TestOnlyTheChangedChunks:

@@ -13,7 +13,7 @@ from aiohttp import web
 from .._meta import __version__, logger_name
 from ..common.endpoints import HEALTHY_PATH, METRICS_PATH, READY_PATH, WEBHOOK_PATH
 from ..common.json_errors import json_error
-from ..sources import WorkerSources
+from ..sources import WorkerSources, peek
 from .keys import SETTINGS, SOURCE
 from .metrics import RENDERING
 
@@ -38,7 +38,7 @@ async def ready(request: web.Request) -> web.Response:
             if await source.ready() is not None:
                 return json_error(503, "no worker answers; see the exporter's log")
         else:
-            await source.snapshot()
+            await peek(source)
     except Exception:
         _log.exception("readiness check failed")
         return json_error(503, "registry unavailable; see the exporter's log")

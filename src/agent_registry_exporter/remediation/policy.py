@@ -19,7 +19,7 @@ from .._meta import logger_name
 from ..common.token_bucket import TokenBucket
 from ..registry import CleanupResult, MonitorResult, Status
 from ..settings import Settings
-from ..sources import LooksUpInBatches, RegistrySource, WorkerSources
+from ..sources import LooksUpInBatches, RegistrySource, WorkerSources, peek
 from .decision import Decision, Outcome
 from .decision import decision_for as _decision
 from .payload import Alert, WebhookPayload
@@ -258,7 +258,7 @@ class Remediator:
         users = {c.target for c in violating}
         if len(users) < self.policy.breaker_min_users:
             return violating
-        total_users = len((await self.source.snapshot()).sessions)
+        total_users = len((await peek(self.source)).sessions)
         if len(users) <= self.policy.breaker_max_share * total_users:
             return violating
         detail = (

@@ -7,7 +7,7 @@ its registry on a Unix socket (`serve_registry`) and the sidecar gathers them al
 from .deadline import SCRAPE_TIMEOUT_HEADER, answer_within, scrape_budget, time_left
 from .in_process import InProcessSource
 from .private_ids import PrivateIdSource, PrivateWorkerSources, UserIdHasher, private_ids
-from .protocol import LooksUpInBatches, RegistrySource, WorkerSources
+from .protocol import LooksUpInBatches, Peeks, RegistrySource, WorkerSources, peek
 from .sidecar import SidecarSource, discover_workers, socket_dir_problem
 from .snapshot_codec import API_VERSION, WorkerIdentity, decode_snapshot, encode_snapshot
 from .socket_api import (
@@ -27,6 +27,7 @@ __all__ = [
     "SOCKET_DIR_ENV",
     "InProcessSource",
     "LooksUpInBatches",
+    "Peeks",
     "PrivateIdSource",
     "PrivateWorkerSources",
     "RegistrySocket",
@@ -42,6 +43,7 @@ __all__ = [
     "decode_snapshot",
     "discover_workers",
     "encode_snapshot",
+    "peek",
     "private_ids",
     "scrape_budget",
     "serve_registry",

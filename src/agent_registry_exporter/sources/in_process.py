@@ -33,6 +33,10 @@ class InProcessSource:
         self._last_generation = snapshot.generation
         return snapshot
 
+    async def peek(self) -> RegistrySnapshot:
+        """The registry now, leaving the changes to the next `snapshot()`."""
+        return self.registry.snapshot(leak_grace_seconds=self.leak_grace_seconds)
+
     async def monitor_user(self, user_id: str) -> MonitorResult:
         return await self.registry.lifecycle_manager.monitor_user(user_id)
 

@@ -33,7 +33,7 @@ from ..registry import (
     SessionLike,
     Status,
 )
-from .protocol import RegistrySource, WorkerSources
+from .protocol import RegistrySource, WorkerSources, peek
 
 __all__ = [
     "MIN_KEY_BYTES",
@@ -135,6 +135,9 @@ class PrivateIdSource:
     async def snapshot(self) -> RegistrySnapshot:
         return _hashed(await self.inner.snapshot(), self.hasher)
 
+    async def peek(self) -> RegistrySnapshot:
+        return _hashed(await peek(self.inner), self.hasher)
+
     async def monitor_user(self, user_id: str) -> MonitorResult:
         real = await self._resolve(user_id)
         if real is None:
@@ -161,7 +164,7 @@ class PrivateIdSource:
         wanted = {u for u in user_ids if u.startswith(PREFIX) and self.hasher.known(u) is None}
         if not wanted:
             return
-        ids = _user_ids((await self.inner.snapshot()).sessions)
+        ids = _user_ids((await peek(self.inner)).sessions)
         among = hash(tuple(ids))  # cheap next to hashing: str hashes are cached
         if among != self._misses_among:
             self._misses.clear()

@@ -9,7 +9,7 @@ from prometheus_client.core import Metric
 
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot
 
-__all__ = ["LooksUpInBatches", "RegistrySource", "WorkerSources"]
+__all__ = ["LooksUpInBatches", "Peeks", "RegistrySource", "WorkerSources", "peek"]
 
 
 class RegistrySource(Protocol):
@@ -65,3 +65,23 @@ class LooksUpInBatches(Protocol):
     async def look_up(self, user_ids: Collection[str]) -> None:
         """Prepare the answers about `user_ids`, in one pass at most."""
         ...
+
+
+@runtime_checkable
+class Peeks(Protocol):
+    """A source whose `snapshot()` carries what changed since its previous one (the
+    in-process source), and which can also be read without moving that position."""
+
+    async def peek(self) -> RegistrySnapshot:
+        """The sessions now, carrying no changes; the next `snapshot()` still carries every
+        change since the previous `snapshot()`."""
+        ...
+
+
+async def peek(source: RegistrySource) -> RegistrySnapshot:
+    """A snapshot for a reader that renders nothing (a probe, a search of the sessions, a
+    count): the renderer's next snapshot keeps the changes it renders from, which a
+    `snapshot()` here would have taken (the scrape then walks every user again)."""
+    if isinstance(source, Peeks):
+        return await source.peek()
+    return await source.snapshot()
