@@ -102,6 +102,8 @@ class TestWhatItGuards:
             async def snapshot(self) -> Any:
                 raise ConnectionError("/run/secret/worker-7.sock refused")
 
+            peek = snapshot  # what the probe reads
+
         settings = Settings(web_config_file=web_config)
         client = await aiohttp_client(create_app(Broken(AgentRegistry()), settings))
         resp = await client.get("/-/ready")
