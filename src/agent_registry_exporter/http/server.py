@@ -13,6 +13,7 @@ from aiohttp import web
 from .._meta import logger_name
 from ..common.addresses import bracket_host, format_host_port
 from ..common.logs import show_decisions
+from ..common.malformed import RequestLogger
 from ..registry import AgentRegistry
 from ..settings import Settings
 from ..sources import InProcessSource, RegistrySource
@@ -70,6 +71,7 @@ class ExporterServer:
             self.app,
             access_log=None,
             handle_signals=False,
+            logger=RequestLogger(_log),  # a request aiohttp cannot parse: the client's doing
             # Never inflate a request body: an unread one is drained as wire bytes.
             auto_decompress=False,
             # aiohttp closes a connection still waiting for a complete request after this,

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .._meta import logger_name
 from ..common.bodies import refuse_encoded_bodies
 from ..common.json_errors import json_error, json_errors
+from ..common.malformed import RequestLogger
 from ..common.process import resident_memory_bytes
 from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry
 from ..settings import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
@@ -307,6 +308,7 @@ class RegistrySocket:
                 self._make_app(identity),
                 access_log=None,
                 handle_signals=False,
+                logger=RequestLogger(_log),  # a request it cannot parse: the client's doing
                 auto_decompress=False,  # a body is never inflated (compressed ones are refused)
             )
             await runner.setup()
