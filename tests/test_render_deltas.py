@@ -20,9 +20,15 @@ from agent_registry_exporter import (
 )
 from agent_registry_exporter.exporting import OPENMETRICS, TEXT, ExporterMetrics, Renderer, render
 from agent_registry_exporter.exporting import renderer as renderer_module
-from agent_registry_exporter.sources import InProcessSource, PrivateIdSource, UserIdHasher
+from agent_registry_exporter.sources import (
+    InProcessSource,
+    PrivateIdSource,
+    UserIdHasher,
+    WorkerSource,
+    peek,
+)
 
-from .conftest import ENGINES, FakeClock
+from .conftest import ENGINES, FakeClock, serving_workers
 from .test_render_cache import registry_part, reused_pieces
 
 LIMITS = Thresholds(agents_per_user=3, session_age_seconds=3600)
@@ -110,6 +116,33 @@ class TestOtherReadersOfTheSource:
         ours = renderer.render(snapshot, metrics, format=TEXT)
         monkeypatch.undo()
         assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
+
+    async def test_a_search_through_a_workers_sessions_leaves_the_sidecar_its_delta(
+        self, socket_dir, monkeypatch
+    ) -> None:
+        """Sidecar mode: the webhook's search reads a worker through its socket. The next
+        scrape's delta still reaches back to the last scrape, and renders a full body."""
+        async with serving_workers(socket_dir, "w0") as registries:
+            registry = registries["w0"]
+            for n in range(200):
+                await registry.register_user_agent(f"user-{n:04d}", "a0", object())
+            worker = WorkerSource("w0", socket_dir / "worker-w0.sock")
+            renderer, metrics = Renderer(), ExporterMetrics("1")
+            try:
+                renderer.render(await worker.snapshot(), metrics, format=TEXT)
+                await registry.register_user_agent("user-0005", "extra", object())
+                seen = await peek(worker)
+                assert "newcomer" not in seen.sessions.user_ids
+                await registry.register_user_agent("newcomer", "a0", object())
+                await registry.unregister_user_agent("user-0100", "a0")
+                snapshot = await worker.snapshot()
+            finally:
+                await worker.close()
+        refuse_full_walk(monkeypatch)
+        ours = renderer.render(snapshot, metrics, format=TEXT)
+        monkeypatch.undo()
+        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
+        assert b'user_id="user-0005"} 2' in ours.body
 
 
 class TestOnlyTheChangedChunks:

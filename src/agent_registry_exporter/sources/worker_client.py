@@ -129,6 +129,23 @@ class WorkerSource:
             dataclasses.replace(answer.snapshot, sessions=columns, worker=self.worker), answer
         )
 
+    async def peek(self) -> RegistrySnapshot:
+        """The worker's sessions now, for a reader that renders nothing (the webhook's
+        search): a delta is applied to a copy and the held position stays, so the next
+        `snapshot()` still carries every change since the previous one."""
+        async with self._exchange:
+            held = self._held
+            answer = await self._answer(None if held is None else held.position)
+            try:
+                columns = self._columns(answer, held)
+            except DeltaMismatch:
+                answer = await self._answer(None)
+                columns = self._columns(answer, None)
+            if self._held is None and answer.position is not None and answer.delta is None:
+                self._held = _Held(answer.position, columns)  # a full answer: the new base
+        snapshot = dataclasses.replace(answer.snapshot, sessions=columns, worker=self.worker)
+        return dataclasses.replace(snapshot, changes=None, changed_rows=None)
+
     async def _answer(self, since: Position | None) -> Answer:
         path = f"/{API_VERSION}/snapshot"
         if since is not None:
