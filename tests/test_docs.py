@@ -484,6 +484,31 @@ CLAIMS: dict[tuple[str, str, str], str] = {
         "yaml",
         "components/networkpolicy",
     ): "test_the_documented_overlay_adds_the_network_policy",
+    (
+        "docs/kubernetes.md",
+        "console",
+        "--monitor-label release=",
+    ): "test_kube_prometheus_stack_render_labels_what_its_prometheus_selects",
+    (
+        "docs/kubernetes.md",
+        "console",
+        "alertmanagerConfigNamespaceSelector",
+    ): "test_the_namespace_selector_commands_select_the_backends_namespace",
+    (
+        "docs/kubernetes.md",
+        "yaml",
+        "alertmanagerSpec",
+    ): "test_the_namespace_selector_commands_select_the_backends_namespace",
+    (
+        "docs/kubernetes.md",
+        "yaml",
+        "continue: true",
+    ): "test_the_operators_continue_sends_the_alert_on_to_later_routes",
+    (
+        "docs/kubernetes.md",
+        "console",
+        "amtool config routes test",
+    ): "test_the_operators_continue_sends_the_alert_on_to_later_routes",
     ("docs/runbooks.md", "python", "gc.get_referrers"): "test_referrer_walk_names_the_holder",
     ("docs/runbooks.md", "promql", ""): "test_every_query_parses_with_promtool",
     (

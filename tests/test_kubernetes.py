@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -771,6 +772,75 @@ class TestDocs:
         assert sorted(map(int, listed_ports)) == sorted([exporter, *app])
         patched = yaml.safe_load((tmp_path / "patched.yaml").read_text())
         assert patched == patched_deployment(patch)
+
+    @pytest.mark.processes
+    def test_kube_prometheus_stack_render_labels_what_its_prometheus_selects(
+        self, tmp_path: Path, monkeypatch, capsys
+    ) -> None:
+        """The walk-through's render prints what it shows and labels the three objects the
+        chart's Prometheus selects with the release its selector (as shown) asks for."""
+        shown = block("docs/kubernetes.md", "console", "--monitor-label release=")
+        render, selector = shown.commands()
+        printed, selected = shown_outputs(shown.text)
+        monkeypatch.chdir(tmp_path)
+        assert main(shlex.split(render)[1:]) == 0
+        assert capsys.readouterr().out == printed
+        wanted = json.loads(selected)["matchLabels"]
+        for name in ("podmonitor.yaml", "servicemonitor.yaml", "prometheusrule.yaml"):
+            labels = yaml.safe_load((tmp_path / "deploy" / "kubernetes" / name).read_text())
+            assert selects(wanted, labels["metadata"]["labels"]), name
+        assert "spec.podMonitorSelector" in selector
+
+    def test_the_namespace_selector_commands_select_the_backends_namespace(self, manifests) -> None:
+        """The patch and the Helm values set the same selector, and it selects the namespace
+        the AlertmanagerConfig is rendered in (by the label Kubernetes gives every namespace)."""
+        shown = block("docs/kubernetes.md", "console", "alertmanagerConfigNamespaceSelector")
+        get, patch = shown.commands()
+        assert shown_outputs(shown.text)[0] == "\n"  # nil prints an empty line
+        assert "get alertmanager" in get
+        argv = shlex.split(patch)
+        patched = json.loads(argv[argv.index("-p") + 1])
+        values = yaml.safe_load(block("docs/kubernetes.md", "yaml", "alertmanagerSpec").text)
+        selector = patched["spec"]["alertmanagerConfigNamespaceSelector"]
+        assert values["alertmanager"]["alertmanagerSpec"] == {
+            "alertmanagerConfigNamespaceSelector": selector
+        }
+        namespace = manifests["alertmanagerconfig.yaml"]["metadata"]["namespace"]
+        assert selects(selector["matchLabels"], {"kubernetes.io/metadata.name": namespace})
+        assert not selects(selector["matchLabels"], {"kubernetes.io/metadata.name": "other"})
+
+    @pytest.mark.processes
+    def test_the_operators_continue_sends_the_alert_on_to_later_routes(
+        self, manifests, tmp_path: Path
+    ) -> None:
+        """The generated configuration shown routes like the committed AlertmanagerConfig
+        (its matchers, the operator's namespace matcher, forced continue), and the real
+        amtool routes the cleanup alerts as the page says: to the webhook and to a later
+        route that matches, never to the default receiver."""
+        config = block("docs/kubernetes.md", "yaml", "continue: true").text
+        ours, *_ = yaml.safe_load(config)["route"]["routes"]
+        am_config = manifests["alertmanagerconfig.yaml"]
+        namespace, name = am_config["metadata"]["namespace"], am_config["metadata"]["name"]
+        (receiver,) = am_config["spec"]["receivers"]
+        assert ours["receiver"] == f"{namespace}/{name}/{receiver['name']}"
+        assert ours["continue"] is True
+        assert ours["matchers"] == [f'namespace="{namespace}"'] + [
+            f'{m["name"]}{m.get("matchType", "=")}"{m["value"]}"'
+            for m in am_config["spec"]["route"]["matchers"]
+        ]
+        (tmp_path / "generated.yml").write_text(config)
+        shown = block("docs/kubernetes.md", "console", "amtool config routes test")
+        amtool = shutil.which("amtool")
+        assert amtool, "amtool comes with prometheus-alertmanager (make pytest-tools)"
+        for command, output in zip(shown.commands(), shown_outputs(shown.text), strict=True):
+            argv = shlex.split(command)
+            assert argv[0] == "amtool"
+            done = subprocess.run(
+                [amtool, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == output.strip()
+            assert "null" not in done.stdout.strip().split(",")  # the default receiver
 
     def test_every_file_is_explained(self) -> None:
         """The file table has one row per rendered file."""
