@@ -27,7 +27,9 @@ class TestGoDurations:
         """Decimal numbers with ns to h, in any order, as exporter-toolkit reads them."""
         assert parse_duration(text) == pytest.approx(seconds)
 
-    @pytest.mark.parametrize("text", ["", "1", "s", "1 s", " 1s", "-1s", "1d", "1sx", "1S"])
+    @pytest.mark.parametrize(
+        "text", ["", "1", "s", "1 s", " 1s", "-1s", "1d", "1sx", "1S", "\u0661s", "1.\u0665s"]
+    )
     def test_anything_else_is_refused(self, text: str) -> None:
         """No unit, an unknown unit, a sign or spaces: one sentence with examples."""
         with pytest.raises(ValueError, match=r"^not a duration such as 1s, 500ms or 0$"):
@@ -44,7 +46,9 @@ class TestPrometheusDurations:
         """Whole numbers with y to ms, largest first (a rule's `for:`)."""
         assert parse_duration(text, prometheus=True) == pytest.approx(seconds)
 
-    @pytest.mark.parametrize("text", ["", "5", "1.5m", "30s1m", "1m1m", "500us", "5 m"])
+    @pytest.mark.parametrize(
+        "text", ["", "5", "1.5m", "30s1m", "1m1m", "500us", "5 m", "\u0665m", "\uff15m"]
+    )
     def test_go_only_forms_are_refused(self, text: str) -> None:
         """Fractions, units out of order or repeated, Go-only units: refused."""
         with pytest.raises(ValueError, match=r"^not a duration such as 5m, 90s or 1m30s$"):

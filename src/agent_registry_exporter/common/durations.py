@@ -33,7 +33,9 @@ _PROMETHEUS_UNITS = {
     "s": 1.0,
     "ms": 1e-3,
 }
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([a-zµμ]+)")
+# ASCII digits only: \d takes any script's digits, which float() reads and Go and
+# Prometheus refuse (a rule file promtool would not load).
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([a-zµμ]+)")
 
 
 def parse_duration(
