@@ -10,7 +10,7 @@ DEBIAN_TOOLS := prometheus prometheus-alertmanager curl
 # The container test runs the image's Python (3.11, see the Dockerfile) as other users: Debian's.
 DEBIAN_PYTHON := python3.11-venv
 
-.PHONY: demo test test-fast lint typecheck pytest docs tools pytest-tools scan-tools lock rules dashboard bench clean
+.PHONY: demo test test-fast test-ranges lint typecheck pytest docs tools pytest-tools scan-tools lock rules dashboard bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,7 +75,12 @@ pytest: $(STAMP) pytest-tools scan-tools
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-test: docs lint typecheck pytest
+test: docs lint typecheck pytest test-ranges
+
+# The unit lane against the lowest allowed version of every runtime dependency, then against the
+# newest (pyproject's ranges are tested at both ends), each in a throwaway venv made by uv.
+test-ranges: $(STAMP)
+	.ci/ranges $(BIN)/uv $(BIN)/python
 
 # The unit lane, beside other work: no Prometheus, Alertmanager, uvicorn, container or any
 # other process (tests/conftest.py refuses one in a test not marked `processes`).

@@ -269,7 +269,8 @@ class TestCommands:
 
     def test_make_commands_name_targets_that_do_what_they_say(self) -> None:
         """Every `make X` shown is a Makefile target; `make test` (which runs this test, so it
-        is not run here) builds the docs, lints, type-checks and runs pytest, and `.ci/run`
+        is not run here) builds the docs, lints, type-checks, runs pytest and the unit tests at
+        both ends of the dependency ranges, and `.ci/run`
         calls it; `make demo` runs the demo that tests/e2e/test_demo.py runs."""
         targets = _make_targets()
         shown = [
@@ -282,7 +283,7 @@ class TestCommands:
         assert shown
         for command in shown:
             assert command.split()[1] in targets, command
-        assert set(targets["test"]) == {"docs", "lint", "typecheck", "pytest"}
+        assert set(targets["test"]) == {"docs", "lint", "typecheck", "pytest", "test-ranges"}
         assert "make test" in (ROOT / ".ci" / "run").read_text()
         assert "agent-registry-exporter demo" in _make_recipe("demo")
 
