@@ -10,7 +10,7 @@ DEBIAN_TOOLS := prometheus prometheus-alertmanager curl
 # The container test runs the image's Python (3.11, see the Dockerfile) as other users: Debian's.
 DEBIAN_PYTHON := python3.11-venv
 
-.PHONY: demo test test-fast test-ranges lint typecheck pytest docs tools pytest-tools scan-tools lock rules dashboard bench clean
+.PHONY: demo test test-fast test-ranges lint typecheck pytest docs tools pytest-tools scan-tools lock rules dashboard bench dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,13 @@ LOCK_DATE := 2026-12-01T00:00:00Z
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
 	  --python-platform linux --exclude-newer $(LOCK_DATE) -o requirements.lock
+
+# A wheel and an sdist in $(DIST): uv builds the sdist from this tree (MANIFEST.in: every committed
+# file, so its tests run), then the wheel from the unpacked sdist. tests/test_dist.py installs them.
+DIST ?= dist
+dist: $(STAMP)
+	rm -f $(DIST)/agent_registry_exporter-*
+	$(BIN)/uv build --quiet --out-dir $(DIST)
 
 # Regenerate the committed artefacts (rules, Alertmanager example, dashboard, the jsonnet mixin,
 # Kubernetes manifests,

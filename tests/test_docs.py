@@ -522,6 +522,10 @@ CLAIMS: dict[tuple[str, str, str], str] = {
         "console",
         "$ make test",
     ): "test_make_commands_name_targets_that_do_what_they_say",
+    ("docs/install.md", "console", "pip install '.[dashboard]'"): (
+        "test_install_commands_name_what_the_project_has"
+    ),
+    ("docs/install.md", "console", "make dist"): "test_install_commands_name_what_the_project_has",
     ("docs/sidecar-memory.md", "console", "hostile.py --bound-workers"): (
         "test_benchmark_commands_name_real_scripts_and_flags"
     ),

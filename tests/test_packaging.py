@@ -10,10 +10,11 @@ from importlib.metadata import metadata
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from trove_classifiers import classifiers as KNOWN_CLASSIFIERS
 
 from .conftest import console_script
-from .doc_blocks import ROOT
+from .doc_blocks import ROOT, block, page_text
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
@@ -87,6 +88,41 @@ class TestRunAsModule:
         as_script = _run(console_script(), *args)
         assert as_module == as_script
         assert as_module.strip()
+
+
+class TestInstallPage:
+    def test_install_commands_name_what_the_project_has(self) -> None:
+        """docs/install.md's commands: the extra exists, `make dist` is the target that builds
+        the two files listed, and the versions shown are this one. (The installs themselves
+        run elsewhere: the wheel's in tests/test_dist.py, `.[dashboard]` in make test-ranges.)"""
+        source_tree = block("docs/install.md", "console", "pip install '.[dashboard]'")
+        typed = [c.partition(" #")[0].rstrip() for c in source_tree.commands()]
+        assert typed == ["pip install .", "pip install '.[dashboard]'"]
+        assert "dashboard" in PROJECT["optional-dependencies"]
+        assert "uv build" in _make_recipe("dist")
+        name = f"agent_registry_exporter-{PROJECT['version']}"
+        wheel = block("docs/install.md", "console", "make dist")
+        assert wheel.commands() == [
+            "make dist",
+            "ls dist/",
+            f"pip install dist/{name}-py3-none-any.whl",
+            "agent-registry-exporter --version",
+            "python -m agent_registry_exporter --version",
+        ]
+        shown = [line for line in wheel.text.splitlines() if not line.startswith("$ ")]
+        version = f"agent-registry-exporter {PROJECT['version']}"
+        assert shown == [f"{name}-py3-none-any.whl", f"{name}.tar.gz", version, version]
+        assert (ROOT / "src" / "agent_registry_exporter" / "__main__.py").exists()
+
+    def test_ranges_table_is_pyprojects(self) -> None:
+        """Each runtime dependency and the extra's SDK, with the range pyproject declares."""
+        rows = dict(
+            re.findall(r"^\| `([\w.-]+)`[^|]*\| `([^`]+)` \|", page_text("docs/install.md"), re.M)
+        )
+        extra = [Requirement(r) for r in PROJECT["optional-dependencies"]["dashboard"]]
+        declared = {r.name: str(r.specifier) for r in [*RUNTIME, *extra]}
+        assert {name: str(SpecifierSet(spec)) for name, spec in rows.items()} == declared
+        assert f'`requires-python = "{PROJECT["requires-python"]}"`' in page_text("docs/install.md")
 
 
 def _run(*args: str) -> str:
