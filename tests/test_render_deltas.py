@@ -23,6 +23,7 @@ from agent_registry_exporter.exporting import renderer as renderer_module
 from agent_registry_exporter.sources import (
     InProcessSource,
     PrivateIdSource,
+    SidecarSource,
     UserIdHasher,
     WorkerSource,
     peek,
@@ -143,6 +144,30 @@ class TestOtherReadersOfTheSource:
         monkeypatch.undo()
         assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
         assert b'user_id="user-0005"} 2' in ours.body
+
+    async def test_a_count_of_every_workers_users_leaves_the_sidecar_its_deltas(
+        self, socket_dir, monkeypatch
+    ) -> None:
+        """Sidecar mode: the circuit breaker counts the users of every worker between two
+        scrapes. The next scrape still renders each worker from its delta."""
+        async with serving_workers(socket_dir, "w0", "w1") as registries:
+            for name, registry in registries.items():
+                for n in range(100):
+                    await registry.register_user_agent(f"{name}-{n:04d}", "a0", object())
+            source = SidecarSource(socket_dir, timeout=30)
+            renderer, metrics = Renderer(), ExporterMetrics("1")
+            try:
+                renderer.render(await source.snapshot(), metrics, format=TEXT)
+                await registries["w0"].register_user_agent("w0-0005", "extra", object())
+                assert len((await peek(source)).sessions) == 200
+                await registries["w1"].unregister_user_agent("w1-0007", "a0")
+                snapshot = await source.snapshot()
+            finally:
+                await source.close()
+        refuse_full_walk(monkeypatch)
+        ours = renderer.render(snapshot, metrics, format=TEXT)
+        monkeypatch.undo()
+        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
 
 
 class TestOnlyTheChangedChunks:

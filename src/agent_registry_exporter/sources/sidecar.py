@@ -13,7 +13,7 @@ import logging
 import socket
 import stat
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -168,6 +168,16 @@ class SidecarSource:
 
     async def snapshot(self) -> RegistrySnapshot:
         """One part per worker that answered; never raises for a worker's failure."""
+        return await self._gather(lambda worker: worker.snapshot())
+
+    async def peek(self) -> RegistrySnapshot:
+        """As `snapshot`, each worker read by `WorkerSource.peek`: the next snapshot still
+        carries each worker's changes since the previous one (the renderer's)."""
+        return await self._gather(lambda worker: worker.peek())
+
+    async def _gather(
+        self, read: Callable[[WorkerSource], Awaitable[RegistrySnapshot]]
+    ) -> RegistrySnapshot:
         found = self._discover()
         self._found = len(found)
         # A socket being removed is dead already (refused again and again): not asked.
@@ -177,7 +187,9 @@ class SidecarSource:
         # a late one is down for this scrape (no older answer of it is shown instead).
         left = time_left()
         budget = self.timeout if left is None else min(self.timeout, left)
-        asked = {asyncio.ensure_future(self._snapshot_of(w, changes)): w for w in workers.values()}
+        asked = {
+            asyncio.ensure_future(self._snapshot_of(w, read, changes)): w for w in workers.values()
+        }
         done, late = await asyncio.wait(asked, timeout=budget) if asked else (set(), set())
         for task in late:
             task.cancel()
@@ -303,12 +315,15 @@ class SidecarSource:
         task.add_done_callback(self._closing.discard)
 
     async def _snapshot_of(
-        self, worker: WorkerSource, changes: list[tuple[WorkerSource, str | None]]
+        self,
+        worker: WorkerSource,
+        read: Callable[[WorkerSource], Awaitable[RegistrySnapshot]],
+        changes: list[tuple[WorkerSource, str | None]],
     ) -> RegistrySnapshot | None:
         health = self._health.setdefault(worker.worker, _Health())
         started = time.perf_counter()
         try:
-            snapshot = await worker.snapshot()
+            snapshot = await read(worker)
         except WorkerError as exc:
             health.up, health.duration = False, time.perf_counter() - started
             health.refused_in_a_row = health.refused_in_a_row + 1 if exc.refused else 0
