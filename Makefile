@@ -125,6 +125,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hot_path.py
 	$(BIN)/python benchmarks/hostile.py
 	$(BIN)/python benchmarks/registry_memory.py
+	$(BIN)/python benchmarks/series.py
+	$(BIN)/python benchmarks/cache_memory.py
 
 clean:
 	rm -rf $(VENV) $(SCAN_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

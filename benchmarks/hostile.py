@@ -24,10 +24,15 @@ own process gathers a good worker (`--users` users) and a socket answering `--fl
 to every snapshot request, streamed; printed: the sidecar's resident memory once idle (after
 scrapes of the good worker alone) and at its peak (the kernel's high-water mark) over
 `--scrapes` scrapes with the flood beside it, for the default `max_worker_answer_bytes` and
-for 1 GiB (the bound before it was a setting).
+for 1 GiB (the bound before it was a setting). Then `--bound-workers` workers answering
+valid snapshots at 95% of the default bound: the sidecar's RSS idle, between scrapes (it
+keeps each worker's last full columns) and at its peak, over scrapes of them and then, with
+`--restart` (the default), over scrapes after each was restarted (new registries under the
+same names: full answers while the old columns are held), beside what
+`sidecar_memory_bytes` gives for them.
 
     .venv/bin/python benchmarks/hostile.py [--users 10000] [--slow 2000] [--bombs 20]
-        [--flood-mib 200] [--parts clients,sidecar]
+        [--flood-mib 200] [--parts clients,sidecar] [--bound-workers 2] [--no-restart]
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from scrape import build_registry, fetch, start_stock
 
 from agent_registry_exporter import AgentRegistry, Settings, serve_registry, start_exporter
+from agent_registry_exporter.common.sidecar_memory import sidecar_memory_bytes
 from agent_registry_exporter.settings import ENV_PREFIX
 from agent_registry_exporter.sources import socket_path
 from agent_registry_exporter.sources.snapshot_codec import SNAPSHOT_CONTENT_TYPE
@@ -263,12 +270,15 @@ Joined = Callable[[str], Awaitable[list[Callable[[], Awaitable[None]]]]]
 
 
 async def sidecar_memory(
-    users: int, scrape_count: int, bound: int | None, join: Joined
-) -> tuple[float, float, str]:
-    """The sidecar's idle and peak RSS (MiB), and its source_up lines.
+    users: int, scrape_count: int, bound: int | None, join: Joined, restart: Joined | None = None
+) -> tuple[float, float, float, str]:
+    """The sidecar's idle, held and peak RSS (MiB), and its source_up lines.
 
     Idle: a good worker alone, scraped `scrape_count` times; then `join(directory)` adds
-    the workers under test and the sidecar is scraped as often again.
+    the workers under test and the sidecar is scraped as often again (held: its RSS then,
+    the workers' columns kept between scrapes). With `restart`, `restart(directory)` then
+    replaces them (new registries, same names: full answers while the old columns are
+    held) and the sidecar is scraped as often again.
     """
     with tempfile.TemporaryDirectory(prefix="ars-") as directory:
         good = await serve_registry(await build_registry(users), directory, worker="good")
@@ -296,10 +306,15 @@ async def sidecar_memory(
             stops = await join(directory)
             for _ in range(scrape_count):
                 await asyncio.to_thread(fetch, url)
+            held = rss_mib(sidecar.pid)
+            if restart is not None:
+                stops += await restart(directory)
+                for _ in range(scrape_count):
+                    await asyncio.to_thread(fetch, url)
             peak = rss_mib(sidecar.pid, "VmHWM")
             text = await asyncio.to_thread(plain_text, url)
             up = [line for line in text.splitlines() if line.startswith("agent_registry_source_up")]
-            return idle, peak, ", ".join(line.split("_up")[1] for line in up)
+            return idle, held, peak, ", ".join(line.split("_up")[1] for line in up)
         finally:
             sidecar.terminate()
             await sidecar.wait()
@@ -318,6 +333,12 @@ async def main() -> None:
     parser.add_argument("--servers", default="stock,ours", help="which to run (stock,ours)")
     parser.add_argument("--flood-mib", type=int, default=200)
     parser.add_argument("--bound-workers", type=int, default=2)
+    parser.add_argument(
+        "--restart",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="restart the workers at the bound once (full answers beside the held columns)",
+    )
     parser.add_argument("--parts", default="clients,sidecar", help="clients, sidecar or both")
     parser.add_argument("--serve", choices=["stock", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -346,26 +367,47 @@ async def hostile_worker(args: argparse.Namespace) -> None:
     header = f"{'max_worker_answer_bytes':>24}  {'idle RSS MiB':>12}  {'peak RSS MiB':>12}"
     print(f"{header}  peak/idle  source_up")
     for bound in (default, 1 << 30):
-        idle, peak, up = await sidecar_memory(args.users, args.scrapes, bound, flooding)
+        idle, _, peak, up = await sidecar_memory(args.users, args.scrapes, bound, flooding)
         name = f"{bound >> 20} MiB" + (" (default)" if bound == default else "")
         print(f"{name:>24}  {idle:>12.1f}  {peak:>12.1f}  {peak / idle:>8.2f}x  {up}")
 
     # What a valid snapshot at the bound costs: the basis of the memory limit's formula.
     at_bound = int(default / 56 * 0.95)
-    registries = [await uuid_registry(at_bound) for _ in range(args.bound_workers)]
+    workers = args.bound_workers
+    first = [await uuid_registry(at_bound) for _ in range(workers)]
+    # The same workers restarted (new registries, same names) answer full snapshots while
+    # the sidecar still holds the first ones' columns.
+    second = [await uuid_registry(at_bound) for _ in range(workers)] if args.restart else []
+    handles: list[Any] = []
 
     async def full(directory: str) -> list[Callable[[], Awaitable[None]]]:
-        handles = [
-            await serve_registry(r, directory, worker=f"full{n}") for n, r in enumerate(registries)
+        handles[:] = [
+            await serve_registry(r, directory, worker=f"full{n}") for n, r in enumerate(first)
         ]
-        return [h.stop for h in handles]
+        return [stop_all]
 
-    idle, peak, up = await sidecar_memory(args.users, args.scrapes, None, full)
-    extra = (peak - idle) * (1 << 20) / (args.bound_workers * default)
+    async def stop_all() -> None:
+        for handle in handles:
+            await handle.stop()
+
+    async def restart(directory: str) -> list[Callable[[], Awaitable[None]]]:
+        await stop_all()
+        handles[:] = [
+            await serve_registry(r, directory, worker=f"full{n}") for n, r in enumerate(second)
+        ]
+        return []
+
+    idle, held, peak, up = await sidecar_memory(
+        args.users, args.scrapes, None, full, restart if args.restart else None
+    )
+    extra = (peak - idle) * (1 << 20) / (workers * default)
+    formula = sidecar_memory_bytes(workers, default, Settings().max_user_series) / (1 << 20)
     print(
-        f"\nsidecar: the good worker and {args.bound_workers} workers of {at_bound:,} UUID users"
-        f" each (95% of the default bound): idle {idle:.1f} MiB, peak {peak:.1f} MiB;"
-        f" {extra:.2f}x the bound per worker  {up}"
+        f"\nsidecar: the good worker and {workers} workers of {at_bound:,} UUID users"
+        f" each (95% of the default bound){', restarted once' if args.restart else ''}:"
+        f" idle {idle:.1f} MiB, held between scrapes {held:.1f} MiB, peak {peak:.1f} MiB;"
+        f" {extra:.2f}x the bound per worker; the formula {formula:.0f} MiB"
+        f" (peak/formula {peak / formula:.2f})  {up}"
     )
 
 
