@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from agent_registry_exporter.sources.snapshot_codec import (
     SnapshotFormatError,
     decode_answer,
     encode_delta,
+    is_delta,
 )
 
 from .released_snapshot_decoder import released_decode
@@ -101,6 +103,25 @@ class TestGarbage:
         """Something else on the socket: a one-line reason."""
         with pytest.raises(SnapshotFormatError, match=problem):
             decode_snapshot(data)
+
+    @pytest.mark.parametrize(
+        "prefix", [b"AAAA", b"ARS1\xff\xff\xff\x7f"], ids=["not a snapshot", "header past end"]
+    )
+    def test_a_big_garbage_answer_is_no_delta_and_is_never_copied(self, prefix) -> None:
+        """A socket answering garbage: telling whether it is a delta reads no more than the
+        prefix (the header was copied and parsed first, whatever its magic or length: three
+        times a 200 MiB flood's size in the sidecar), and decoding refuses it the same way."""
+        answer = bytearray(prefix) + bytearray(b"A" * (8 << 20))
+        tracemalloc.start()
+        try:
+            delta = is_delta(answer)
+            with pytest.raises(SnapshotFormatError):
+                decode_answer(answer)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert delta is False
+        assert peak < 1 << 20
 
     def test_truncated_snapshot_is_refused(self) -> None:
         """A body cut short never decodes into fewer users."""

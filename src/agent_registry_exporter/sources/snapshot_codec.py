@@ -223,15 +223,24 @@ def decode_snapshot(
 
 def is_delta(answer: bytes | bytearray | memoryview) -> bool:
     """Whether `answer` says it is a delta (its header only is read; garbage is not)."""
-    data = memoryview(answer)
-    if len(data) < _PREFIX.size:
-        return False
-    magic, header_len = _PREFIX.unpack_from(data)
     try:
-        header = json.loads(bytes(data[_PREFIX.size : _PREFIX.size + header_len]))
-    except ValueError:
+        header = json.loads(_header_bytes(memoryview(answer)))
+    except ValueError:  # SnapshotFormatError included
         return False
-    return magic == _MAGIC and isinstance(header, dict) and header.get("snapshot") == "delta"
+    return isinstance(header, dict) and header.get("snapshot") == "delta"
+
+
+def _header_bytes(data: memoryview) -> bytes:
+    """The header's bytes; nothing is copied from an answer that is no snapshot or whose
+    header would end past the answer (garbage streamed up to the bound, say)."""
+    if len(data) < _PREFIX.size:
+        raise SnapshotFormatError(f"{len(data)} bytes is too short for a snapshot")
+    magic, header_len = _PREFIX.unpack_from(data)
+    if magic != _MAGIC:
+        raise SnapshotFormatError(f"starts with {magic!r}, not {_MAGIC!r}")
+    if _PREFIX.size + header_len > len(data):
+        raise SnapshotFormatError(f"a header of {header_len} bytes, past the answer's end")
+    return bytes(data[_PREFIX.size : _PREFIX.size + header_len])
 
 
 def decode_answer(answer: bytes | bytearray | memoryview) -> Answer:
@@ -240,14 +249,10 @@ def decode_answer(answer: bytes | bytearray | memoryview) -> Answer:
     Read through a memoryview: no part of the answer is copied before it is decoded.
     """
     data = memoryview(answer)
-    if len(data) < _PREFIX.size:
-        raise SnapshotFormatError(f"{len(data)} bytes is too short for a snapshot")
-    magic, header_len = _PREFIX.unpack_from(data)
-    if magic != _MAGIC:
-        raise SnapshotFormatError(f"starts with {magic!r}, not {_MAGIC!r}")
-    offset = _PREFIX.size + header_len
+    header_bytes = _header_bytes(data)
+    offset = _PREFIX.size + len(header_bytes)
     try:
-        header = json.loads(bytes(data[_PREFIX.size : offset]))
+        header = json.loads(header_bytes)
         identity = WorkerIdentity(
             worker=str(header["worker"]),
             pid=int(header["pid"]),
