@@ -81,6 +81,24 @@ class TestWebListenAddress:
             " brackets: [::1]:8464)"
         )
 
+    @pytest.mark.parametrize(
+        ("flag", "host"),
+        [
+            ("--web.listen-address=ho\nst:9000", "ho\nst"),
+            ("--web.listen-address=[a b]:9000", "a b"),
+            ("--listen-host=[::1]", "[::1]"),
+            ("--listen-host=\x1b[2J", "\x1b[2J"),
+        ],
+    )
+    def test_a_host_no_address_can_be_is_refused_by_the_check(self, capsys, flag, host) -> None:
+        """--check-config refuses a host with spaces, controls or brackets (it said valid,
+        and start-up then failed to resolve it)."""
+        err = refusal(capsys, flag)
+        assert err.startswith("invalid setting listen_host"), err
+        assert repr(host) in err
+        assert "\n" not in err
+        assert "\x1b" not in err
+
     def test_given_twice_is_refused(self, capsys) -> None:
         """Go exporters listen on each address given; one listener here, so say so."""
         assert refusal(

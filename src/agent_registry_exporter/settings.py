@@ -246,6 +246,18 @@ class Settings(BaseSettings):
             parse_peers(value)
         return value
 
+    @field_validator("listen_host")
+    @classmethod
+    def _host_can_be_bound(cls, value: str) -> str:
+        # Refused here, where --check-config sees it: start-up would fail to resolve it.
+        if value.startswith("["):
+            raise ValueError(f"{value!r}: give an IPv6 address without brackets, as ::1")
+        if not value.isprintable() or any(c.isspace() for c in value):
+            raise ValueError(
+                f"{value!r} is no host name or address: it holds a space or a control character"
+            )
+        return value
+
     @field_validator("instance_host")
     @classmethod
     def _host_is_an_address(cls, value: str | None) -> str | None:
