@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +19,14 @@ from agent_registry_exporter import (
     Thresholds,
     create_app,
 )
-from agent_registry_exporter.exporting import OPENMETRICS, TEXT, ExporterMetrics, Renderer, render
+from agent_registry_exporter.exporting import (
+    OPENMETRICS,
+    TEXT,
+    ExporterMetrics,
+    Renderer,
+    chunk_index,
+    render,
+)
 from agent_registry_exporter.exporting import renderer as renderer_module
 from agent_registry_exporter.sources import (
     InProcessSource,
@@ -254,6 +262,36 @@ class TestOnlyTheChangedChunks:
             expected = render(frozen, metrics, **kinds[n % 2])
             assert registry_part(ours) == registry_part(expected)
 
+    async def test_changes_no_cache_needs_are_not_kept(self) -> None:
+        """One kind of scrape only (Prometheus'): after each render no cache is behind, so
+        the renderer keeps no snapshot's changes (a mass removal leaves nothing behind)."""
+        clock = FakeClock()
+        registry = await registry_of(200, clock)
+        source, renderer = InProcessSource(registry), Renderer(chunk_users=8)
+        metrics, options = ExporterMetrics("1"), {"format": OPENMETRICS, "gzipped": True}
+        renderer.render(await source.snapshot(), metrics, **options)
+        for n in range(150):
+            await registry.detach_session(f"user-{n:04d}")
+        snapshot = await source.snapshot()
+        assert snapshot.changes is not None
+        assert len(snapshot.changes.removed) == 150
+        ours = renderer.render(snapshot, metrics, **options)
+        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, **options))
+        assert renderer._history.held() == 0
+
+    async def test_changes_a_cache_behind_needs_are_kept(self) -> None:
+        """A text cache a scrape behind the gzip one: the last changes are kept for it."""
+        clock = FakeClock()
+        registry = await registry_of(50, clock)
+        source, renderer, metrics = InProcessSource(registry), Renderer(), ExporterMetrics("1")
+        renderer.render(await source.snapshot(), metrics, format=TEXT)
+        renderer.render(await source.snapshot(), metrics, format=OPENMETRICS, gzipped=True)
+        await registry.register_user_agent("user-0001", "more", object())
+        renderer.render(await source.snapshot(), metrics, format=OPENMETRICS, gzipped=True)
+        assert renderer._history.held() == 1
+        renderer.render(await source.snapshot(), metrics, format=TEXT)
+        assert renderer._history.held() == 0
+
     async def test_a_render_failing_midway_leaves_no_stale_piece(self) -> None:
         """A label that raises while the changes are taken in (a private-id hash failing):
         the render fails, and the next one is still exactly a full render's body."""
@@ -421,3 +459,14 @@ class TestAnyHistoryOverDeltas:
         """Registrations, removals, empty sessions, racing cleanups, backdating, restarted
         workers (a new epoch), snapshots never rendered, caps, formats: byte for byte."""
         asyncio.run(play(steps, engine, sidecar))
+
+    @pytest.mark.parametrize("engine", ENGINES)
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(step, max_size=50))
+    def test_any_history_renders_a_full_renders_body_folding_the_index_at_every_change(
+        self, engine, steps
+    ) -> None:
+        """The same when the cache's user-to-chunk index folds its pending additions and
+        removals into its sorted part at every change (at 100,000 users: every ~100 scrapes)."""
+        with mock.patch.object(chunk_index, "_PENDING_MIN", 0):
+            asyncio.run(play(steps, engine, False))

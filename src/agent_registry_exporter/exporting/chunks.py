@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count
 from operator import not_
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from .chunk_index import ChunkIndex
 
 __all__ = [
     "DEFAULT_CHUNK_USERS",
@@ -80,7 +83,7 @@ class DeltaState(Generic[P]):
 
     epoch: str
     generation: int
-    where: dict[str, Chunk[P]]
+    where: ChunkIndex[Chunk[P]]
     count_of: Counter[int]
 
 

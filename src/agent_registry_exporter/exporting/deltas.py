@@ -20,6 +20,7 @@ from itertools import chain
 from typing import TypeVar
 
 from ..registry import Changes, RegistrySnapshot, SessionRow
+from .chunk_index import ChunkIndex
 from .chunks import Chunk, ChunkCache, DeltaState
 from .histograms import Histogram, agents_histogram_of
 from .writer import escape, lines
@@ -38,7 +39,8 @@ _Delta = tuple[Changes, Mapping[str, SessionRow]]
 class DeltaHistory:
     """The changes of the last few snapshots of each registry (the changes and the changed
     rows only, never a snapshot's sessions), chained generation to generation, to bring a
-    cache from an older generation to the current snapshot."""
+    cache from an older generation to the current snapshot. Kept only while a cache is
+    behind them: a renderer serving one kind of scrape keeps none after its render."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -57,6 +59,25 @@ class DeltaHistory:
                 kept.clear()  # not the next one of the chain (another epoch, a gap)
             kept.append((changes, rows))
             del kept[:-_HISTORY]
+
+    def held(self) -> int:
+        """How many snapshots' changes are kept, every registry's together."""
+        with self._lock:
+            return sum(map(len, self._by_worker.values()))
+
+    def keep_for(self, shown: Mapping[str | None, Sequence[int]]) -> None:
+        """Forget the changes no cache can use: a registry's up to the oldest generation a
+        cache of it that can still catch up shows (`shown`: each cache's, by registry), and
+        every change of a registry no such cache shows."""
+        with self._lock:
+            for worker, kept in list(self._by_worker.items()):
+                reach = kept[0][0].since if kept else 0
+                behind = [g for g in shown.get(worker, ()) if g >= reach]
+                if not behind:
+                    del self._by_worker[worker]
+                    continue
+                oldest = min(behind)
+                kept[:] = [delta for delta in kept if delta[0].generation > oldest]
 
     def reaching(self, snapshot: RegistrySnapshot, generation: int) -> RegistrySnapshot:
         """`snapshot` (recorded last) with its changes counted back from `generation` when
@@ -104,7 +125,10 @@ def remember(cache: ChunkCache[P], snapshot: RegistrySnapshot, counts: Sequence[
     if snapshot.epoch is None or snapshot.generation is None:
         cache.delta = None
         return
-    where = {user_id: chunk for chunk in cache.order for user_id in chunk.user_ids}
+    where = ChunkIndex(cache.order)
+    if not where.unique:  # a hostile snapshot: every render walks it
+        cache.delta = None
+        return
     cache.delta = DeltaState(snapshot.epoch, snapshot.generation, where, Counter(counts))
 
 
@@ -217,7 +241,7 @@ def _append(chunk: Chunk[P], row: SessionRow, label: str) -> None:
 def _merged(
     order: list[Chunk[P]],
     touched: dict[int, Chunk[P]],
-    where: dict[str, Chunk[P]],
+    where: ChunkIndex[Chunk[P]],
     chunk_users: int,
 ) -> list[Chunk[P]]:
     """`order` without empty chunks, a touched chunk of a quarter of the average length or
@@ -226,6 +250,7 @@ def _merged(
     for chunk in order:
         size = len(chunk.user_ids)
         if not size:
+            where.forget(chunk)
             continue
         if (
             out
@@ -239,6 +264,7 @@ def _merged(
                 where[user_id] = into
             touched[id(into)] = into
             chunk.user_ids = []  # merged away: not rendered
+            where.forget(chunk)
             continue
         out.append(chunk)
     return out

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import is_
 from typing import Generic, Required, TypedDict, TypeVar, Unpack
 
@@ -133,8 +134,22 @@ class Renderer:
             body = _write(self._deflated, GzipParts(self.engine), *write)
         else:
             body = _write(self._text, PlainParts(), *write)
+        self._history.keep_for(self._shown())
         metrics.scrape_duration.set(time.perf_counter() - started)
         return Rendered(parts=body, format=format, gzipped=gzipped)
+
+    def _shown(self) -> dict[str | None, list[int]]:
+        """The generation each cache that takes changes shows, by registry."""
+        shown: dict[str | None, list[int]] = {}
+        for worker, generation in chain(_shown(self._deflated), _shown(self._text)):
+            shown.setdefault(worker, []).append(generation)
+        return shown
+
+
+def _shown(caches: _Caches[P]) -> list[tuple[str | None, int]]:
+    """The generation each cache of this kind that takes changes shows, and its registry."""
+    by_worker = list(caches.by_worker.items())  # a copy: a concurrent render replaces it
+    return [(w, cache.delta.generation) for w, cache in by_worker if cache.delta is not None]
 
 
 def _deflated_size(piece: Deflated) -> int:

@@ -1,0 +1,100 @@
+"""The user-to-chunk index of the delta cache: a mapping, in a fraction of a dict's memory."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+import uuid
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent_registry_exporter.exporting import chunk_index
+from agent_registry_exporter.exporting.chunk_index import ChunkIndex
+
+
+class Users:
+    """A chunk as the index sees it: its users."""
+
+    def __init__(self, user_ids: list[str]) -> None:
+        self.user_ids = user_ids
+
+
+ids = st.sampled_from([f"u{n}" for n in range(12)] + ["", "u\n1", "\ud800", "é"])
+op = st.one_of(
+    st.tuples(st.just("set"), ids, st.integers(0, 3)),
+    st.tuples(st.just("pop"), ids),
+    st.tuples(st.just("get"), ids),
+)
+
+
+def play(start: dict[str, int], ops: list[tuple[object, ...]]) -> None:
+    chunks = [Users([]) for _ in range(4)]
+    for user_id, n in start.items():
+        chunks[n].user_ids.append(user_id)
+    index = ChunkIndex(chunks)
+    model = {user_id: chunks[n] for user_id, n in start.items()}
+    for name, user_id, *rest in ops:
+        assert isinstance(user_id, str)
+        if name == "set":
+            index[user_id] = model[user_id] = chunks[rest[0]]  # type: ignore[index]
+        elif name == "pop":
+            if user_id in model:
+                assert index.pop(user_id) is model.pop(user_id)
+            else:
+                with pytest.raises(KeyError):
+                    index.pop(user_id)
+        elif user_id in model:
+            assert index[user_id] is model[user_id]
+        else:
+            with pytest.raises(KeyError):
+                index[user_id]
+        for chunk in chunks:  # a chunk no user points to any more may be forgotten
+            if all(held is not chunk for held in model.values()):
+                index.forget(chunk)
+        assert len(index) == len(model)
+        assert all(index[u] is model[u] for u in model)
+        assert all((u in index) == (u in model) for u in ["u0", "u5", "u\n1", "nobody"])
+
+
+class TestTheIndexIsAMapping:
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(ids, st.integers(0, 3)), st.lists(op, max_size=40))
+    def test_it_answers_as_a_dict_would(self, start, ops) -> None:
+        """Additions, moves, removals, re-additions, forgotten chunks: a dict's answers."""
+        play(start, ops)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(ids, st.integers(0, 3)), st.lists(op, max_size=40))
+    def test_it_answers_as_a_dict_would_folding_at_every_change(self, start, ops) -> None:
+        """The same when pending additions and removals are folded in at once."""
+        with mock.patch.object(chunk_index, "_PENDING_MIN", 0):
+            play(start, ops)
+
+    def test_a_user_held_twice_is_noticed(self) -> None:
+        """Built from chunks naming a user twice (a hostile snapshot), it says so."""
+        assert not ChunkIndex([Users(["a", "b"]), Users(["b"])]).unique
+        assert ChunkIndex([Users(["a", "b"]), Users(["c"])]).unique
+
+
+class TestTheIndexIsSmall:
+    def test_it_costs_at_most_16_bytes_a_user(self) -> None:
+        """100,000 UUID users: a dict would take about 38 bytes a user, half the size of
+        the compressed body the cache exists for."""
+        users = [str(uuid.UUID(int=n * 7919 + 1)) for n in range(100_000)]
+        chunks = [Users(users[lo : lo + 64]) for lo in range(0, len(users), 64)]
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            index = ChunkIndex(chunks)
+            for user_id in users[::100]:  # a scrape's worth of changes
+                index[user_id] = chunks[0]
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert len(index) == len(users)
+        assert held <= 16 * len(users)
