@@ -262,6 +262,37 @@ class TestOnlyTheChangedChunks:
             expected = render(frozen, metrics, **kinds[n % 2])
             assert registry_part(ours) == registry_part(expected)
 
+    async def test_counts_past_a_byte_render_as_a_full_render(self, monkeypatch) -> None:
+        """Chunks keep agent counts a byte each while they fit: a count past 255 read by a
+        walk, set by a delta, brought by a new user, merged, then walked again: each body
+        is a full render's."""
+        clock = FakeClock()
+        registry = await registry_of(40, clock)
+        source, renderer = InProcessSource(registry), Renderer(chunk_users=4)
+        metrics, options = ExporterMetrics("1"), {"format": OPENMETRICS, "gzipped": True}
+
+        async def grow(user_id: str, agents: int) -> None:
+            for a in range(agents):
+                await registry.register_user_agent(user_id, f"x{a}", object())
+
+        await grow("user-0001", 300)
+        renderer.render(await source.snapshot(), metrics, **options)
+        await grow("user-0020", 260)
+        await grow("newcomer", 257)
+        for n in range(28, 40):
+            await registry.detach_session(f"user-{n:04d}")
+        snapshot = await source.snapshot()
+        refuse_full_walk(monkeypatch)
+        ours = renderer.render(snapshot, metrics, **options)
+        monkeypatch.undo()
+        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, **options))
+        await grow("user-0002", 256)
+        await registry.unregister_user_agent("user-0001", "x0")
+        snapshot = full(await source.snapshot())  # no changes known: the cache is walked
+        ours = renderer.render(snapshot, metrics, **options)
+        assert registry_part(ours) == registry_part(render(snapshot, metrics, **options))
+        assert b'agent_registry_user_agents{user_id="user-0001"} 301' in registry_part(ours)
+
     async def test_changes_no_cache_needs_are_not_kept(self) -> None:
         """One kind of scrape only (Prometheus'): after each render no cache is behind, so
         the renderer keeps no snapshot's changes (a mass removal leaves nothing behind)."""

@@ -11,8 +11,9 @@ per-process string hash, so chunk layout differs between processes; the text nev
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count
 from operator import not_
@@ -27,6 +28,7 @@ __all__ = [
     "ChunkCache",
     "DeltaState",
     "check_chunk_users",
+    "packed",
     "spans",
 ]
 
@@ -63,13 +65,24 @@ def spans(user_ids: Sequence[str], average: int = DEFAULT_CHUNK_USERS) -> Iterat
 P = TypeVar("P")  # an encoded piece: plain bytes, or deflate with its CRC
 
 
+def packed(counts: list[int]) -> MutableSequence[int]:
+    """Agent counts a byte each when all fit (a list costs 8 bytes a count); else the list.
+
+    Writers of a chunk's counts catch OverflowError and fall back to a list themselves.
+    """
+    try:
+        return array("B", counts)
+    except (OverflowError, TypeError):
+        return counts
+
+
 @dataclass(slots=True, eq=False)
 class Chunk(Generic[P]):
     """Consecutive exported users and their encoded lines for the two stable families."""
 
     user_ids: list[str]
     labels: list[str]
-    counts: list[int]
+    counts: MutableSequence[int]  # `packed`
     created: list[float]
     agents_data: P
     created_data: P

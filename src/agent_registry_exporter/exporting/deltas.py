@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from ..registry import Changes, RegistrySnapshot, SessionRow
 from .chunk_index import ChunkIndex
-from .chunks import Chunk, ChunkCache, DeltaState
+from .chunks import Chunk, ChunkCache, DeltaState, packed
 from .histograms import Histogram, agents_histogram_of
 from .writer import escape, lines
 
@@ -165,7 +165,7 @@ def apply_changes(
         if chunk.counts[at] != row.agent_count:
             state.count_of[chunk.counts[at]] -= 1
             state.count_of[row.agent_count] += 1
-            chunk.counts[at] = row.agent_count
+            _set_count(chunk, at, row.agent_count)
             recounted[id(chunk)] = chunk
         if chunk.created[at] != row.created_timestamp:
             chunk.created[at] = row.created_timestamp
@@ -210,6 +210,14 @@ def _take(chunk: Chunk[P], user_id: str) -> int:
     return chunk.counts.pop(at)
 
 
+def _set_count(chunk: Chunk[P], at: int, count: int) -> None:
+    try:
+        chunk.counts[at] = count
+    except (OverflowError, TypeError):  # no longer fits a byte
+        chunk.counts = [*chunk.counts]
+        chunk.counts[at] = count
+
+
 def _label_of(cache: ChunkCache[P]) -> Callable[[str], str]:
     label = cache.label
     if label is None:
@@ -222,7 +230,7 @@ def _last_with_room(cache: ChunkCache[P], chunk_users: int) -> Chunk[P]:
     if order and len(order[-1].user_ids) < chunk_users:
         return order[-1]
     empty = cache.encode("")
-    chunk: Chunk[P] = Chunk([], [], [], [], empty, empty)
+    chunk: Chunk[P] = Chunk([], [], packed([]), [], empty, empty)
     chunk.labels = chunk.user_ids
     order.append(chunk)
     return chunk
@@ -234,7 +242,10 @@ def _append(chunk: Chunk[P], row: SessionRow, label: str) -> None:
     chunk.user_ids.append(row.user_id)
     if chunk.labels is not chunk.user_ids:
         chunk.labels.append(label)
-    chunk.counts.append(row.agent_count)
+    try:
+        chunk.counts.append(row.agent_count)
+    except (OverflowError, TypeError):  # no longer fits a byte
+        chunk.counts = [*chunk.counts, row.agent_count]
     chunk.created.append(row.created_timestamp)
 
 
@@ -277,7 +288,7 @@ def _extend(into: Chunk[P], chunk: Chunk[P]) -> None:
     into.user_ids.extend(chunk.user_ids)
     if not shared:
         into.labels.extend(chunk.labels)
-    into.counts.extend(chunk.counts)
+    into.counts = packed([*into.counts, *chunk.counts])
     into.created.extend(chunk.created)
 
 

@@ -16,7 +16,7 @@ from typing import Generic, Required, TypedDict, TypeVar, Unpack
 
 from ..registry import RegistrySnapshot
 from . import catalogue as c
-from .chunks import DEFAULT_CHUNK_USERS, Chunk, ChunkCache, check_chunk_users, spans
+from .chunks import DEFAULT_CHUNK_USERS, Chunk, ChunkCache, check_chunk_users, packed, spans
 from .deflate import DeflateEngine, default_engine
 from .deltas import DeltaHistory, apply_changes, can_apply, remember
 from .exporter_metrics import ExporterMetrics
@@ -293,14 +293,14 @@ def _refresh_one(cache: ChunkCache[P], registry: RegistryView, chunk_users: int)
             chunk = Chunk(
                 ids,
                 labels,
-                chunk_counts,
+                packed(chunk_counts),
                 chunk_created,
                 encode_piece(lines(agents_line, labels, chunk_counts)),
                 encode_piece(lines(created_line, labels, chunk_created)),
             )
         else:
-            if chunk.counts != chunk_counts:
-                chunk.counts = chunk_counts
+            if list(chunk.counts) != chunk_counts:
+                chunk.counts = packed(chunk_counts)
                 chunk.agents_data = encode_piece(lines(agents_line, chunk.labels, chunk_counts))
             if chunk.created != chunk_created:
                 chunk.created = chunk_created
