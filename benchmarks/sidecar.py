@@ -43,8 +43,7 @@ from scrape import HEADERS, StallMeter, build_registry, start_ours, start_stock
 
 from agent_registry_exporter import AgentRegistry, serve_registry
 from agent_registry_exporter.sources import WorkerIdentity, encode_snapshot
-from agent_registry_exporter.sources.snapshot_codec import Position, encode_delta
-from agent_registry_exporter.sources.snapshot_delta import cut_delta
+from agent_registry_exporter.sources.socket_api import delta_answer
 from agent_registry_exporter.testing import ManagedProcess
 
 
@@ -172,19 +171,10 @@ async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, floa
         ).encode()
 
     def delta() -> bytes:
-        changes = registry.changes_since(since, registry.epoch)
-        assert changes is not None
-        snapshot = registry.snapshot()
-        cut = cut_delta(
-            snapshot.sessions,
-            registry.get_session,
-            since=changes.since,
-            changed=changes.changed,
-            removed=changes.removed,
-            totals=registry.totals,
-        )
-        position = Position(changes.epoch, changes.generation)
-        return encode_delta(snapshot, identity, position, cut)
+        snapshot, changes = registry.snapshot(), registry.changes_since(since, registry.epoch)
+        body = delta_answer(registry, snapshot, identity, changes)
+        assert body is not None
+        return body
 
     packed, as_json, deltas = [], [], []
     churn = Churn(registry, seed=5)

@@ -38,7 +38,7 @@ from ..common.bodies import refuse_encoded_bodies
 from ..common.json_errors import json_error, json_errors
 from ..common.malformed import RequestLogger
 from ..common.process import resident_memory_bytes
-from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry
+from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry, Changes, RegistrySnapshot
 from ..settings import DEFAULT_SOCKET_DIR, SOCKET_DIR_ENV
 from .snapshot_codec import (
     API_VERSION,
@@ -55,6 +55,7 @@ __all__ = [
     "SOCKET_DIR_ENV",
     "RegistrySocket",
     "create_registry_app",
+    "delta_answer",
     "listening",
     "serve_registry",
     "socket_path",
@@ -195,21 +196,33 @@ async def _snapshot(request: web.Request) -> web.Response:
             resident_memory_bytes=resident_memory_bytes(),
         )
         changes = None if asked is None else registry.changes_since(*asked)
-        if changes is not None and len(changes.changed) + len(changes.removed) <= _MAX_DELTA:
-            delta = cut_delta(
-                snapshot.sessions,
-                registry.get_session,
-                since=changes.since,
-                changed=changes.changed,
-                removed=changes.removed,
-                totals=registry.totals,
-            )
-            position = Position(changes.epoch, changes.generation)
-            body = encode_delta(snapshot, app[_IDENTITY], position, delta)
-        else:
+        body = delta_answer(registry, snapshot, app[_IDENTITY], changes)
+        if body is None:
             position = Position(registry.epoch, registry.generation)
             body = await encode_snapshot(snapshot, app[_IDENTITY], position)
     return web.Response(body=body, content_type=SNAPSHOT_CONTENT_TYPE)
+
+
+def delta_answer(
+    registry: AgentRegistry,
+    snapshot: RegistrySnapshot,
+    identity: WorkerIdentity,
+    changes: Changes | None,
+) -> bytes | None:
+    """The encoded delta from `changes` to `snapshot` (both just read from `registry`, with
+    no await between); None when a full snapshot must answer instead (no changes known, or
+    more than a delta is worth)."""
+    if changes is None or len(changes.changed) + len(changes.removed) > _MAX_DELTA:
+        return None
+    delta = cut_delta(
+        snapshot.sessions,
+        registry.get_session,
+        since=changes.since,
+        changed=changes.changed,
+        removed=changes.removed,
+        totals=registry.totals,
+    )
+    return encode_delta(snapshot, identity, Position(changes.epoch, changes.generation), delta)
 
 
 async def _user(request: web.Request) -> web.Response:
