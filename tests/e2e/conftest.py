@@ -8,6 +8,7 @@ processes' logs and the alerts they hold.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -27,6 +28,21 @@ from agent_registry_exporter.testing.stack import (
 )
 
 STACK_KEY = pytest.StashKey["LocalStack"]()
+
+
+@contextlib.asynccontextmanager
+async def stack_running(request: pytest.FixtureRequest, stack: LocalStack) -> AsyncIterator[None]:
+    """`stack` started, and named as the one whose logs a failing test prints (the previous
+    one again afterwards), then stopped."""
+    previous = request.config.stash.get(STACK_KEY, None)
+    try:
+        await asyncio.to_thread(stack.start)
+        request.config.stash[STACK_KEY] = stack
+        yield
+    finally:
+        if previous is not None:
+            request.config.stash[STACK_KEY] = previous
+        await asyncio.to_thread(stack.stop)
 
 
 class SwitchableSource(InProcessSource):

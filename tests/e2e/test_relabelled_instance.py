@@ -20,7 +20,7 @@ from agent_registry_exporter.testing.fleet import LocalFleet, Replica
 from agent_registry_exporter.testing.stack import LocalStack, missing_binaries
 
 from ..conftest import RecordingAgent, add_agents
-from .conftest import STACK_KEY
+from .conftest import stack_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.processes, pytest.mark.asyncio(loop_scope="session")]
 
@@ -73,15 +73,10 @@ async def relabelled(
         webhook_address=fleet.targets[0],  # one replica receives every alert
         relabel_configs=pod_name_relabelling(),
     )
-    previous = request.config.stash.get(STACK_KEY, None)
     try:
-        await asyncio.to_thread(stack.start)
-        request.config.stash[STACK_KEY] = stack
-        yield RelabelledFleet(fleet, stack)
+        async with stack_running(request, stack):
+            yield RelabelledFleet(fleet, stack)
     finally:
-        if previous is not None:
-            request.config.stash[STACK_KEY] = previous
-        await asyncio.to_thread(stack.stop)
         await fleet.stop()
 
 

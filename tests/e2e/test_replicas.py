@@ -19,7 +19,7 @@ from agent_registry_exporter.testing.fleet import LocalFleet, Replica
 from agent_registry_exporter.testing.stack import LocalStack, missing_binaries
 
 from ..conftest import RecordingAgent, add_agents, counting_listener
-from .conftest import STACK_KEY
+from .conftest import stack_running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
@@ -64,15 +64,10 @@ async def fleet_stack(
         webhook_address=fleet.proxy.address,
         alertmanager_pair=True,
     )
-    previous = request.config.stash.get(STACK_KEY, None)
     try:
-        await asyncio.to_thread(stack.start)
-        request.config.stash[STACK_KEY] = stack
-        yield FleetStack(fleet, stack)
+        async with stack_running(request, stack):
+            yield FleetStack(fleet, stack)
     finally:
-        if previous is not None:
-            request.config.stash[STACK_KEY] = previous
-        await asyncio.to_thread(stack.stop)
         await fleet.stop()
 
 
