@@ -2,8 +2,8 @@
 
 A C-level pass over every session (a `map` over 100,000 rows) holds the GIL from start to
 end: the backend's event loop, which renders in a thread, stalls for as long. Read a few
-thousand sessions at a time instead, each slice a fraction of a millisecond, and the
-interpreter can hand the GIL over between slices.
+thousand sessions at a time instead, each slice a fraction of a millisecond, pausing
+between slices (`pauses.pause`) so the loop takes the GIL there.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from operator import attrgetter
 
 from ..registry import SessionColumns, SessionLike, agent_counts, created_timestamps
+from .pauses import pause
 
 __all__ = ["SLICE", "session_columns", "sliced_sum"]
 
@@ -29,11 +30,13 @@ def session_columns(
     total = len(sessions)
     if isinstance(sessions, SessionColumns):  # a worker's snapshot: columns already
         for lo in range(0, total, SLICE):
+            pause()
             user_ids += sessions.user_ids[lo : lo + SLICE]
             counts += sessions.agent_counts[lo : lo + SLICE]
             created += sessions.created_timestamps[lo : lo + SLICE]
         return user_ids, counts, created
     for lo in range(0, total, SLICE):
+        pause()
         part = sessions[lo : lo + SLICE]
         user_ids += map(_USER_ID, part)
         counts += agent_counts(part)

@@ -23,6 +23,7 @@ from ..registry import Changes, RegistrySnapshot, SessionRow
 from .chunk_index import ChunkIndex
 from .chunks import Chunk, ChunkCache, DeltaState, packed
 from .histograms import Histogram, agents_histogram_of
+from .pauses import pause
 from .writer import escape, lines
 
 __all__ = ["DeltaHistory", "apply_changes", "can_apply", "remember"]
@@ -156,10 +157,12 @@ def apply_changes(
     recounted: dict[int, Chunk[P]] = {}
     redated: dict[int, Chunk[P]] = {}
     for user_id in leaving:
+        pause()
         chunk = where.pop(user_id)
         state.count_of[_take(chunk, user_id)] -= 1
         touched[id(chunk)] = chunk
     for user_id in in_place:
+        pause()
         chunk, row = where[user_id], rows[user_id]
         at = chunk.user_ids.index(user_id)
         if chunk.counts[at] != row.agent_count:

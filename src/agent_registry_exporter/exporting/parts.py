@@ -15,6 +15,7 @@ import struct
 from typing import NamedTuple, Protocol, TypeVar
 
 from .deflate import DeflateEngine
+from .pauses import pause
 
 __all__ = [
     "GZIP_HEADER",
@@ -45,6 +46,7 @@ class Deflated(NamedTuple):
 
 def deflate_piece(text: bytes, engine: DeflateEngine) -> Deflated:
     """`text` compressed on its own, ready to be spliced into any gzip body."""
+    pause()
     compressor = engine.raw(_PIECE_WINDOW_BITS)
     data = compressor.compress(text) + compressor.flush(engine.sync_flush)
     return Deflated(data, engine.crc32(text, 0), len(text))
@@ -74,6 +76,7 @@ class PlainParts:
         self._parts: list[bytes] = []
 
     def text(self, data: bytes) -> None:
+        pause()
         self._parts.append(data)
 
     cached = text
@@ -94,7 +97,8 @@ class GzipParts:
         self._size = 0
 
     def text(self, data: bytes) -> None:
-        # Chunk by chunk: each compress call releases the GIL, so the event loop keeps running.
+        # Chunk by chunk, pausing between them, so the embedding backend's loop keeps running.
+        pause()
         if out := self._compressor.compress(data):
             self._parts.append(out)
         self._crc = self._engine.crc32(data, self._crc)
@@ -102,6 +106,7 @@ class GzipParts:
         self._unflushed = True
 
     def cached(self, piece: Deflated) -> None:
+        pause()
         if self._unflushed:
             # Byte-aligned, and the history dropped: later text never refers across `piece`.
             self._parts.append(self._compressor.flush(self._engine.full_flush))

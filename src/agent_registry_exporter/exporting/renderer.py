@@ -23,6 +23,7 @@ from .exporter_metrics import ExporterMetrics
 from .formats import Format
 from .histograms import age_histogram
 from .parts import BodyParts, Deflated, GzipParts, PlainParts, deflate_piece
+from .pauses import pause
 from .writer import (
     COUNT,
     SECONDS,
@@ -268,6 +269,7 @@ def _from_changes(
         return None
     created: list[float] = []
     for chunk in cache.order:  # a chunk at a time: no long C call over every user
+        pause()
         created += chunk.created
     ages = age_histogram(created, snapshot.taken_at, snapshot.thresholds.session_age_seconds)
     return RegistryView(snapshot, [], [], [], totals[1], 0, worker, agents, ages)

@@ -1,0 +1,51 @@
+"""A render lets other threads run between its pieces: the embedding backend's event loop
+is not held off for a whole GIL switch interval at each of its ticks."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
+from agent_registry_exporter.exporting import OPENMETRICS, TEXT, ExporterMetrics, Renderer, pauses
+
+from .conftest import T0
+
+USERS = 64 * 20  # twenty chunks of the default size
+
+
+def pauses_in_a_render(**options: object) -> int:
+    """Pauses the render thread took for one render of USERS users (every pause taken)."""
+    rows = [SessionRow(f"user-{i:05d}", 1 + i % 3, T0 - i) for i in range(USERS)]
+    snapshot = RegistrySnapshot(taken_at=T0, thresholds=Thresholds(), sessions=rows)
+    taken: list[int] = []
+
+    def run() -> None:  # a fresh thread, as asyncio.to_thread renders: its own count
+        Renderer().render(snapshot, ExporterMetrics("1"), max_user_series=USERS, **options)
+        taken.append(pauses.pauses_taken())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return taken[0]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"format": OPENMETRICS, "gzipped": True},
+        {"format": TEXT, "gzipped": True},
+        {"format": TEXT, "gzipped": False},
+    ],
+    ids=["openmetrics-gzip", "text-gzip", "text-plain"],
+)
+def test_a_render_pauses_between_every_chunk_of_every_family(monkeypatch, options) -> None:
+    monkeypatch.setattr(pauses, "PAUSE_SECONDS", 0.0)  # every chance to pause is taken
+    chunks = USERS // 64
+    assert pauses_in_a_render(**options) >= 3 * chunks  # agents, age, created: each chunk
+
+
+def test_pauses_are_taken_no_more_often_than_the_interval(monkeypatch) -> None:
+    monkeypatch.setattr(pauses, "PAUSE_SECONDS", 3600.0)  # never twice in a test's time
+    assert pauses_in_a_render(format=OPENMETRICS, gzipped=True) <= 1
