@@ -15,13 +15,16 @@ from agent_registry_exporter.testing import wait_until
 from ..cli_process import console_script, fetch, start_command
 from .conftest import Pki
 
-pytestmark = [
-    pytest.mark.processes,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("unshare") is None,
-        reason="a mount namespace needs root and unshare",
-    ),
-]
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture(autouse=True)
+def _mount_namespaces() -> None:
+    """A mount namespace needs root and util-linux's unshare: `make test` runs as root (it
+    installs the Debian packages), so a run without them fails here, never skips."""
+    assert os.geteuid() == 0, "run as root: the test makes a mount namespace"
+    assert shutil.which("unshare"), "unshare (util-linux) missing"
+
 
 FILES = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
 
