@@ -24,23 +24,24 @@ def rfc3339(created: float) -> str:
     return when.replace("+00:00", "Z")
 
 
-def _head(record: logging.LogRecord) -> dict[str, Any]:
-    """The keys every JSON and logfmt line starts with, in this order."""
-    return {
+def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+    """What a JSON or logfmt line holds, in this order: time, level, logger, message, the
+    record's own fields, the exception."""
+    line: dict[str, Any] = {
         "time": rfc3339(record.created),
         "level": record.levelname.lower(),
         "logger": record.name,
         "message": record.getMessage(),
     }
+    line.update(getattr(record, "fields", {}))
+    if record.exc_info:
+        line["exception"] = formatter.formatException(record.exc_info)
+    return line
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = _head(record)
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return json.dumps(_fields(self, record), default=str)
 
 
 # Escaped in every text line: C0 and C1 controls, DEL, the Unicode line and paragraph
@@ -121,10 +122,7 @@ class _LogfmtFormatter(logging.Formatter):
     string) when it holds a space, `=`, a quote, a backslash or a control character."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = _head(record)
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+        line = _fields(self, record)
         return " ".join(
             f"{_LOGFMT_KEY_UNSAFE.sub('_', str(key)) or '_'}={_logfmt_value(value)}"
             for key, value in line.items()
