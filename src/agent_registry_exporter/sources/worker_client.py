@@ -114,14 +114,7 @@ class WorkerSource:
         async with self._exchange:
             # Only `self._held` refers to the columns: a full answer lets go of them before
             # it is decoded, so a worker's columns are never held twice.
-            answer = await self._answer(None if self._held is None else self._held.position)
-            try:
-                columns = self._columns(answer, self._held)
-            except DeltaMismatch:
-                self.answers["mismatch"] += 1
-                self._held = None
-                answer = await self._answer(None)
-                columns = self._columns(answer, None)
+            answer, columns = await self._read()
             self._held = None if answer.position is None else _Held(answer.position, columns)
             self.answers["full" if answer.delta is None else "delta"] += 1
         # Labelled with the socket's name, the one alerts route back by.
@@ -134,17 +127,24 @@ class WorkerSource:
         search): a delta is applied to a copy and the held position stays, so the next
         `snapshot()` still carries every change since the previous one."""
         async with self._exchange:
-            held = self._held
-            answer = await self._answer(None if held is None else held.position)
-            try:
-                columns = self._columns(answer, held)
-            except DeltaMismatch:
-                answer = await self._answer(None)
-                columns = self._columns(answer, None)
+            answer, columns = await self._read()
             if self._held is None and answer.position is not None and answer.delta is None:
                 self._held = _Held(answer.position, columns)  # a full answer: the new base
         snapshot = dataclasses.replace(answer.snapshot, sessions=columns, worker=self.worker)
         return dataclasses.replace(snapshot, changes=None, changed_rows=None)
+
+    async def _read(self) -> tuple[Answer, SessionColumns]:
+        """The worker's answer asked from where the held columns stand, and the full columns
+        it gives; a delta that does not fit is replaced at once by a full snapshot. Only
+        `self._held` refers to the held columns, so a full answer lets go of them before it
+        is decoded (see `_answer`)."""
+        answer = await self._answer(None if self._held is None else self._held.position)
+        try:
+            return answer, self._columns(answer, self._held)
+        except DeltaMismatch:
+            self.answers["mismatch"] += 1
+            answer = await self._answer(None)
+            return answer, self._columns(answer, None)
 
     async def _answer(self, since: Position | None) -> Answer:
         path = f"/{API_VERSION}/snapshot"
