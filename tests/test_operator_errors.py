@@ -45,6 +45,20 @@ class TestBindFailures:
         assert "Traceback" not in done.stderr
 
     @pytest.mark.processes
+    def test_the_hint_names_every_flag_of_the_setting(self) -> None:
+        """Given the Go exporters' --web.listen-address, the hint names that flag too, not
+        only --listen-port and the variable."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = run_console_script("serve", "--web.listen-address", f"127.0.0.1:{port}")
+        assert done.returncode == 1, done.stderr
+        (error,) = [line for line in done.stderr.splitlines() if "cannot listen" in line]
+        hint = error.rsplit("; set ", 1)[1]
+        assert hint == f"--listen-port or --web.listen-address or {ENV_PREFIX}LISTEN_PORT"
+
+    @pytest.mark.processes
     def test_address_not_on_this_machine_is_one_line_naming_the_setting(self) -> None:
         """A host address this machine does not have (TEST-NET-1) is named, exit 1."""
         done = run_console_script("serve", "--listen-host", "192.0.2.1", "--listen-port", "0")

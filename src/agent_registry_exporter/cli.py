@@ -28,7 +28,7 @@ from .artifacts import (
     render_rules_yaml,
 )
 from .common import configure_logging
-from .flags import add_server_flags, own_flag, server_overrides, setting_help
+from .flags import add_server_flags, flags_of, own_flag, server_overrides, setting_help
 from .http import ExporterServer, ListenError, start_exporter
 from .registry import AgentRegistry, Thresholds
 from .settings import (
@@ -303,8 +303,10 @@ def _write_mixin(directory: Path, thresholds: Thresholds, options: RuleOptions) 
 
 
 def _how_to_set(setting: str) -> str:
+    """Each way to set the settings `setting` names ("a/b"): its flags, then its variable."""
     return " and ".join(
-        f"--{name.replace('_', '-')} or {ENV_PREFIX}{name.upper()}" for name in setting.split("/")
+        " or ".join((*(flags_of(name) or (own_flag(name),)), f"{ENV_PREFIX}{name.upper()}"))
+        for name in setting.split("/")
     )
 
 
