@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from itertools import chain
 from typing import TypeVar
@@ -145,9 +145,9 @@ def apply_changes(
     where = state.where
     tail = _created_since(snapshot.sessions, changes.changed)
     in_place = changes.changed.difference(tail)
-    leaving = [user_id for user_id in chain(changes.removed, tail) if user_id in where]
+    leaving = _held(where, chain(changes.removed, tail))
     # Checked before anything moves: a cache that does not match is never half updated.
-    if not all(map(where.__contains__, in_place)) or (
+    if len(_held(where, in_place)) != len(in_place) or (
         len(where) - len(leaving) + len(tail) != len(snapshot.sessions)
     ):
         cache.delta = None
@@ -188,6 +188,17 @@ def apply_changes(
         chunk.created_data = cache.encode(lines(created_line, chunk.labels, chunk.created))
     state.generation = changes.generation
     return agents_histogram_of(state.count_of, snapshot.thresholds.agents_per_user)
+
+
+def _held(where: ChunkIndex[Chunk[P]], user_ids: Iterable[str]) -> list[str]:
+    """The users of `user_ids` the cache holds, pausing between them: each lookup is a
+    bisection in Python, and a thousand of them in one go held the GIL ~2 ms."""
+    held = []
+    for user_id in user_ids:
+        pause()
+        if user_id in where:
+            held.append(user_id)
+    return held
 
 
 def _created_since(sessions: Sequence[object], changed: frozenset[str]) -> list[str]:
