@@ -26,8 +26,9 @@ class InProcessSource:
 
     async def snapshot(self) -> RegistrySnapshot:
         """The registry now, with what changed since the previous snapshot (a renderer that
-        rendered that one re-renders only the changed users)."""
-        snapshot = self.registry.snapshot(
+        rendered that one re-renders only the changed users), the changed users read in
+        steps so the loop keeps running."""
+        snapshot = await self.registry.snapshot_in_steps(
             leak_grace_seconds=self.leak_grace_seconds, since=self._last_generation
         )
         self._last_generation = snapshot.generation
