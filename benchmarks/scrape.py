@@ -10,12 +10,15 @@ one event loop as an embedding backend would:
 
 Before each scrape 1% of users change (`--churn`), on the loop as the backend would change
 them: 80% of those gain or lose an agent, 10% are cleaned up, 10% are new users. Each
-scrape is made from another thread with Prometheus' own headers (OpenMetrics first, gzip),
-while a ticker on the loop records the longest stall (worst of all repeats, after one
-warm-up scrape). Prints one table; ratios are measured in the same run, never compared
-across machines.
+scrape is made with Prometheus' own headers (OpenMetrics first, gzip) by a client in a
+separate process, as Prometheus always is: a client thread in the backend's own process
+(`--client thread`, how this benchmark scraped before) competes with the loop for the GIL
+and adds its share to the stall measured. A ticker on the loop records the longest stall
+(worst of all repeats, after one warm-up scrape). Prints one table; ratios are measured in
+the same run, never compared across machines.
 
-    .venv/bin/python benchmarks/scrape.py [--sizes 1000,10000,100000] [--repeat 5] [--churn 0.01]
+    .venv/bin/python benchmarks/scrape.py [--sizes 1000,10000,100000] [--repeat 5] \
+        [--churn 0.01] [--client process|thread]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import gc
 import random
 import statistics
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -106,6 +110,49 @@ def fetch(url: str) -> tuple[float, int]:
     return time.perf_counter() - started, size
 
 
+def serve_client() -> None:
+    """The client process: fetches each URL read from stdin, answers "seconds bytes"."""
+    for line in sys.stdin:
+        elapsed, size = fetch(line.strip())
+        print(f"{elapsed} {size}", flush=True)
+
+
+class Client:
+    """Scrapes from a separate process (`--client process`) or a thread of this one."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        if self.kind == "process":  # started before any registry: a small process to fork
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--serve-client",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+
+    async def fetch(self, url: str) -> tuple[float, int]:
+        """Seconds from the request to the body's last byte, and the body's bytes."""
+        process = self._process
+        if process is None:
+            return await asyncio.to_thread(fetch, url)
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(f"{url}\n".encode())
+        await process.stdin.drain()
+        elapsed, size = (await process.stdout.readline()).split()
+        return float(elapsed), int(size)
+
+    async def stop(self) -> None:
+        if self._process is not None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            await self._process.wait()
+
+
 class Churn:
     """Changes a fraction of the registry's users, as a backend does between two scrapes."""
 
@@ -143,14 +190,16 @@ async def idle_stall(seconds: float) -> float:
     return meter.max_gap
 
 
-async def measure(url: str, repeat: int, churn: Churn) -> tuple[float, float, int, float]:
+async def measure(
+    client: Client, url: str, repeat: int, churn: Churn
+) -> tuple[float, float, int, float]:
     """Median scrape seconds, worst loop stall seconds, compressed bytes, and the worst
     idle stall over as long (the same ticker while nothing is scraped).
 
     One warm-up scrape first; a full garbage collection before, so neither path pays
     for the other's leftovers.
     """
-    await asyncio.to_thread(fetch, url)
+    await client.fetch(url)
     gc.collect()
     times, stalls, idle, size = [], [], [], 0
     for _ in range(repeat):
@@ -158,7 +207,7 @@ async def measure(url: str, repeat: int, churn: Churn) -> tuple[float, float, in
         meter = StallMeter()
         meter.start()
         await asyncio.sleep(0.01)
-        elapsed, size = await asyncio.to_thread(fetch, url)
+        elapsed, size = await client.fetch(url)
         await meter.stop()
         times.append(elapsed)
         stalls.append(meter.max_gap)
@@ -205,7 +254,7 @@ async def start_ours(registry: AgentRegistry, users: int) -> ExporterServer:
     )
 
 
-async def bench(users: int, repeat: int, fraction: float) -> dict[str, float]:
+async def bench(client: Client, users: int, repeat: int, fraction: float) -> dict[str, float]:
     registry = await build_registry(users)
     churn = Churn(registry, fraction)
     runner, stock_url = await start_stock(registry)
@@ -213,8 +262,10 @@ async def bench(users: int, repeat: int, fraction: float) -> dict[str, float]:
     ours = await start_ours(registry, 2 * users)
     try:
         stock_repeat = max(1, repeat // 2) if users >= 100_000 else repeat
-        stock_t, stock_stall, stock_size, _ = await measure(stock_url, stock_repeat, churn)
-        ours_t, ours_stall, ours_size, idle = await measure(f"{ours.url}/metrics", repeat, churn)
+        stock_t, stock_stall, stock_size, _ = await measure(client, stock_url, stock_repeat, churn)
+        ours_t, ours_stall, ours_size, idle = await measure(
+            client, f"{ours.url}/metrics", repeat, churn
+        )
     finally:
         await ours.stop()
         await runner.cleanup()
@@ -236,21 +287,28 @@ async def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--churn", type=float, default=0.01, help="users changed per scrape")
+    parser.add_argument("--client", choices=("process", "thread"), default="process")
     args = parser.parse_args()
+    client = Client(args.client)
+    await client.start()
     print(
         f"{'users':>8} {'stock ms':>9} {'ours ms':>8} {'speedup':>8} "
         f"{'stock stall ms':>15} {'ours stall ms':>14} {'idle stall ms':>14} {'stock KiB':>10} "
         f"{'ours KiB':>9}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
-        r = await bench(size, args.repeat, args.churn)
+        r = await bench(client, size, args.repeat, args.churn)
         print(
             f"{r['users']:>8,} {r['stock_ms']:>9.1f} {r['ours_ms']:>8.1f} {r['speedup']:>7.1f}x "
             f"{r['stock_stall_ms']:>15.1f} {r['ours_stall_ms']:>14.1f} {r['idle_stall_ms']:>14.1f} "
             f"{r['stock_kb']:>10.0f} {r['ours_kb']:>9.0f}",
             flush=True,
         )
+    await client.stop()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:] == ["--serve-client"]:
+        serve_client()
+    else:
+        asyncio.run(main())
