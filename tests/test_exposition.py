@@ -26,6 +26,8 @@ from agent_registry_exporter.exporting import (
     render,
     wants_gzip,
 )
+from agent_registry_exporter.exporting import catalogue as c
+from agent_registry_exporter.exporting.writer import COUNT, SECONDS, lines, user_line
 
 from .conftest import DATA, T0
 
@@ -117,6 +119,40 @@ class TestRoundTrip:
         # The exporter's own figures move between renders; compare the registry's part.
         own = b"# HELP process_"
         assert gzip.decompress(zipped.body).split(own)[0] == plain.split(own)[0]
+
+
+class TestPercentSigns:
+    """A chunk's lines are one %-template filled in one call: a `%` in a label is text."""
+
+    PERCENT_IDS = ("100%", "%s", "%d%%", "%(name)s", "%.3f", "a%")
+
+    @pytest.mark.parametrize("fmt", FORMATS, ids=["openmetrics", "text"])
+    def test_percent_signs_in_ids_and_the_worker_parse_back(self, metrics, fmt) -> None:
+        rows = [SessionRow(uid, n + 1, T0 - 10 * n) for n, uid in enumerate(self.PERCENT_IDS)]
+        worker = dataclasses.replace(snapshot_of(rows), worker="w%s%")
+        sidecar = dataclasses.replace(snapshot_of([]), workers=(worker,))
+        parsed = samples(render(sidecar, metrics, format=fmt).body.decode(), fmt)
+        for n, uid in enumerate(self.PERCENT_IDS):
+            labels = (("user_id", uid), ("worker", "w%s%"))
+            assert parsed[("agent_registry_user_agents", labels)] == n + 1
+            assert parsed[("agent_registry_user_session_age_seconds", labels)] == 10 * n
+
+    def test_lines_fill_each_label_and_value_in_order(self) -> None:
+        """The same text as one `line % (label, value)` per user, whatever the labels hold."""
+        labels = ["plain", "%s", "%%", "100%d", 'q\\"', "\ud800", "%"]
+        for worker in ("", 'worker="a%sb%",'):
+            for value_format in (COUNT, SECONDS):
+                line = user_line(c.USER_AGENTS, worker, value_format)
+                values = [n * 1.25 if value_format is SECONDS else n for n in range(len(labels))]
+                expected = "".join(line % pair for pair in zip(labels, values, strict=True))
+                assert lines(line, labels, values) == expected
+                assert lines(line, labels, iter(values)) == expected
+        assert lines(user_line(c.USER_AGENTS, "", COUNT), [], []) == ""
+
+    def test_lines_refuse_labels_and_values_of_different_lengths(self) -> None:
+        line = user_line(c.USER_AGENTS, "", COUNT)
+        with pytest.raises(ValueError, match="2 labels but 1 values"):
+            lines(line, ["a", "b"], [1])
 
 
 class TestUnencodableIds:
