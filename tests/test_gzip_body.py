@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import subprocess
 import sys
+import threading
 import zlib
 
 import pytest
@@ -13,11 +15,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 
-from agent_registry_exporter.exporting import ISAL
+from agent_registry_exporter import RegistrySnapshot, SessionRow, Thresholds
+from agent_registry_exporter.exporting import (
+    ISAL,
+    OPENMETRICS,
+    ExporterMetrics,
+    Format,
+    Renderer,
+)
+from agent_registry_exporter.exporting import parts as parts_module
 from agent_registry_exporter.exporting.crc import crc32_combine
-from agent_registry_exporter.exporting.parts import GzipParts, deflate_piece
+from agent_registry_exporter.exporting.parts import BATCH, GzipParts, deflate_piece
 
-from .conftest import ENGINES, loopback_exporter
+from .conftest import ENGINES, T0, loopback_exporter
 
 registers = st.integers(0, 2**32 - 1)
 texts = st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
@@ -50,11 +60,12 @@ pieces = st.lists(st.tuples(st.booleans(), texts), max_size=12)
 @pytest.mark.parametrize("engine", ENGINES)
 class TestGzipParts:
     @settings(max_examples=200, deadline=None)
-    @given(pieces=pieces)
-    def test_fresh_text_and_spliced_pieces_make_one_member(self, engine, pieces) -> None:
+    @given(pieces=pieces, batch=st.sampled_from([1, 64, BATCH]))
+    def test_fresh_text_and_spliced_pieces_make_one_member(self, engine, pieces, batch) -> None:
         """Any mix of fresh text and pieces deflated earlier decodes, as one gzip member
-        whose CRC and length check, to the texts joined in order."""
-        parts = GzipParts(engine)
+        whose CRC and length check, to the texts joined in order; also when the fresh text
+        is compressed in batches by the helper thread (a batch of 1 byte: every text)."""
+        parts = GzipParts(engine, batch=batch)
         for cached, text in pieces:
             if cached:
                 parts.cached(deflate_piece(text, engine))
@@ -76,6 +87,67 @@ class TestGzipParts:
         parts.text(line)
         body = b"".join(parts.finish())
         assert zlib.decompress(body, 31) == line + b"x" * 5000 + line
+
+
+def helper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "gzip-batches"]
+
+
+class _FailingCompressor:
+    """A deflate stream that fails (a fault injected into the helper thread)."""
+
+    def compress(self, data: bytes, /) -> bytes:
+        raise MemoryError("injected: no memory for the deflate state")
+
+    def flush(self, mode: int, /) -> bytes:
+        return b""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+class TestHelperThread:
+    def test_batches_compressed_by_the_helper_keep_their_place(self, engine) -> None:
+        """Fresh text past the batch size, between cached pieces, decodes in order."""
+        texts = [b"%d: " % n + b"fresh line\n" * (n * 50) for n in range(12)]
+        parts = GzipParts(engine, batch=2000)
+        for n, text in enumerate(texts):
+            if n % 3 == 2:
+                parts.cached(deflate_piece(text, engine))
+            else:
+                parts.text(text)
+        assert len(helper_threads()) == 1  # the batches went to the helper
+        body = b"".join(parts.finish())
+        assert helper_threads() == []  # finish waits for it and stops it
+        assert zlib.decompress(body, 31) == b"".join(texts)
+
+    def test_small_bodies_start_no_helper(self, engine) -> None:
+        parts = GzipParts(engine)
+        parts.text(b"a small body\n" * 100)
+        assert helper_threads() == []
+        assert zlib.decompress(b"".join(parts.finish()), 31) == b"a small body\n" * 100
+
+    def test_the_helper_stops_when_the_render_fails(self, engine, monkeypatch) -> None:
+        """A render that raises half way leaves no thread behind (and its error is its own)."""
+        metrics = ExporterMetrics("1")
+        rows = [SessionRow(f"user-{n}", 1, T0) for n in range(3000)]
+        snapshot = RegistrySnapshot(taken_at=T0, thresholds=Thresholds(), sessions=rows)
+        monkeypatch.setattr(parts_module, "BATCH", 1)  # every text to the helper
+
+        def broken(fmt: Format, registry: object) -> bytes:
+            assert len(helper_threads()) == 1  # started for the age family, still running
+            raise RuntimeError("injected: the exporter's own metrics fail")
+
+        monkeypatch.setattr(Format, "collected", broken)
+        with pytest.raises(RuntimeError, match="injected"):
+            Renderer(engine=engine).render(snapshot, metrics, format=OPENMETRICS, gzipped=True)
+        assert helper_threads() == []
+
+    def test_an_error_in_the_helper_is_raised_by_finish(self, engine) -> None:
+        failing = dataclasses.replace(engine, compressobj=lambda *args: _FailingCompressor())
+        parts = GzipParts(failing, batch=10)
+        parts.text(b"x" * 100)
+        with pytest.raises(MemoryError, match="injected"):
+            parts.finish()
+        assert helper_threads() == []
 
 
 class TestEngines:

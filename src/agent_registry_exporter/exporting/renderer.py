@@ -184,15 +184,18 @@ def _write(
         caches = caches.fresh()  # a concurrent render: this one starts afresh
         caches.lock.acquire()
     try:
-        registries, chunks = _refresh(caches, snapshots, select)
-        write_families(parts, fmt, registries, chunks, export_session_age)
+        try:
+            registries, chunks = _refresh(caches, snapshots, select)
+            write_families(parts, fmt, registries, chunks, export_session_age)
+        finally:
+            caches.lock.release()
+        parts.text(encode(registry_totals(fmt, registries)))
+        parts.text(fmt.collected(metrics.registry))
+        if fmt.trailer:
+            parts.text(fmt.trailer)
+        return tuple(parts.finish())
     finally:
-        caches.lock.release()
-    parts.text(encode(registry_totals(fmt, registries)))
-    parts.text(fmt.collected(metrics.registry))
-    if fmt.trailer:
-        parts.text(fmt.trailer)
-    return tuple(parts.finish())
+        parts.close()  # a helper thread compressing the body stops, whatever happened
 
 
 class RenderOptions(TypedDict, total=False):
