@@ -27,6 +27,7 @@ from agent_registry_exporter.exporting import (
     chunk_index,
     render,
 )
+from agent_registry_exporter.exporting import parts as parts_module
 from agent_registry_exporter.exporting import renderer as renderer_module
 from agent_registry_exporter.sources import (
     InProcessSource,
@@ -501,3 +502,14 @@ class TestAnyHistoryOverDeltas:
         removals into its sorted part at every change (at 100,000 users: every ~100 scrapes)."""
         with mock.patch.object(chunk_index, "_PENDING_MIN", 0):
             asyncio.run(play(steps, engine, False))
+
+    @pytest.mark.parametrize("engine", ENGINES)
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(step, max_size=50))
+    def test_any_history_renders_a_full_renders_body_with_a_helper_compressing_every_text(
+        self, engine, steps
+    ) -> None:
+        """The same when every fresh text of a gzip body goes to the helper thread (at
+        100,000 users only the batches of the age family do)."""
+        with mock.patch.object(parts_module, "BATCH", 1):
+            asyncio.run(play(steps, engine, True))
