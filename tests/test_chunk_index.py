@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import tracemalloc
 import uuid
 from unittest import mock
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_registry_exporter.exporting import chunk_index
+from agent_registry_exporter.exporting import chunk_index, pauses
 from agent_registry_exporter.exporting.chunk_index import ChunkIndex
 
 
@@ -73,6 +74,17 @@ class TestTheIndexIsAMapping:
         with mock.patch.object(chunk_index, "_PENDING_MIN", 0):
             play(start, ops)
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(ids, st.integers(0, 3)), st.lists(op, max_size=40))
+    def test_it_answers_as_a_dict_would_folding_in_the_smallest_slices(self, start, ops) -> None:
+        """The same when every fold copies and sorts a user or two at a time."""
+        with (
+            mock.patch.object(chunk_index, "_PENDING_MIN", 0),
+            mock.patch.object(chunk_index, "_SLICE", 2),
+            mock.patch.object(chunk_index, "_RUN", 1),
+        ):
+            play(start, ops)
+
     def test_a_user_held_twice_is_noticed(self) -> None:
         """Built from chunks naming a user twice (a hostile snapshot), it says so."""
         assert not ChunkIndex([Users(["a", "b"]), Users(["b"])]).unique
@@ -98,3 +110,30 @@ class TestTheIndexIsSmall:
             tracemalloc.stop()
         assert len(index) == len(users)
         assert held <= 16 * len(users)
+
+
+class TestAFoldPauses:
+    def test_a_fold_of_many_users_pauses_between_slices(self, monkeypatch) -> None:
+        """Folding the pending users into 40,000 (done in the render thread) lets other
+        threads run between slices, not once at the end of a 30-70 ms run of C calls."""
+        users = [f"user-{n:06d}" for n in range(40_000)]
+        chunks = [Users(users[lo : lo + 64]) for lo in range(0, len(users), 64)]
+        index = ChunkIndex(chunks)
+        for user_id in users[::7]:
+            index.pop(user_id)
+        newcomers = Users([f"new-{n:06d}" for n in range(3_000)])
+        for user_id in newcomers.user_ids:
+            index[user_id] = newcomers
+        monkeypatch.setattr(pauses, "PAUSE_SECONDS", 0.0)  # every chance to pause is taken
+        taken: list[int] = []
+
+        def fold() -> None:  # a fresh thread, as the render's: its own count of pauses
+            index._fold()
+            taken.append(pauses.pauses_taken())
+
+        thread = threading.Thread(target=fold)
+        thread.start()
+        thread.join()
+        assert taken[0] >= len(users) // chunk_index._SLICE + len(newcomers.user_ids)
+        assert len(index) == len(users) - len(users[::7]) + 3_000
+        assert all(index[u] is newcomers for u in newcomers.user_ids[::97])

@@ -10,12 +10,15 @@ folded in by a merge (two sorted runs, linear) once they reach an eighth of the 
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain, compress, islice, repeat
 from operator import eq
 from typing import Generic, Protocol, TypeVar
+
+from .pauses import pause
 
 __all__ = ["ChunkIndex"]
 
@@ -23,6 +26,10 @@ _GONE = -1
 _live = _GONE.__lt__  # a chunk number, not the mark of a removed user
 # Pending additions and removals folded in past max(this, an eighth of the index).
 _PENDING_MIN = 1024
+# A fold copies at most this many ids per C call, and sorts the pending users in runs of
+# `_RUN`: each well under a millisecond, with pauses between (exporting.pauses).
+_SLICE = 4096
+_RUN = 512
 
 
 class _HasUsers(Protocol):
@@ -129,19 +136,67 @@ class ChunkIndex(Generic[C]):
             self._fold()
 
     def _fold(self) -> None:
-        """The pending users merged into the sorted ids, the removed ones dropped."""
-        ids = list(compress(self._ids, map(_live, self._slots)))
-        numbers = list(filter(_live, self._slots))
-        pending = sorted(self._pending.items())
-        ids += [user_id for user_id, _ in pending]
-        numbers += [number for _, number in pending]
-        self._sort(ids, numbers)
+        """The pending users merged into the sorted ids, the removed ones dropped: a slice
+        at a time, pausing between slices (done in one go, the C calls over 100,000 ids
+        held the GIL 30-70 ms, and an embedding backend's loop as long)."""
+        ids: list[str] = []
+        slots = array("i")
+        for lo in range(0, len(self._ids), _SLICE):
+            pause()
+            part = self._slots[lo : lo + _SLICE]
+            live = list(map(_live, part))
+            ids += compress(self._ids[lo : lo + _SLICE], live)
+            slots += array("i", compress(part, live))
+        self._hold(*_merged(ids, slots, _sorted_in_runs(self._pending.items())))
 
     def _sort(self, ids: list[str], numbers: list[int]) -> None:
-        # Sorting positions by id carries the numbers along, all in C (two sorted runs, as
-        # a fold gives, merge in linear time; a first build sorts 100,000 ids in ~60 ms).
+        # Sorting positions by id carries the numbers along, all in C (a first build sorts
+        # 100,000 ids in ~60 ms, in one go: a full walk, rare, already costs far more).
         order = sorted(range(len(ids)), key=ids.__getitem__)
-        self._ids = list(map(ids.__getitem__, order))
-        self._slots = array("i", map(numbers.__getitem__, order))
+        self._hold(list(map(ids.__getitem__, order)), array("i", map(numbers.__getitem__, order)))
+
+    def _hold(self, ids: list[str], slots: array[int]) -> None:
+        """Sorted `ids` and their chunk numbers, nothing pending or removed."""
+        self._ids = ids
+        self._slots = slots
         self._pending: dict[str, int] = {}
         self._gone = 0
+
+
+def _sorted_in_runs(items: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """`items` in order: sorted in runs of `_RUN` with pauses between, merged as read."""
+    held = list(items)
+    runs = []
+    for lo in range(0, len(held), _RUN):
+        pause()
+        runs.append(sorted(held[lo : lo + _RUN]))
+    return heapq.merge(*runs)
+
+
+def _merged(
+    ids: list[str], slots: array[int], pending: Iterable[tuple[str, int]]
+) -> tuple[list[str], array[int]]:
+    """Sorted `ids` (with their `slots`) and the sorted `pending` users as one sorted run,
+    copied in slices of at most `_SLICE` with pauses between."""
+    out_ids: list[str] = []
+    out_slots = array("i")
+    at = 0
+    for user_id, number in pending:
+        pause()
+        to = bisect_left(ids, user_id, at)
+        _copy(ids, slots, at, to, out_ids, out_slots)
+        out_ids.append(user_id)
+        out_slots.append(number)
+        at = to
+    _copy(ids, slots, at, len(ids), out_ids, out_slots)
+    return out_ids, out_slots
+
+
+def _copy(
+    ids: list[str], slots: array[int], lo: int, hi: int, out_ids: list[str], out_slots: array[int]
+) -> None:
+    for start in range(lo, hi, _SLICE):
+        pause()
+        end = min(start + _SLICE, hi)
+        out_ids += ids[start:end]
+        out_slots += slots[start:end]
