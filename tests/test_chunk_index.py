@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import gc
 import threading
 import tracemalloc
@@ -85,10 +86,23 @@ class TestTheIndexIsAMapping:
         ):
             play(start, ops)
 
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(ids, st.integers(0, 3)), st.lists(op, max_size=40))
+    def test_it_answers_as_a_dict_would_built_in_the_smallest_buckets(self, start, ops) -> None:
+        """The same when a first build sorts its ids in buckets of a few, merged by twos."""
+        with (
+            mock.patch.object(chunk_index, "_SLICE", 2),
+            mock.patch.object(chunk_index, "_STEP", 2),
+        ):
+            play(start, ops)
+
     def test_a_user_held_twice_is_noticed(self) -> None:
         """Built from chunks naming a user twice (a hostile snapshot), it says so."""
         assert not ChunkIndex([Users(["a", "b"]), Users(["b"])]).unique
         assert ChunkIndex([Users(["a", "b"]), Users(["c"])]).unique
+        with mock.patch.object(chunk_index, "_SLICE", 2):  # the twice-held user across slices
+            assert not ChunkIndex([Users(["d", "a", "c"]), Users(["e", "b", "c"])]).unique
+            assert ChunkIndex([Users(["d", "a", "c"]), Users(["e", "b", "f"])]).unique
 
 
 class TestTheIndexIsSmall:
@@ -137,3 +151,71 @@ class TestAFoldPauses:
         assert taken[0] >= len(users) // chunk_index._SLICE + len(newcomers.user_ids)
         assert len(index) == len(users) - len(users[::7]) + 3_000
         assert all(index[u] is newcomers for u in newcomers.user_ids[::97])
+
+
+def many_users(n: int) -> list[Users]:
+    users = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(n)]
+    return [Users(users[lo : lo + 50]) for lo in range(0, n, 50)]
+
+
+class TestABuildPauses:
+    """A first build sorts its ids in buckets of about `_SLICE` with a pause between: one
+    sort of a million ids held the GIL ~580 ms, and the embedding backend's loop with it."""
+
+    def test_no_sort_is_given_more_than_two_slices(self, monkeypatch) -> None:
+        sizes: list[int] = []
+
+        def spy(items, **kwargs):  # type: ignore[no-untyped-def]
+            items = list(items)
+            sizes.append(len(items))
+            return builtins.sorted(items, **kwargs)
+
+        monkeypatch.setattr(chunk_index, "_SLICE", 64)
+        monkeypatch.setattr(chunk_index, "_RUN", 64)
+        monkeypatch.setattr(chunk_index, "sorted", spy, raising=False)
+        chunks = many_users(5_000)
+        index = ChunkIndex(chunks)
+        for n in range(0, 5_000, 3):  # pending additions and removals, folded in
+            user_id = chunks[n // 50].user_ids[n % 50]
+            index.pop(user_id)
+            index[user_id + "-again"] = chunks[0]
+        assert sizes
+        assert max(sizes) <= 2 * 64
+        assert len(index) == 5_000
+        kept = [(u, c) for n, (u, c) in enumerate(held(chunks)) if n % 3]
+        assert all(index[user_id] is chunk for user_id, chunk in kept)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.text("abc", max_size=3), max_size=300),
+        st.integers(0, 20),
+        st.sampled_from([(2, 2), (2, 64), (4, 2), (8, 3), (16, 4)]),
+    )
+    def test_the_buckets_sort_as_one_sort_would(self, ids, start, sizes) -> None:
+        """Sample-sorted, bucketed, merged: the order of a stable sort, equal ids included."""
+        piece, step = sizes
+        with (
+            mock.patch.object(chunk_index, "_SLICE", piece),
+            mock.patch.object(chunk_index, "_STEP", step),
+        ):
+            order = chunk_index._sorted_order(ids, start)
+        assert order == builtins.sorted(range(start, len(ids)), key=ids.__getitem__)
+
+    def test_a_build_pauses_at_every_slice(self, monkeypatch) -> None:
+        monkeypatch.setattr(pauses, "PAUSE_SECONDS", 0.0)  # every chance to pause is taken
+        monkeypatch.setattr(chunk_index, "_SLICE", 64)
+        chunks = many_users(5_000)
+        taken: list[int] = []
+
+        def build() -> None:  # a fresh thread: its own count of pauses
+            ChunkIndex(chunks)
+            taken.append(pauses.pauses_taken())
+
+        thread = threading.Thread(target=build)
+        thread.start()
+        thread.join()
+        assert taken[0] >= 3 * 5_000 // 64  # gather, bucket, sort: each slice
+
+
+def held(chunks: list[Users]) -> list[tuple[str, Users]]:
+    return [(user_id, chunk) for chunk in chunks for user_id in chunk.user_ids]

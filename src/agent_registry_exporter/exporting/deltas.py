@@ -32,6 +32,7 @@ P = TypeVar("P")
 # Snapshots' changes kept per registry: a cache that missed a few renders (the other format
 # or encoding was asked meanwhile) catches up from them instead of walking every user.
 _HISTORY = 8
+_SLICE = 8192  # counts read per C call
 
 
 _Delta = tuple[Changes, Mapping[str, SessionRow]]
@@ -130,7 +131,11 @@ def remember(cache: ChunkCache[P], snapshot: RegistrySnapshot, counts: Sequence[
     if not where.unique:  # a hostile snapshot: every render walks it
         cache.delta = None
         return
-    cache.delta = DeltaState(snapshot.epoch, snapshot.generation, where, Counter(counts))
+    count_of: Counter[int] = Counter()
+    for lo in range(0, len(counts), _SLICE):  # no C call over every user (see pauses.py)
+        pause()
+        count_of.update(counts[lo : lo + _SLICE])
+    cache.delta = DeltaState(snapshot.epoch, snapshot.generation, where, count_of)
 
 
 def apply_changes(
