@@ -18,11 +18,17 @@ background load hits them alike), measured in this one process:
   this body that compresses it all again beats;
 - stock: prometheus_client's OpenMetrics encoder over GaugeMetricFamily objects plus gzip;
   gauge: the labelled-Gauge peer (a `Gauge(..., ["user_id"])` per family holding every
-  user, the usual hand-written exporter), encoded the same way; both only with `--stock`
-  and up to 200,000 users (seconds per run at 100,000 users);
+  user, the usual hand-written exporter), encoded the same way; both only with `--stock`,
+  one run each (seconds at 100,000 users, ~40 s for stock at 1,000,000), the gauge peer
+  only up to 200,000 users (its Gauges hold ~200 MiB at 100,000 users: ~2 GiB at a million);
 - cap: choosing the 10,000 users kept by the default `max_user_series`;
 - cache: what the renderer keeps between scrapes (tracemalloc: the pieces, the index of
   users to chunks, any changes kept) after ten scrapes of 1% churn, over the body's size.
+
+Wall-clock times, and the ratio to the zlib floor also in CPU time (`time.process_time`):
+on a loaded machine a render loses the CPU at its pauses (the GIL given up a moment, once a
+millisecond, see exporting/pauses.py) where the floor, which never pauses, keeps it. Last,
+how long each size took and the process's peak RSS.
 
 A second table (first size only) chooses the deflate level: each engine and level
 compressing the body's chunks as the renderer does (one piece per chunk), time and size.
@@ -36,6 +42,7 @@ import argparse
 import gc
 import gzip
 import random
+import resource
 import statistics
 import time
 import tracemalloc
@@ -128,28 +135,34 @@ def with_changes(
 
 
 def seconds(run: Callable[[], Any], before: Callable[[], Any] = lambda: None) -> float:
+    return timed(run, before)[0]
+
+
+def timed(run: Callable[[], Any], before: Callable[[], Any]) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of `run`, after `before` and a collection."""
     before()
     gc.collect()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     run()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def rounds(runs: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], repeat: int) -> dict:
     """Each run once per round, round after round: load from other processes hits all alike.
 
-    Medians of the times, and `X/Y` medians of the per-round ratios.
+    Medians of the times, and `X/Y` medians of the per-round ratios (`X/Y cpu`: of the CPU
+    times).
     """
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, (run, before) in runs.items():
-            times[name].append(seconds(run, before))
-    result = {name: statistics.median(t) for name, t in times.items()}
+            times[name].append(timed(run, before))
+    result = {name: statistics.median(wall for wall, _ in t) for name, t in times.items()}
     for mine, other in (("ours", "zlib_floor"), ("ours", "isal_floor"), ("release", "ours")):
         if mine in times and other in times:
-            result[f"{mine}/{other}"] = statistics.median(
-                a / b for a, b in zip(times[mine], times[other], strict=True)
-            )
+            pairs = list(zip(times[mine], times[other], strict=True))
+            result[f"{mine}/{other}"] = statistics.median(a[0] / b[0] for a, b in pairs)
+            result[f"{mine}/{other} cpu"] = statistics.median(a[1] / b[1] for a, b in pairs)
     return result
 
 
@@ -279,10 +292,10 @@ def bench(n: int, repeat: int, with_stock: bool) -> dict[str, float]:
             repeat,
         )
     )
-    # About a minute at 1,000,000 users: measured only where it fits in a benchmark run.
-    fits = with_stock and n <= 200_000
-    r["stock"] = seconds(lambda: stock(snap_after)) if fits else float("nan")
-    if fits:
+    # One run each: seconds at 100,000 users, ~40 s for stock at 1,000,000. The gauge peer's
+    # Gauges take ~2 KiB a user (~2 GiB at a million): not beyond 200,000 users.
+    r["stock"] = seconds(lambda: stock(snap_after)) if with_stock else float("nan")
+    if with_stock and n <= 200_000:
         peer = gauge_peer(snap_after)
         r["gauge"] = seconds(lambda: gzip.compress(generate_latest(peer), 1))  # type: ignore[no-untyped-call]
         del peer
@@ -392,7 +405,9 @@ def main() -> None:
     print(" ".join(f"{name:>{width}}" for name, width in columns))
     results = []
     for size in sizes:
+        started = time.perf_counter()
         r = bench(size, args.repeat, args.stock)
+        r["took"] = time.perf_counter() - started
         results.append(r)
         keys = (
             "release", "full", "walk", "ours", "ours_zlib", "no_age", "zlib_floor", "isal_floor",
@@ -409,12 +424,16 @@ def main() -> None:
             f"{r['cache_x']:>9.2f}x",
         ]
         print(f"{r['users']:>9,.0f} " + " ".join(cells), flush=True)
-    print(f"\n{'users':>9} {'ours/zlib floor':>15} {'ours/isal floor':>15} {'stock/ours':>10} "
-          f"{'gauge/ours':>10} {'release/ours':>12}")  # fmt: skip
+    print(f"\n{'users':>9} {'ours/zlib floor':>15} {'(CPU time)':>10} {'ours/isal floor':>15} "
+          f"{'stock/ours':>10} {'gauge/ours':>10} {'release/ours':>12}")  # fmt: skip
     for r in results:
-        print(f"{r['users']:>9,.0f} {r['ours/zlib_floor']:>14.2f}x {r['ours/isal_floor']:>14.2f}x "
+        print(f"{r['users']:>9,.0f} {r['ours/zlib_floor']:>14.2f}x "
+              f"{r['ours/zlib_floor cpu']:>9.2f}x {r['ours/isal_floor']:>14.2f}x "
               f"{r['stock'] / r['ours']:>9.1f}x {r['gauge'] / r['ours']:>9.1f}x "
               f"{r['release/ours']:>11.2f}x")  # fmt: skip
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    took = ", ".join(f"{r['users']:,.0f} users {r['took']:.0f} s" for r in results)
+    print(f"\ntook: {took}; peak RSS {peak:.1f} GiB", flush=True)
     levels(sizes[0])
 
 
