@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from agent_registry_exporter.exporting import (
 )
 from agent_registry_exporter.exporting import parts as parts_module
 from agent_registry_exporter.exporting.crc import crc32_combine
+from agent_registry_exporter.exporting.deflate import Compressor
 from agent_registry_exporter.exporting.parts import BATCH, GzipParts, deflate_piece
 
 from .conftest import ENGINES, T0, loopback_exporter
@@ -118,6 +120,41 @@ class TestHelperThread:
         body = b"".join(parts.finish())
         assert helper_threads() == []  # finish waits for it and stops it
         assert zlib.decompress(body, 31) == b"".join(texts)
+
+    def test_a_helper_behind_catches_up_in_one_call(self, engine) -> None:
+        """Batches queued while the helper was busy are compressed together, in order, up to
+        the next flush (a cached piece between them stays between them)."""
+        release, calls = threading.Event(), []
+
+        class Slow:
+            def __init__(self, real: Compressor) -> None:
+                self.real = real
+
+            def compress(self, data: bytes, /) -> bytes:
+                calls.append(len(data))
+                if len(calls) == 1:
+                    assert release.wait(10)  # busy: the next batches queue up meanwhile
+                return self.real.compress(data)
+
+            def flush(self, mode: int, /) -> bytes:
+                return self.real.flush(mode)
+
+        slow = dataclasses.replace(engine, compressobj=lambda *a: Slow(engine.compressobj(*a)))
+        parts = GzipParts(slow, batch=10)
+        texts = [b"batch %d " % n * 3 for n in range(8)]
+        for text in texts[:4]:
+            parts.text(text)
+        parts.cached(deflate_piece(b"piece", engine))
+        for text in texts[4:]:
+            parts.text(text)
+        release.set()
+        body = b"".join(parts.finish())
+        assert zlib.decompress(body, 31) == b"".join(texts[:4]) + b"piece" + b"".join(texts[4:])
+        # Whatever the helper took first, the rest of the batches before the piece came in
+        # one call and the four after it in another: three calls at most, none across it.
+        assert len(calls) <= 3
+        assert sum(calls) == 8 * len(texts[0])
+        assert 4 * len(texts[0]) in itertools.accumulate(calls)
 
     def test_small_bodies_start_no_helper(self, engine) -> None:
         parts = GzipParts(engine)

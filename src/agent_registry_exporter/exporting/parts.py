@@ -203,9 +203,27 @@ class _Helper:
 
     def _run(self, compressor: Compressor, parts: list[bytes]) -> None:
         while (batch := self._queue.get()) is not None:
-            at, data, flush = batch
+            at, data, flush = self._joined(batch)
             try:
                 parts[at] = compressed(compressor, data, flush)
             except BaseException as exc:  # raised again by join(), in the render's thread
                 self._error = exc
                 return
+
+    def _joined(self, batch: tuple[int, bytes, int | None]) -> tuple[int, bytes, int | None]:
+        """`batch` and the unflushed batches queued right after it, as one: a helper that
+        fell behind catches up in one call (each costs it a wait for the GIL). Batches with
+        no flush between them are contiguous text of the stream: no cached piece between."""
+        at, data, flush = batch
+        joined = [data]
+        while flush is None:
+            try:
+                after = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if after is None:
+                self._queue.put(None)  # the end, seen again by the loop
+                break
+            _, data, flush = after  # its place stays empty: this one's output covers it
+            joined.append(data)
+        return at, b"".join(joined) if len(joined) > 1 else joined[0], flush
