@@ -70,9 +70,16 @@ class Backend:
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def sockets() -> Iterator[Path]:
+    """The workers' socket directory: short (sun_path holds 107 bytes), removed at the end
+    (a directory made by mkdtemp and left behind piled up in /tmp, one a run)."""
+    with tempfile.TemporaryDirectory(prefix="ars-e2e-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory, sockets: Path) -> Iterator[Backend]:
     workdir = tmp_path_factory.mktemp("sidecar")
-    sockets = Path(tempfile.mkdtemp(prefix="ars-e2e-"))  # short: sun_path holds 107 bytes
     token = secrets.token_urlsafe(24)
     token_file = workdir / "token"
     token_file.write_text(token)
