@@ -425,13 +425,15 @@ step = st.one_of(
 
 
 class _Worker:
+    uncopied = 0  # the source's delta_renders_up_to: sessions left uncopied up to this many
+
     def __init__(self, name: str | None, clock: FakeClock) -> None:
         self.name, self.clock = name, clock
         self.restart()
 
     def restart(self) -> None:
         self.registry = AgentRegistry(thresholds=LIMITS, clock=self.clock, agent_close_timeout=5)
-        self.source = InProcessSource(self.registry)
+        self.source = InProcessSource(self.registry, delta_renders_up_to=self.uncopied)
 
     async def snapshot(self) -> RegistrySnapshot:
         return replace(await self.source.snapshot(), worker=self.name)
@@ -513,3 +515,15 @@ class TestAnyHistoryOverDeltas:
         100,000 users only the batches of the age family do)."""
         with mock.patch.object(parts_module, "BATCH", 1):
             asyncio.run(play(steps, engine, True))
+
+    @pytest.mark.parametrize("engine", ENGINES)
+    @pytest.mark.parametrize("sidecar", [False, True], ids=["one registry", "two workers"])
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(step, max_size=50))
+    def test_any_history_renders_a_full_renders_body_leaving_the_sessions_uncopied(
+        self, engine, sidecar, steps
+    ) -> None:
+        """The same when the snapshots with changes keep only the number of sessions and the
+        last ones (what the embedded server's source does while every user is exported)."""
+        with mock.patch.object(_Worker, "uncopied", 1000):
+            asyncio.run(play(steps, engine, sidecar))

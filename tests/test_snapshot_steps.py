@@ -7,15 +7,25 @@ import asyncio
 import contextlib
 from unittest import mock
 
+import pytest
+from aiohttp import ClientSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_registry_exporter import AgentRegistry
-from agent_registry_exporter.registry import DuplicateAgentError, RegistrySnapshot
+from agent_registry_exporter.exporting import OPENMETRICS, ExporterMetrics, Renderer, render
+from agent_registry_exporter.registry import (
+    DuplicateAgentError,
+    RegistrySnapshot,
+    SessionsAt,
+    SnapshotExpired,
+)
 from agent_registry_exporter.registry import registry as registry_module
 from agent_registry_exporter.sources import InProcessSource
 
-from .conftest import FakeClock
+from .conftest import FakeClock, loopback_exporter
+from .test_render_cache import registry_part
+from .test_render_deltas import full
 
 
 async def registry_of(users: int) -> AgentRegistry:
@@ -54,7 +64,7 @@ def same_moment(stepped: RegistrySnapshot, now: RegistrySnapshot) -> None:
     )
     assert stepped.changed_rows == now.changed_rows
     assert stepped.totals == now.totals
-    assert stepped.sessions == now.sessions
+    assert tuple(stepped.sessions) == tuple(now.sessions)
 
 
 async def test_the_loop_runs_between_the_steps_of_a_large_delta() -> None:
@@ -150,3 +160,77 @@ def test_changes_racing_the_steps_leave_one_moment(before, during) -> None:
     """Registrations, removals, detaches, re-creations and backdating between the steps:
     the rows, changes, totals and sessions are those of the snapshot's end."""
     asyncio.run(race(before, during))
+
+
+class TestSessionsLeftUncopied:
+    """With `copy_sessions=False` a delta snapshot keeps the number of sessions and the
+    last ones, not a copy of every session reference (nor a tuple for the collector)."""
+
+    async def changed(self) -> tuple[AgentRegistry, RegistrySnapshot, int]:
+        registry = await registry_of(50)
+        since = registry.generation
+        await registry.register_user_agent("u7", "a1", object())
+        await registry.detach_session("u3")
+        await registry.register_user_agent("u3", "a0", object())  # re-created: at the end
+        await registry.register_user_agent("newcomer", "a0", object())
+        return registry, await registry.snapshot_in_steps(since=since, copy_sessions=False), since
+
+    async def test_the_number_and_the_last_sessions_are_those_of_the_moment(self) -> None:
+        registry, snapshot, _ = await self.changed()
+        assert isinstance(snapshot.sessions, SessionsAt)
+        await registry.register_user_agent("later", "a0", object())  # after the moment
+        now = registry.sessions()
+        assert len(snapshot.sessions) == len(now) - 1
+        assert [snapshot.sessions[at].user_id for at in (-1, -2, -3)] == ["newcomer", "u3", "u49"]
+        with pytest.raises(SnapshotExpired):
+            list(snapshot.sessions)  # read whole after a change: no mix of two moments
+
+    async def test_read_whole_while_unchanged_it_is_the_sessions(self) -> None:
+        registry, snapshot, _ = await self.changed()
+        assert list(snapshot.sessions) == list(registry.sessions())
+        assert tuple(snapshot.sessions[10:12]) == registry.sessions()[10:12]
+
+    async def test_a_render_of_the_changes_reads_only_what_was_kept(self) -> None:
+        """The registry changes before the render: a delta render needs no more than the
+        number and the last sessions, and gives a full render's body of the moment."""
+        registry = await registry_of(300)
+        source, renderer = InProcessSource(registry, delta_renders_up_to=1000), Renderer()
+        options = {"format": OPENMETRICS, "gzipped": True, "max_user_series": 1000}
+        renderer.render(await source.snapshot(), ExporterMetrics("1"), **options)
+        await registry.register_user_agent("u5", "extra", object())
+        await registry.unregister_user_agent("u100", "a0")
+        await registry.register_user_agent("newcomer", "a0", object())
+        snapshot = await source.snapshot()
+        assert isinstance(snapshot.sessions, SessionsAt)
+        expected = render(full(snapshot), ExporterMetrics("1"), **options)
+        await registry.register_user_agent("after-the-snapshot", "a0", object())
+        ours = renderer.render(snapshot, ExporterMetrics("1"), **options)
+        assert registry_part(ours) == registry_part(expected)
+
+    async def test_a_scrape_walking_every_user_after_a_change_takes_a_full_snapshot(
+        self, monkeypatch
+    ) -> None:
+        """The first scrape without gzip walks every user (its cache is empty); the registry
+        changed after its snapshot (kept uncopied): it answers from a full snapshot, no 500."""
+        registry = await registry_of(40)
+        server = await loopback_exporter(registry, max_user_series=1000)
+        taken = InProcessSource.snapshot
+
+        async def changed_after(self: InProcessSource) -> RegistrySnapshot:
+            snapshot = await taken(self)
+            await registry.register_user_agent(f"after-{registry.generation}", "a0", object())
+            return snapshot
+
+        try:
+            async with ClientSession() as http:
+                url = f"{server.url}/metrics"
+                async with http.get(url, headers={"Accept-Encoding": "gzip"}):
+                    pass
+                monkeypatch.setattr(InProcessSource, "snapshot", changed_after)
+                async with http.get(url, headers={"Accept-Encoding": "identity"}) as resp:
+                    assert resp.status == 200
+                    body = await resp.text()
+        finally:
+            await server.stop()
+        assert 'user_id="after-' in body  # the full snapshot's, taken after the change
+        assert "agent_registry_exporter_render_failures_total 0.0" in body

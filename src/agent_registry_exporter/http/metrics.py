@@ -12,8 +12,9 @@ from aiohttp import hdrs, web
 
 from .._meta import logger_name
 from ..common.json_errors import json_error
-from ..exporting import Renderer, choose_format, wants_gzip
-from ..sources import SCRAPE_TIMEOUT_HEADER, answer_within, scrape_budget
+from ..exporting import Format, Rendered, Renderer, choose_format, wants_gzip
+from ..registry import RegistrySnapshot, SnapshotExpired
+from ..sources import SCRAPE_TIMEOUT_HEADER, answer_within, peek, scrape_budget
 from .keys import METRICS, SETTINGS, SOURCE
 
 __all__ = ["RENDERING", "Rendering", "batches", "metrics"]
@@ -56,6 +57,22 @@ def batches(parts: Iterable[bytes], size: int = _WRITE_BYTES) -> Iterator[bytes]
         yield b"".join(run)
 
 
+async def _render(
+    app: web.Application, snapshot: RegistrySnapshot, exposition: Format, gzipped: bool
+) -> Rendered:
+    settings = app[SETTINGS]
+    return await asyncio.to_thread(
+        app[RENDERING].renderer.render,
+        snapshot,
+        app[METRICS],
+        format=exposition,
+        gzipped=gzipped,
+        max_user_series=settings.max_user_series,
+        export_session_age=settings.export_session_age,
+        user_series_min_pressure=settings.user_series_min_pressure,
+    )
+
+
 async def metrics(request: web.Request) -> web.StreamResponse:
     """The exposition, Prometheus text or OpenMetrics by Accept, gzip by Accept-Encoding."""
     app = request.app
@@ -70,16 +87,14 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         with answer_within(budget):
             snapshot = await app[SOURCE].snapshot()
         try:
-            rendered = await asyncio.to_thread(
-                rendering.renderer.render,
-                snapshot,
-                app[METRICS],
-                format=exposition,
-                gzipped=gzipped,
-                max_user_series=app[SETTINGS].max_user_series,
-                export_session_age=app[SETTINGS].export_session_age,
-                user_series_min_pressure=app[SETTINGS].user_series_min_pressure,
-            )
+            try:
+                rendered = await _render(app, snapshot, exposition, gzipped)
+            except SnapshotExpired:
+                # The render walked every user after all, and the registry had changed
+                # since the snapshot (which kept only what a render of its changes reads).
+                with answer_within(budget):
+                    snapshot = await peek(app[SOURCE])
+                rendered = await _render(app, snapshot, exposition, gzipped)
         except Exception as exc:
             # Never silent: counted, logged, and /-/ready fails until a render succeeds.
             _log.exception("rendering /metrics failed")

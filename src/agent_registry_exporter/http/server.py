@@ -154,7 +154,13 @@ async def start_exporter(
     if log_decisions:
         show_decisions(settings.log_level, settings.log_format)
     source: RegistrySource = (
-        InProcessSource(registry, leak_grace_seconds=settings.leak_grace_seconds)
+        InProcessSource(
+            registry,
+            leak_grace_seconds=settings.leak_grace_seconds,
+            delta_renders_up_to=(
+                settings.max_user_series if settings.user_series_min_pressure <= 0 else 0
+            ),
+        )
         if isinstance(registry, AgentRegistry)
         else registry
     )

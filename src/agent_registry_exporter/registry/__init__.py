@@ -17,6 +17,7 @@ from .sessions import (
     check_user_id,
     created_timestamps,
 )
+from .sessions_at import SessionsAt, SnapshotExpired
 from .snapshot import RegistrySnapshot
 from .thresholds import Thresholds
 
@@ -35,6 +36,8 @@ __all__ = [
     "SessionOwner",
     "SessionRow",
     "SessionStore",
+    "SessionsAt",
+    "SnapshotExpired",
     "Status",
     "Thresholds",
     "UserAgentSession",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .changes import ChangeLog, Changes
 from .cleaned import DEFAULT_LEAK_GRACE_SECONDS
 from .lifecycle import AgentLifecycleManager
 from .sessions import Clock, SessionRow, UserAgentSession, check_user_id
+from .sessions_at import SessionsAt
 from .snapshot import RegistrySnapshot
 from .thresholds import Thresholds
 
@@ -188,6 +189,7 @@ class AgentRegistry:
         *,
         leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS,
         since: int | None = None,
+        copy_sessions: bool = True,
     ) -> RegistrySnapshot:
         """`snapshot()`, the changed users' rows read `ROWS_STEP` at a time with the loop
         running between steps (1,000 rows held it ~2 ms in one go at 100,000 users).
@@ -195,23 +197,33 @@ class AgentRegistry:
         Still one moment of the registry, its end: the users changed while a step was read
         are read again, and the last step (what changed since the one before, the totals,
         the sessions) takes no await. After a few rounds the rest is read in that step.
+        With `copy_sessions=False` a snapshot carrying changes keeps only the number of
+        sessions and the last ones (`SessionsAt`: what a render of the changes reads);
+        read whole after the registry changed, they raise `SnapshotExpired`.
         """
         rows = _ChangedRows(since)
         for _ in range(_ROUNDS):
             if since is None or not await rows.read_in_steps(self):
                 break
-        return self._snapshot(leak_grace_seconds, since, rows)
+        return self._snapshot(leak_grace_seconds, since, rows, copy_sessions)
 
     def _snapshot(
-        self, leak_grace_seconds: float, since: int | None, rows: _ChangedRows
+        self,
+        leak_grace_seconds: float,
+        since: int | None,
+        rows: _ChangedRows,
+        copy_sessions: bool = True,
     ) -> RegistrySnapshot:
         tracker = self.lifecycle_manager.cleaned_agents
         changes = None if since is None else self.changes_since(since)
         changed_rows = None if changes is None else rows.finish(self, changes)
+        sessions: Sequence[UserAgentSession] = (
+            self.sessions() if copy_sessions or changes is None else self._sessions_at(changes)
+        )
         return RegistrySnapshot(
             taken_at=self.clock(),
             thresholds=self.thresholds,
-            sessions=self.sessions(),
+            sessions=sessions,
             cleaned_agents_alive=tracker.alive_after(leak_grace_seconds),
             cleaned_agents_untracked=tracker.untracked_total,
             epoch=self.epoch,
@@ -219,6 +231,23 @@ class AgentRegistry:
             changes=changes,
             changed_rows=changed_rows,
             totals=self.totals,
+        )
+
+    def _sessions_at(self, changes: Changes) -> SessionsAt:
+        """The sessions now, uncopied: their number and the last ones, back to the first
+        whose user did not change (the changed ones at the end: the sessions created since)."""
+        end = []
+        for session in reversed(self._user_sessions.values()):
+            end.append(session)
+            if session.user_id not in changes.changed:
+                break
+        end.reverse()
+        return SessionsAt(
+            lambda: self._user_sessions,
+            lambda: self.generation,
+            self.generation,
+            len(self._user_sessions),
+            end,
         )
 
     def _row(self, user_id: str) -> SessionRow | None:

@@ -18,7 +18,9 @@ class RegistrySnapshot:
 
     Taking it copies only the list of sessions, so it is cheap on the event loop even for
     100,000 users; the renderer reads each session's agent count exactly once, so totals
-    always equal the sum of the per-user values it prints.
+    always equal the sum of the per-user values it prints. A snapshot with `changes` may
+    leave even that list uncopied (`SessionsAt`: its length and its last sessions, read
+    at `taken_at`; read whole after the registry changed, it raises `SnapshotExpired`).
     """
 
     taken_at: float

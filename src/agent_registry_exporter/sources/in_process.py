@@ -17,10 +17,18 @@ class InProcessSource:
     """A registry living in the same process (the embedded "sidecar server")."""
 
     def __init__(
-        self, registry: AgentRegistry, *, leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS
+        self,
+        registry: AgentRegistry,
+        *,
+        leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS,
+        delta_renders_up_to: int = 0,
     ) -> None:
         self.registry = registry
         self.leak_grace_seconds = leak_grace_seconds
+        # The renderer takes a snapshot's changes only while it exports every user: up to
+        # this many users (0: never), a snapshot with changes leaves the session list
+        # uncopied (`SessionsAt`; read whole after a change: `SnapshotExpired`).
+        self.delta_renders_up_to = delta_renders_up_to
         # The generation of the previous snapshot: the next one carries what changed since.
         self._last_generation: int | None = None
 
@@ -29,7 +37,9 @@ class InProcessSource:
         rendered that one re-renders only the changed users), the changed users read in
         steps so the loop keeps running."""
         snapshot = await self.registry.snapshot_in_steps(
-            leak_grace_seconds=self.leak_grace_seconds, since=self._last_generation
+            leak_grace_seconds=self.leak_grace_seconds,
+            since=self._last_generation,
+            copy_sessions=len(self.registry) > self.delta_renders_up_to,
         )
         self._last_generation = snapshot.generation
         return snapshot
