@@ -5,6 +5,10 @@ Users are ranked by pressure, their largest ratio of value to limit
 position; every violating user (pressure above 1) therefore ranks before every healthy one.
 `user_series_min_pressure` leaves out the users below that pressure; `max_user_series`
 keeps the top of the rest.
+
+With the default cap and more users, every scrape chooses: each pass over every user goes a
+slice of `_SLICE` at a time, with a pause (`pauses.pause`) between, never one C call over all
+(one sort of 1,000,000 creation times held the GIL 35-70 ms, the embedding loop with it).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from itertools import compress, count, islice, repeat
+from itertools import compress, islice, repeat
 
 from ..registry import Thresholds
+from .pauses import pause
 
 __all__ = ["select_indexes"]
+
+_SLICE = 8192  # users per C call
 
 
 def select_indexes(
@@ -32,9 +39,9 @@ def select_indexes(
 
     The K-th largest pressure is at least the K-th largest agent pressure and at least the
     K-th largest age pressure (pressure is the larger of the two). Both bounds come from C
-    loops (counting bytes, sorting nearly sorted timestamps); only users at or above the
-    larger bound are candidates (about K, more when many users tie exactly at it), and only
-    the candidates' pressures are computed.
+    loops over slices (counting counts, the K-th oldest creation time); only users at or
+    above the larger bound are candidates (about K, more when many users tie exactly at it),
+    and only the candidates' pressures are computed.
     """
     if min_pressure > 0:
         eligible = _at_pressure(counts, created, now, limits, min_pressure)
@@ -52,27 +59,18 @@ def select_indexes(
     per_agent = 1.0 / limits.agents_per_user
     per_second = 1.0 / limits.session_age_seconds
     packed = _packed(counts)
-    # The K-th largest count: the largest n with at least K counts >= n (binary search).
-    kth_count, above = 0, 256
-    while above - kth_count > 1:
-        middle = (kth_count + above) // 2
-        if _flags_at_least(packed, middle).count(1) >= keep:
-            kth_count = middle
-        else:
-            above = middle
-    by_age = sorted(created)  # sessions arrive in creation order: nearly sorted, linear
-    bound = max(kth_count * per_agent, (now - by_age[keep - 1]) * per_second)
+    kth_created, in_order = _kth_created(created, keep)
+    bound = max(_kth_count(packed, keep) * per_agent, (now - kth_created) * per_second)
     min_count = _min_count(bound, per_agent)
     # Candidates by age: a cut a millisecond generous; the exact pressure decides below.
     latest_created = now - bound / per_second + 1e-3
     many = _at_least(packed, counts, min_count)
-    if by_age == created:  # in creation order, the oldest sessions are a prefix
+    if in_order:  # in creation order, the oldest sessions are a prefix
         oldest = bisect.bisect_right(created, latest_created)
         candidates = list(range(oldest))
         candidates += sorted(i for i in many if i >= oldest)
     else:
-        old = compress(count(), map(latest_created.__ge__, created))
-        candidates = sorted(many.union(old))
+        candidates = sorted(many.union(_created_by(created, latest_created)))
     if len(candidates) == keep:
         return candidates
     pressures = _pressures(counts, created, now, per_agent, per_second, candidates)
@@ -97,8 +95,7 @@ def _at_pressure(
     per_second = 1.0 / limits.session_age_seconds
     many = _at_least(_packed(counts), counts, _min_count(min_pressure, per_agent))
     latest_created = now - min_pressure / per_second + 1e-3  # generous; decided exactly below
-    old = compress(count(), map(latest_created.__ge__, created))
-    candidates = sorted(many.union(old))
+    candidates = sorted(many.union(_created_by(created, latest_created)))
     pressures = _pressures(counts, created, now, per_agent, per_second, candidates)
     return [i for i, p in zip(candidates, pressures, strict=True) if p >= min_pressure]
 
@@ -106,10 +103,62 @@ def _at_pressure(
 def _packed(counts: Sequence[int]) -> bytes:
     """Agent counts packed one byte each (counts of 255 and more clipped: those users are far
     over any sane limit, and are found exactly), so counting and finding run in C."""
-    try:
-        return bytes(counts)
-    except ValueError:
-        return bytes(map(min, map(max, counts, repeat(0)), repeat(255)))
+    out = bytearray()
+    for lo in range(0, len(counts), _SLICE):
+        pause()
+        part = counts[lo : lo + _SLICE]
+        try:
+            out += bytes(part)
+        except ValueError:
+            out += bytes(map(min, map(max, part, repeat(0)), repeat(255)))
+    return bytes(out)
+
+
+def _kth_count(packed: bytes, keep: int) -> int:
+    """The K-th largest (packed) count: the largest n with at least `keep` counts >= n
+    (a binary search, each step counting a slice at a time)."""
+    kth_count, above = 0, 256
+    while above - kth_count > 1:
+        middle = (kth_count + above) // 2
+        table = _at_least_table(middle)
+        at_least = 0
+        for lo in range(0, len(packed), _SLICE):
+            pause()
+            at_least += packed[lo : lo + _SLICE].translate(table).count(1)
+        if at_least >= keep:
+            kth_count = middle
+        else:
+            above = middle
+    return kth_count
+
+
+def _kth_created(created: Sequence[float], keep: int) -> tuple[float, bool]:
+    """The `keep`-th earliest creation time, and whether `created` is in ascending order
+    (sessions arrive in creation order: then it is `created[keep - 1]`, nothing sorted)."""
+    for lo in range(0, len(created), _SLICE):
+        pause()
+        part = created[lo : lo + _SLICE + 1]  # one past the slice: its last pair too
+        if sorted(part) != part:  # linear on sorted floats, compared by identity
+            break
+    else:
+        return created[keep - 1], True
+    if keep > 8 * _SLICE:  # a cap this large, users out of order: slices would not pay
+        return sorted(created)[keep - 1], False
+    earliest: list[float] = []  # the `keep` earliest so far, sorted
+    for lo in range(0, len(created), _SLICE):
+        pause()
+        earliest = sorted([*earliest, *created[lo : lo + _SLICE]])[:keep]
+    return earliest[keep - 1], False
+
+
+def _created_by(created: Sequence[float], latest: float) -> set[int]:
+    """Positions of the sessions created at `latest` or earlier."""
+    found: set[int] = set()
+    for lo in range(0, len(created), _SLICE):
+        pause()
+        part = created[lo : lo + _SLICE]
+        found.update(compress(range(lo, lo + len(part)), map(latest.__ge__, part)))
+    return found
 
 
 def _min_count(bound: float, per_agent: float) -> int:
@@ -140,21 +189,27 @@ def _pressures(
     )
 
 
-def _flags_at_least(packed: bytes, least: int) -> bytes:
-    """One byte per user: 1 where its (packed) count is at least `least`."""
-    return packed.translate(bytes(int(n >= least) for n in range(256)))
+def _at_least_table(least: int) -> bytes:
+    """The `bytes.translate` table flagging (packed) counts of at least `least` with 1."""
+    return bytes(least) + b"\x01" * (256 - least)
 
 
 def _at_least(packed: bytes, counts: Sequence[int], min_count: int) -> set[int]:
     """Positions of the counts of at least `min_count`."""
-    if min_count >= 255:  # beyond what the packed bytes tell apart
-        return set(compress(count(), map(min_count.__le__, counts)))
-    flags = _flags_at_least(packed, min_count)
-    if flags.count(1) * 64 > len(flags):  # many: one C pass rather than a find per user
-        return set(compress(count(), flags))
     found: set[int] = set()
-    at = flags.find(1)
-    while at >= 0:
-        found.add(at)
-        at = flags.find(1, at + 1)
+    table = _at_least_table(min(min_count, 255))
+    for lo in range(0, len(counts), _SLICE):
+        pause()
+        positions = range(lo, min(lo + _SLICE, len(counts)))
+        if min_count >= 255:  # beyond what the packed bytes tell apart
+            found.update(compress(positions, map(min_count.__le__, counts[lo : lo + _SLICE])))
+            continue
+        flags = packed[lo : lo + _SLICE].translate(table)
+        if flags.count(1) * 64 > len(flags):  # many: one C pass rather than a find per user
+            found.update(compress(positions, flags))
+            continue
+        at = flags.find(1)
+        while at >= 0:
+            found.add(lo + at)
+            at = flags.find(1, at + 1)
     return found
