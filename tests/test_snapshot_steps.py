@@ -234,3 +234,16 @@ class TestSessionsLeftUncopied:
             await server.stop()
         assert 'user_id="after-' in body  # the full snapshot's, taken after the change
         assert "agent_registry_exporter_render_failures_total 0.0" in body
+
+
+async def test_a_source_that_never_renders_deltas_copies_an_empty_registry() -> None:
+    """`delta_renders_up_to=0` (the default) means never: an empty registry's snapshot
+    with changes is a copy too, read whole after a later change (it was a SessionsAt of
+    length 0, raising SnapshotExpired: 0 users <= 0)."""
+    registry = await registry_of(1)
+    source = InProcessSource(registry)
+    await source.snapshot()
+    await registry.detach_session("u0")  # empty now, with a change since the last snapshot
+    snapshot = await source.snapshot()
+    await registry.register_user_agent("later", "a0", object())
+    assert list(snapshot.sessions) == []

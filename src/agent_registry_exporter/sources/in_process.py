@@ -39,7 +39,8 @@ class InProcessSource:
         snapshot = await self.registry.snapshot_in_steps(
             leak_grace_seconds=self.leak_grace_seconds,
             since=self._last_generation,
-            copy_sessions=len(self.registry) > self.delta_renders_up_to,
+            copy_sessions=self.delta_renders_up_to <= 0
+            or len(self.registry) > self.delta_renders_up_to,
         )
         self._last_generation = snapshot.generation
         return snapshot
