@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory, sockets: Path) -> Iterator
                  "--host", "127.0.0.1", "--port", str(port)],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "AGENT_REGISTRY_EXPORTER_SOCKET_DIR": str(sockets)},
+                start_new_session=True,  # its own group: its workers are stopped with it
             )  # fmt: skip
 
         def both_workers() -> list[str] | None:
@@ -106,7 +108,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory, sockets: Path) -> Iterator
         try:
             workers = wait_until(both_workers, timeout=60, message="both uvicorn workers serve")
         except BaseException:
-            app.kill()
+            # SIGKILL to the master alone left its two workers (and multiprocessing's
+            # resource tracker) running, orphans re-creating the socket directory.
+            os.killpg(app.pid, signal.SIGKILL)
             app.wait(30)
             raise
         return app, port, workers
