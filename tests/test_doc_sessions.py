@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent_registry_exporter.sources import discover_workers
-from agent_registry_exporter.testing import free_port, wait_until
+from agent_registry_exporter.testing import free_port, free_ports, wait_until
 
 from .doc_blocks import ROOT, block
 from .doc_sessions import Session, Step, run_block, session
@@ -67,7 +67,7 @@ def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
     six agents each worker got aside), and the per-worker counts add up to the six."""
     (tmp_path / "app.py").write_text(block("docs/sidecar.md", "python", "serve_registry").text)
     shown = block("docs/sidecar.md", "console", "uvicorn app:app")
-    app_port, sidecar_port = free_port(), free_port()
+    app_port, sidecar_port = free_ports(2)
     replace = {
         "/tmp/sidecar-demo/": f"{tmp_path}/",  # noqa: S108 (the shown path, replaced)
         "--port 18000": f"--port {app_port}",
@@ -111,7 +111,7 @@ def test_gunicorn_session_two_uvicorn_workers_behind_one_sidecar(tmp_path: Path)
     one agent is counted once."""
     (tmp_path / "app.py").write_text(block("docs/sidecar.md", "python", "serve_registry").text)
     shown = block("docs/sidecar.md", "console", "gunicorn -k uvicorn_worker.UvicornWorker")
-    app_port, sidecar_port = free_port(), free_port()
+    app_port, sidecar_port = free_ports(2)
     replace = {
         "/tmp/gunicorn-demo/": f"{tmp_path}/",  # noqa: S108 (the shown path, replaced)
         "-b localhost:18000": f"-b 127.0.0.1:{app_port}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import sys
@@ -14,6 +15,7 @@ from agent_registry_exporter.testing import (
     ManagedProcess,
     PortInUse,
     free_port,
+    free_ports,
     start_on_free_port,
     start_on_free_port_async,
 )
@@ -116,6 +118,17 @@ class TestChildProcesses:
             assert "address already in use" in (tmp_path / f"exporter-{taken}.log").read_text()
         finally:
             proc.stop()
+
+
+class TestSeveralPorts:
+    def test_ports_asked_together_are_distinct_and_free(self) -> None:
+        """Two processes started side by side never get one port (each socket is held until
+        all are chosen; free_port() twice may give the same port back)."""
+        ports = free_ports(8)
+        assert len(set(ports)) == 8
+        with contextlib.ExitStack() as held:
+            for port in ports:
+                held.enter_context(socket.socket()).bind(("127.0.0.1", port))
 
 
 class TestPortFreeOnSeveralHosts:

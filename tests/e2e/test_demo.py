@@ -82,16 +82,18 @@ def test_ctrl_c_stops_the_demo_and_its_processes() -> None:
         assert line or proc.poll() is None, "the demo ended early: " + "".join(lines)
         return "Prometheus http://" in line
 
-    wait_until(prometheus_started, interval=0, message="the demo started Prometheus")
-    # Children are listed per thread; the stack is started from a worker thread.
-    children = [
-        pid
-        for task in Path(f"/proc/{proc.pid}/task").iterdir()
-        for pid in (task / "children").read_text().split()
-    ]
-    assert len(children) == 2, lines
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    try:
+        wait_until(prometheus_started, interval=0, message="the demo started Prometheus")
+        # Children are listed per thread; the stack is started from a worker thread.
+        children = [
+            pid
+            for task in Path(f"/proc/{proc.pid}/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        ]
+        assert len(children) == 2, lines
+    finally:  # also when the demo is slow to start: it is stopped the way it stops itself
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, "".join(lines) + out
     assert "interrupted" in out
     for pid in children:

@@ -11,6 +11,7 @@ from .ports import (
     address_in_use,
     free_port,
     free_port_on,
+    free_ports,
     start_on_free_port,
     start_on_free_port_async,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "address_in_use",
     "free_port",
     "free_port_on",
+    "free_ports",
     "get_json",
     "missing_binaries",
     "no_stray_log_handlers",

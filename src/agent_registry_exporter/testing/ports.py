@@ -22,6 +22,7 @@ __all__ = [
     "address_in_use",
     "free_port",
     "free_port_on",
+    "free_ports",
     "start_on_free_port",
     "start_on_free_port_async",
 ]
@@ -52,6 +53,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with _socket_for(host) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports free on `host` right now (each socket held until all are
+    chosen, so two never coincide); the same caveat as `free_port`."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(_socket_for(host))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def free_port_on(hosts: Sequence[str], attempts: int = 50) -> int:
