@@ -299,7 +299,7 @@ class TestCommands:
             if b.lang == "console"
             for command in b.commands()
         ]
-        assert len(commands) == 12
+        assert len(commands) == 13
         for command in commands:
             match = re.fullmatch(r"(?:cd (\w+) && )?(\S+) (\S+\.py)((?: --\S+(?: \S+)?)*)", command)
             assert match, command
