@@ -16,8 +16,11 @@ from pydantic import ValidationError
 
 from agent_registry_exporter import Settings
 from agent_registry_exporter.cli import main
-from agent_registry_exporter.flags import add_server_flags, server_overrides
-from agent_registry_exporter.settings import describe_validation_error
+from agent_registry_exporter.settings import (
+    add_server_flags,
+    describe_validation_error,
+    server_overrides,
+)
 
 from .cli_process import console_script, fetch, start_command
 from .doc_blocks import block

@@ -29,7 +29,7 @@ from agent_registry_exporter import (
     Thresholds,
     serve_registry,
 )
-from agent_registry_exporter._meta import logger_name
+from agent_registry_exporter.common.loggers import logger_name
 from agent_registry_exporter.registry import SessionColumns
 from agent_registry_exporter.sources import (
     WorkerError,

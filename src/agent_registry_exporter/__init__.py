@@ -1,6 +1,6 @@
 """agent-registry-exporter: keep multi-user AI-agent backends from leaking sessions."""
 
-from ._meta import __version__
+from ._version import __version__
 from .common import configure_logging
 from .http import ExporterServer, ListenError, create_app, start_exporter
 from .registry import (

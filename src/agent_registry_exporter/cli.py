@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._meta import __version__
+from ._version import __version__
 from .artifacts import (
     KubernetesOptions,
     RuleOptions,
@@ -28,7 +28,6 @@ from .artifacts import (
     render_rules_yaml,
 )
 from .common import configure_logging
-from .flags import add_server_flags, flags_of, own_flag, server_overrides, setting_help
 from .http import ExporterServer, ListenError, start_exporter
 from .registry import AgentRegistry, Thresholds
 from .settings import (
@@ -36,7 +35,12 @@ from .settings import (
     NO_WEBHOOK_TOKEN,
     Settings,
     ThresholdSettings,
+    add_server_flags,
     describe_validation_error,
+    flags_of,
+    own_flag,
+    server_overrides,
+    setting_help,
     unknown_environment,
 )
 from .sources import SidecarSource, UserIdHasher, socket_dir_problem

@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
-from ..flags import GO_FLAGS, SERVER_SETTINGS, own_flag
 from ..registry import Thresholds
-from ..settings import ENV_PREFIX, Settings, ThresholdSettings
+from ..settings import ENV_PREFIX, GO_FLAGS, SERVER_SETTINGS, Settings, ThresholdSettings, own_flag
 
 __all__ = ["render_configuration_page", "render_settings_tables"]
 

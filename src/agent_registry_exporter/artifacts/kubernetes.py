@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .._meta import __version__
+from .._version import __version__
 from ..common.endpoints import WEBHOOK_PATH
 from ..common.sidecar_memory import sidecar_memory_bytes
 from ..registry import Thresholds

@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
-from .._meta import LOGGER, LOGGER_NAMES
+from .loggers import LOGGER, LOGGER_NAMES
 
 __all__ = ["LOGGER", "LOGGER_NAMES", "LOG_FORMATS", "LogFormat", "configure_logging", "rfc3339"]
 

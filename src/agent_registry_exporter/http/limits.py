@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .._meta import logger_name
 from ..common.json_errors import Handler
+from ..common.loggers import logger_name
 
 __all__ = ["LISTEN_BACKLOG", "ConnectionLimiter", "descriptor_bound"]
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 
-from .._meta import logger_name
 from ..common.json_errors import json_error
+from ..common.loggers import logger_name
 from ..exporting import Format, Rendered, Renderer, choose_format, wants_gzip
 from ..registry import RegistrySnapshot, SnapshotExpired
 from ..sources import SCRAPE_TIMEOUT_HEADER, answer_within, peek, scrape_budget

@@ -8,10 +8,10 @@ import logging
 
 from aiohttp import web
 
-from .._meta import logger_name
 from ..common.bodies import refuse_encoded_bodies
 from ..common.endpoints import WEBHOOK_PATH
 from ..common.json_errors import json_errors
+from ..common.loggers import logger_name
 from .keys import CONNECTIONS, METRICS, SETTINGS, WEB_CONFIG
 from .limits import ConnectionLimiter, descriptor_bound
 from .security import CertificateExpiry, PortGuard, WebConfigWatcher

@@ -10,8 +10,8 @@ import socket
 
 from aiohttp import web
 
-from .._meta import logger_name
 from ..common.addresses import bracket_host, format_host_port
+from ..common.loggers import logger_name
 from ..common.logs import show_decisions
 from ..common.malformed import RequestLogger
 from ..registry import AgentRegistry

@@ -13,8 +13,8 @@ import logging
 from aiohttp import hdrs, web
 from pydantic import ValidationError
 
-from .._meta import logger_name
 from ..common.json_errors import json_error
+from ..common.loggers import logger_name
 from ..remediation import HOP_HEADER, WebhookPayload
 from ..settings import NO_WEBHOOK_TOKEN, Settings
 from .keys import METRICS, REMEDIATOR, SETTINGS

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .._meta import logger_name
+from ..common.loggers import logger_name
 from .cleaned import CleanedAgentTracker
 from .monitoring import MonitorResult, Status
 from .sessions import Clock, UserAgentSession

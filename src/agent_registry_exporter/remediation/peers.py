@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._meta import logger_name
 from ..common.addresses import format_host_port, parse_peers, split_host_port
+from ..common.loggers import logger_name
 
 __all__ = [
     "PeerSet",

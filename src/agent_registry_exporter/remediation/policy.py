@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from .._meta import logger_name
+from ..common.loggers import logger_name
 from ..common.token_bucket import TokenBucket
 from ..registry import CleanupResult, MonitorResult, Status
 from ..settings import Settings

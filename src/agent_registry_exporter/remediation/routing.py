@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._meta import logger_name
+from ..common.loggers import logger_name
 from .decision import Decision, Outcome, decision_for, owner
 from .forwarding import Forwarder
 from .payload import Alert, WebhookPayload

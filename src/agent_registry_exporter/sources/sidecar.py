@@ -20,7 +20,7 @@ from typing import Any, overload
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .._meta import logger_name
+from ..common.loggers import logger_name
 from ..exporting import catalogue
 from ..registry import CleanupResult, MonitorResult, RegistrySnapshot, SessionLike, Thresholds
 from ..settings import Settings

@@ -33,9 +33,9 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .._meta import logger_name
 from ..common.bodies import refuse_encoded_bodies
 from ..common.json_errors import json_error, json_errors
+from ..common.loggers import logger_name
 from ..common.malformed import RequestLogger
 from ..common.process import resident_memory_bytes
 from ..registry import DEFAULT_LEAK_GRACE_SECONDS, AgentRegistry, Changes, RegistrySnapshot

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ..._meta import logger_name
+from ...common.loggers import logger_name
 from ...exporting import catalogue as c
 
 if TYPE_CHECKING:

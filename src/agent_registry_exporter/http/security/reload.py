@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..._meta import logger_name
+from ...common.loggers import logger_name
 from ...common.setting_checks import register_setting_check
 from ...common.token_bucket import TokenBucket
 from .certificates import Validity, served_validity, warn_if_invalid

@@ -1,19 +1,12 @@
-"""The package's own names: its version and its logger names (both part of the contract).
+"""The package's logger names (part of the contract): what each documented logger says.
 
-Every layer may import this module; it imports nothing of the package, so nothing inside
-needs the package root for `__version__`, and no logger name follows a module's path.
+The bottom layer, beside the version: every layer may import it (the domain names its
+logger here too), and no logger name follows a module's path.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-__all__ = ["LOGGER", "LOGGER_NAMES", "__version__", "logger_name"]
-
-try:
-    __version__ = version("agent-registry-exporter")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+__all__ = ["LOGGER", "LOGGER_NAMES", "logger_name"]
 
 # Every logger of the package is a child of this one.
 LOGGER = "agent_registry_exporter"
@@ -40,5 +33,5 @@ def logger_name(key: str) -> str:
     """The full name of the package's logger `key` (e.g. ``"lifecycle"``)."""
     name = f"{LOGGER}.{key}"
     if name not in LOGGER_NAMES and key not in _MORE_LOGGERS:
-        raise KeyError(f"no logger {key!r}: name it in agent_registry_exporter._meta")
+        raise KeyError(f"no logger {key!r}: name it in agent_registry_exporter.common.loggers")
     return name
