@@ -13,7 +13,7 @@ from .deflate import ISAL, ZLIB, DeflateEngine, default_engine, engines
 from .exporter_metrics import ExporterMetrics
 from .formats import FORMATS, OPENMETRICS, TEXT, Format
 from .negotiation import choose_format, wants_gzip
-from .renderer import Rendered, Renderer, RenderOptions, render
+from .renderer import Rendered, Renderer, RenderOptions, delta_users_limit, render
 
 __all__ = [
     "CATALOGUE",
@@ -35,6 +35,7 @@ __all__ = [
     "check_chunk_users",
     "choose_format",
     "default_engine",
+    "delta_users_limit",
     "engines",
     "render",
     "wants_gzip",

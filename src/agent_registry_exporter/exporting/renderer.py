@@ -37,7 +37,7 @@ from .writer import (
     write_families,
 )
 
-__all__ = ["RenderOptions", "Rendered", "Renderer", "render"]
+__all__ = ["RenderOptions", "Rendered", "Renderer", "delta_users_limit", "render"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +167,15 @@ class _Selection:
     history: DeltaHistory
 
     def exports_all(self, snapshot: RegistrySnapshot) -> bool:
-        return self.min_pressure <= 0 and len(snapshot.sessions) <= self.max_user_series
+        limit = delta_users_limit(self.max_user_series, self.min_pressure)
+        return limit > 0 and len(snapshot.sessions) <= limit
+
+
+def delta_users_limit(max_user_series: int, min_pressure: float) -> int:
+    """The most users for whom a render takes a snapshot's changes (it must export every
+    one); 0: it never does, a minimum pressure leaving users out. A source that knows this
+    need not copy what only a full walk reads."""
+    return max_user_series if min_pressure <= 0 else 0
 
 
 def _write(

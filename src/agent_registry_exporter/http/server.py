@@ -14,6 +14,7 @@ from ..common.addresses import bracket_host, format_host_port
 from ..common.loggers import logger_name
 from ..common.logs import show_decisions
 from ..common.malformed import RequestLogger
+from ..exporting import delta_users_limit
 from ..registry import AgentRegistry
 from ..settings import Settings
 from ..sources import InProcessSource, RegistrySource
@@ -157,8 +158,8 @@ async def start_exporter(
         InProcessSource(
             registry,
             leak_grace_seconds=settings.leak_grace_seconds,
-            delta_renders_up_to=(
-                settings.max_user_series if settings.user_series_min_pressure <= 0 else 0
+            delta_renders_up_to=delta_users_limit(
+                settings.max_user_series, settings.user_series_min_pressure
             ),
         )
         if isinstance(registry, AgentRegistry)
