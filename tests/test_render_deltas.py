@@ -23,6 +23,7 @@ from agent_registry_exporter.exporting import (
     OPENMETRICS,
     TEXT,
     ExporterMetrics,
+    Rendered,
     Renderer,
     chunk_index,
     render,
@@ -74,6 +75,22 @@ def refuse_full_walk(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(renderer_module, "spans", walked)
 
 
+def delta_render_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+    renderer: Renderer,
+    snapshot: RegistrySnapshot,
+    metrics: ExporterMetrics,
+    **options: Any,
+) -> Rendered:
+    """`renderer`'s render of `snapshot`, which may not read every user (every patch of the
+    test undone after it), and whose registry part is a full render's."""
+    refuse_full_walk(monkeypatch)
+    ours = renderer.render(snapshot, metrics, **options)
+    monkeypatch.undo()
+    assert registry_part(ours) == registry_part(render(full(snapshot), metrics, **options))
+    return ours
+
+
 async def registry_of(users: int, clock: FakeClock) -> AgentRegistry:
     registry = AgentRegistry(thresholds=LIMITS, clock=clock)
     for n in range(users):
@@ -122,10 +139,7 @@ class TestOtherReadersOfTheSource:
         await source.look_up([hasher.digest("someone-gone")])  # known to no render: a search
         await registry.unregister_user_agent("user-0100", "a0")
         snapshot = await source.snapshot()
-        refuse_full_walk(monkeypatch)
-        ours = renderer.render(snapshot, metrics, format=TEXT)
-        monkeypatch.undo()
-        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
+        delta_render_is_full(monkeypatch, renderer, snapshot, metrics, format=TEXT)
 
     async def test_a_search_through_a_workers_sessions_leaves_the_sidecar_its_delta(
         self, socket_dir, monkeypatch
@@ -148,10 +162,7 @@ class TestOtherReadersOfTheSource:
                 snapshot = await worker.snapshot()
             finally:
                 await worker.close()
-        refuse_full_walk(monkeypatch)
-        ours = renderer.render(snapshot, metrics, format=TEXT)
-        monkeypatch.undo()
-        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
+        ours = delta_render_is_full(monkeypatch, renderer, snapshot, metrics, format=TEXT)
         assert b'user_id="user-0005"} 2' in ours.body
 
     async def test_a_count_of_every_workers_users_leaves_the_sidecar_its_deltas(
@@ -173,10 +184,7 @@ class TestOtherReadersOfTheSource:
                 snapshot = await source.snapshot()
             finally:
                 await source.close()
-        refuse_full_walk(monkeypatch)
-        ours = renderer.render(snapshot, metrics, format=TEXT)
-        monkeypatch.undo()
-        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, format=TEXT))
+        delta_render_is_full(monkeypatch, renderer, snapshot, metrics, format=TEXT)
 
 
 class TestOnlyTheChangedChunks:
@@ -197,10 +205,7 @@ class TestOnlyTheChangedChunks:
         await registry.register_user_agent("newcomer", "a", object())
         (await registry.get_user_session("user-0200")).created_timestamp -= 100
         snapshot = await source.snapshot()
-        refuse_full_walk(monkeypatch)
-        ours = renderer.render(snapshot, metrics, **options)
-        monkeypatch.undo()
-        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, **options))
+        ours = delta_render_is_full(monkeypatch, renderer, snapshot, metrics, **options)
         # The untouched chunks' pieces went out again as they were: most of the body.
         assert len(reused_pieces(first, ours)) >= 2 * (len(cache_of(renderer).order) - 6)
 
@@ -283,10 +288,7 @@ class TestOnlyTheChangedChunks:
         for n in range(28, 40):
             await registry.detach_session(f"user-{n:04d}")
         snapshot = await source.snapshot()
-        refuse_full_walk(monkeypatch)
-        ours = renderer.render(snapshot, metrics, **options)
-        monkeypatch.undo()
-        assert registry_part(ours) == registry_part(render(full(snapshot), metrics, **options))
+        ours = delta_render_is_full(monkeypatch, renderer, snapshot, metrics, **options)
         await grow("user-0002", 256)
         await registry.unregister_user_agent("user-0001", "x0")
         snapshot = full(await source.snapshot())  # no changes known: the cache is walked
