@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from ..common.json_errors import json_error
 from ..common.loggers import logger_name
 from ..exporting import Format, Rendered, Renderer, choose_format, wants_gzip
+from ..exporting.pauses import in_thread
 from ..registry import RegistrySnapshot, SnapshotExpired
 from ..sources import SCRAPE_TIMEOUT_HEADER, answer_within, peek, scrape_budget
 from .keys import METRICS, SETTINGS, SOURCE
@@ -61,7 +62,8 @@ async def _render(
     app: web.Application, snapshot: RegistrySnapshot, exposition: Format, gzipped: bool
 ) -> Rendered:
     settings = app[SETTINGS]
-    return await asyncio.to_thread(
+    # The render's pauses hand the GIL to this loop when it waits: see exporting/pauses.py.
+    return await in_thread(
         app[RENDERING].renderer.render,
         snapshot,
         app[METRICS],

@@ -1,0 +1,138 @@
+"""A render's pauses hand the GIL to the loop that started it whenever that loop is late:
+giving the GIL up for a moment (`time.sleep(0)`) let the render take it straight back, and
+the loop waited a whole switch interval more (the stall of issue 21)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from time import perf_counter
+
+import pytest
+
+from agent_registry_exporter import AgentRegistry
+from agent_registry_exporter.exporting import Renderer, pauses
+
+from .conftest import loopback_exporter
+
+
+@pytest.fixture
+def every_pause(monkeypatch) -> None:
+    """Every chance to pause is taken, and a hand-over waits however loaded the machine is."""
+    monkeypatch.setattr(pauses, "PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(pauses, "HAND_OVER_SECONDS", 60.0)
+
+
+def late_beat() -> pauses.Heartbeat:
+    """A heartbeat on this loop that is not ticking and last ticked a minute ago."""
+    beat = pauses.Heartbeat(asyncio.get_running_loop())
+    beat.at -= 60.0
+    return beat
+
+
+async def test_a_pause_waits_until_a_late_loop_has_run(every_pause) -> None:
+    beat = late_beat()
+    resumed = threading.Event()
+
+    def render() -> None:
+        with pauses.watched_by(beat):
+            pauses.pause()
+        resumed.set()
+
+    thread = asyncio.ensure_future(asyncio.to_thread(render))
+    await asyncio.sleep(0.05)
+    assert not resumed.is_set()  # the loop has not ticked: the pause still waits for it
+    beat.tick()
+    try:
+        await thread
+        assert resumed.is_set()
+    finally:
+        beat.stop()
+
+
+async def test_a_pause_does_not_wait_for_a_loop_on_time(every_pause, monkeypatch) -> None:
+    beat = pauses.Heartbeat(asyncio.get_running_loop())
+    beat.at = perf_counter() + 3600.0  # ticked "just now", whatever the machine's speed
+    waited: list[float] = []
+    monkeypatch.setattr(pauses.Heartbeat, "hand_over", lambda self: waited.append(self.at))
+
+    def render() -> int:
+        with pauses.watched_by(beat):
+            for _ in range(100):
+                pauses.pause()
+        return pauses.pauses_taken()
+
+    assert await asyncio.to_thread(render) == 100  # each pause taken (a sleep(0))
+    assert waited == []
+
+
+async def test_a_loop_busy_elsewhere_is_waited_for_once_per_tick(monkeypatch) -> None:
+    monkeypatch.setattr(pauses, "PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(pauses, "HAND_OVER_SECONDS", 0.01)
+    beat = late_beat()  # and it never ticks: the loop is busy (here: awaiting the thread)
+    started: list[float] = []
+    hand_over = pauses.Heartbeat.hand_over
+
+    def spy(self: pauses.Heartbeat) -> None:
+        started.append(perf_counter())
+        hand_over(self)
+
+    monkeypatch.setattr(pauses.Heartbeat, "hand_over", spy)
+
+    def render() -> None:
+        with pauses.watched_by(beat):
+            for _ in range(50):
+                pauses.pause()
+
+    await asyncio.to_thread(render)
+    assert len(started) == 1  # waited in vain once, then went on without waiting again
+    assert beat.missed == beat.at
+    beat.at -= 1.0  # the loop ticked once since (long ago): its next tick is waited for
+    await asyncio.to_thread(render)
+    assert len(started) == 2
+
+
+async def test_in_thread_watches_the_call_and_stops_ticking_after_it(every_pause) -> None:
+    seen: list[pauses.Heartbeat | None] = []
+
+    def render(fail: bool) -> str:
+        beat = pauses._watched.get()
+        seen.append(beat)
+        assert beat is not None
+        assert beat.ticking
+        if fail:
+            raise RuntimeError("render failed")
+        return "body"
+
+    assert await pauses.in_thread(render, False) == "body"
+    with pytest.raises(RuntimeError, match="render failed"):
+        await pauses.in_thread(render, True)
+    assert [beat is not None and not beat.ticking for beat in seen] == [True, True]
+    assert pauses._watched.get() is None  # nothing left set in the caller's context
+
+
+async def test_a_metrics_render_is_watched_by_the_servers_loop(
+    monkeypatch, registry: AgentRegistry
+) -> None:
+    watched: list[pauses.Heartbeat | None] = []
+    render = Renderer.render
+
+    def spy(self: Renderer, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        watched.append(pauses._watched.get())
+        return render(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Renderer, "render", spy)
+    await registry.register_user_agent("u1", "a1", object())
+    server = await loopback_exporter(registry)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = await reader.read()
+        writer.close()
+        assert body.startswith(b"HTTP/1.1 200")
+        assert b'agent_registry_user_agents{user_id="u1"} 1' in body
+    finally:
+        await server.stop()
+    assert len(watched) == 1
+    assert isinstance(watched[0], pauses.Heartbeat)
+    assert not watched[0].ticking  # stopped with the render
