@@ -53,11 +53,29 @@ class Deflated(NamedTuple):
     size: int  # bytes of text
 
 
+class _Streams(threading.local):
+    """Each thread's stream for pieces, by engine (~30 KiB for ISA-L, ~90 KiB for zlib)."""
+
+    def __init__(self) -> None:
+        self.by_engine: dict[DeflateEngine, Compressor] = {}
+
+
+_streams = _Streams()
+
+
 def deflate_piece(text: bytes, engine: DeflateEngine) -> Deflated:
-    """`text` compressed on its own, ready to be spliced into any gzip body."""
+    """`text` compressed on its own, ready to be spliced into any gzip body.
+
+    Each piece is what one stream gives between two full flushes: the flush ends it on a
+    byte boundary and drops the history, so the next piece refers to nothing before it.
+    A stream set up once per thread, not per piece: setting one up took a sixth of a
+    piece's time (100,000 users, 1% changed: ~700 pieces a render).
+    """
     pause()
-    compressor = engine.raw(_PIECE_WINDOW_BITS)
-    data = compressor.compress(text) + compressor.flush(engine.sync_flush)
+    # Taken out while in use: a piece that fails (no memory) leaves no stream half used.
+    compressor = _streams.by_engine.pop(engine, None) or engine.raw(_PIECE_WINDOW_BITS)
+    data = compressor.compress(text) + compressor.flush(engine.full_flush)
+    _streams.by_engine[engine] = compressor
     return Deflated(data, engine.crc32(text, 0), len(text))
 
 
