@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import gc
 import gzip
+import math
 import random
 import resource
 import statistics
@@ -388,6 +389,12 @@ def levels(n: int) -> None:
               f"{elapsed / base[0]:>8.2f}x {size / base[1]:>10.2f}x", flush=True)  # fmt: skip
 
 
+def cell(value: float, width: int, spec: str, unit: str = "") -> str:
+    """`value` and `unit` right-aligned in `width`; a dash for what was not measured (nan)."""
+    text = "-" if math.isnan(value) else f"{value:{spec}}{unit}"
+    return f"{text:>{width}}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
@@ -416,8 +423,8 @@ def main() -> None:
         )  # fmt: skip
         cells = [f"{r[k] * 1e3:>{w}.0f}" for k, (_, w) in zip(keys, columns[1:9], strict=True)]
         cells += [
-            f"{r['stock'] * 1e3:>8.0f}",
-            f"{r['gauge'] * 1e3:>8.0f}",
+            cell(r["stock"] * 1e3, 8, ".0f"),
+            cell(r["gauge"] * 1e3, 8, ".0f"),
             f"{r['cap'] * 1e3:>6.1f}",
         ]
         cells += [
@@ -431,7 +438,8 @@ def main() -> None:
     for r in results:
         print(f"{r['users']:>9,.0f} {r['ours/zlib_floor']:>14.2f}x "
               f"{r['ours/zlib_floor cpu']:>9.2f}x {r['ours/isal_floor']:>14.2f}x "
-              f"{r['stock'] / r['ours']:>9.1f}x {r['gauge'] / r['ours']:>9.1f}x "
+              f"{cell(r['stock'] / r['ours'], 10, '.1f', 'x')} "
+              f"{cell(r['gauge'] / r['ours'], 10, '.1f', 'x')} "
               f"{r['release/ours']:>11.2f}x")  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     took = ", ".join(f"{r['users']:,.0f} users {r['took']:.0f} s" for r in results)
