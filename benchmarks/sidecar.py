@@ -170,9 +170,9 @@ async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, floa
             }
         ).encode()
 
-    def delta() -> bytes:
-        snapshot, changes = registry.snapshot(), registry.changes_since(since, registry.epoch)
-        body = delta_answer(registry, snapshot, identity, changes)
+    async def delta() -> bytes:
+        snapshot = await registry.snapshot_in_steps(since=since, copy_sessions=False)
+        body = delta_answer(snapshot, identity)
         assert body is not None
         return body
 
@@ -188,7 +188,7 @@ async def encoding_ms(registry: AgentRegistry, repeat: int) -> tuple[float, floa
         since = registry.generation
         await churn()
         before = time.process_time()
-        delta()
+        await delta()
         deltas.append(time.process_time() - before)
     return tuple(statistics.median(t) * 1000 for t in (packed, as_json, deltas))  # type: ignore[return-value]
 

@@ -35,13 +35,17 @@ def cut_delta(
     totals: tuple[int, int],
 ) -> Delta:
     """The delta of `sessions` (every session, in the registry's order, read in the same
-    step as `changed`, `removed` and `totals`); `find` looks a session up by id."""
-    tail = 0
+    step as `changed`, `removed` and `totals`); `find` looks a session up by id.
+
+    Only the end of `sessions` is read, one index at a time: a `SessionsAt` (a snapshot's
+    sessions left uncopied) holds just that end, and a slice would copy every session."""
+    at_end: list[SessionLike] = []
     for session in reversed(sessions):  # stops at the first unchanged session
         if session.user_id not in changed:
             break
-        tail += 1
-    at_end = sessions[len(sessions) - tail :]
+        at_end.append(session)
+    at_end.reverse()
+    tail = len(at_end)
     in_tail = {s.user_id for s in at_end}
     in_place: list[SessionLike] = []
     gone = list(removed)
