@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from dataclasses import replace
@@ -51,7 +52,27 @@ class TestExact:
         h = age_histogram(created, T0, limit)
         printed = [T0 - c for c in created]
         assert h.cumulative == (*(sum(a <= b for a in printed) for b in h.bounds), len(created))
-        assert abs(h.total - sum(printed)) <= 1e-6 * max(1.0, abs(sum(printed)))
+        # As close as summing the printed ages one by one can be (error bound of that sum).
+        bound = len(printed) * 2.0**-53 * math.fsum(map(abs, printed))
+        assert abs(h.total - math.fsum(printed)) <= bound
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.floats(0, 1.0), max_size=6000), st.floats(0, 1.0))
+    def test_the_age_sum_is_the_sum_of_the_printed_ages_at_any_instant(self, ages, fraction):
+        """Young sessions, a scrape at a fractional second, past one slice: the sum is as
+        exact as adding the printed ages (not `len * now - sum(created)`, which cancels)."""
+        now = T0 + fraction
+        created = [now - a for a in ages]
+        printed = [now - c for c in created]
+        total = age_histogram(created, now, 90_000).total
+        assert abs(total - math.fsum(printed)) <= len(printed) * 2.0**-53 * math.fsum(printed)
+
+    def test_sessions_created_at_the_scrape_sum_to_no_age(self) -> None:
+        """20,000 sessions all created at the scrape's instant: every age printed 0, and so
+        is their sum (`len * now - sum(created)` made it 2.2 s; 100 sessions, a negative sum)."""
+        now = T0 + 0.1
+        for sessions in (100, 20_000):
+            assert age_histogram([now] * sessions, now, 90_000).total == 0.0
 
 
 class TestSlices:

@@ -9,8 +9,11 @@ single C call holds the GIL for long (the embedding backend's loop runs between 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from itertools import chain
 
 from .pauses import pause
 
@@ -85,15 +88,16 @@ def age_histogram(created: Sequence[float], now: float, limit: float) -> Histogr
     was created at `now - bound` or later), not on ages computed for every session: sorting
     a slice of them is nearly free (a registry's order is creation order) and the map of
     `now - created` over every user was the histogram's largest cost. Where that rule and
-    the subtraction round apart, the subtraction decides, as the gauge prints it.
+    the subtraction round apart, the subtraction decides, as the gauge prints it. The sum
+    is each slice's `len * now - sum(created)` taken exactly (see `_age_sum`).
     """
     bounds = bounds_with(AGE_BUCKETS, limit)
     at_most = [0] * len(bounds)
-    created_sum = 0.0
+    total = 0.0
     for lo in range(0, len(created), _SLICE):
         pause()
         part = sorted(created[lo : lo + _SLICE])  # oldest first: ages from the largest down
-        created_sum += sum(part)
+        total += _age_sum(part, now)
         for i, bound in enumerate(bounds):
             at = bisect.bisect_left(part, now - bound)  # the first one young enough, nearly
             while at > 0 and now - part[at - 1] <= bound:
@@ -101,4 +105,17 @@ def age_histogram(created: Sequence[float], now: float, limit: float) -> Histogr
             while at < len(part) and now - part[at] > bound:
                 at += 1
             at_most[i] += len(part) - at
-    return Histogram(bounds, (*at_most, len(created)), len(created) * now - created_sum)
+    return Histogram(bounds, (*at_most, len(created)), total)
+
+
+def _age_sum(created: list[float], now: float) -> float:
+    """`sum(now - c for c in created)` rounded once, without a list of ages. Not `len * now
+    - sum(created)` in floats: each term near `len * now` rounds by far more than the ages
+    add up to (20,000 sessions of age 0 summed to 2.2 s, 100 of them to a negative sum)."""
+    try:
+        product = Fraction(now) * len(created)
+        high = float(product)
+        low = float(product - Fraction(high))  # exact: a slice's length has 13 bits at most
+        return 0.0 - math.fsum(chain(created, (-high, -low)))  # 0.0 -: never a -0.0
+    except (ValueError, OverflowError):  # NaN or infinite times, or an overflow: as printed
+        return sum(map(now.__sub__, created))
