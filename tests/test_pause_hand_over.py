@@ -5,6 +5,7 @@ the loop waited a whole switch interval more (the stall of issue 21)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from time import perf_counter
 
@@ -48,6 +49,37 @@ async def test_a_pause_waits_until_a_late_loop_has_run(every_pause) -> None:
         assert resumed.is_set()
     finally:
         beat.stop()
+
+
+async def test_a_pause_waiting_for_the_loop_leaves_it_the_gil(every_pause, monkeypatch) -> None:
+    """The wait sleeps, it does not spin holding the GIL: with a switch interval of an hour
+    (the GIL never taken by force), the loop still runs and ticks while a pause waits for
+    it, so the pause never waits in vain."""
+    beat = late_beat()
+    loop, waiting = asyncio.get_running_loop(), asyncio.Event()
+    hand_over = pauses.Heartbeat.hand_over
+
+    def spy(self: pauses.Heartbeat) -> None:
+        loop.call_soon_threadsafe(waiting.set)
+        hand_over(self)
+
+    monkeypatch.setattr(pauses.Heartbeat, "hand_over", spy)
+
+    def render() -> None:
+        with pauses.watched_by(beat):
+            pauses.pause()
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(3600.0)
+    try:
+        thread = asyncio.ensure_future(asyncio.to_thread(render))
+        await waiting.wait()
+        beat.tick()  # the loop runs while the pause waits: a spinning wait would not let it
+        await thread
+    finally:
+        sys.setswitchinterval(switch_interval)
+        beat.stop()
+    assert beat.missed == -1.0  # the pause saw the loop tick: it never gave up waiting
 
 
 async def test_a_pause_does_not_wait_for_a_loop_on_time(every_pause, monkeypatch) -> None:
