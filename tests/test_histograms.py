@@ -67,6 +67,15 @@ class TestExact:
         total = age_histogram(created, now, 90_000).total
         assert abs(total - math.fsum(printed)) <= len(printed) * 2.0**-53 * math.fsum(printed)
 
+    def test_a_nan_creation_time_from_a_hostile_worker_is_in_no_bucket(self) -> None:
+        """A worker's snapshot may carry NaN times: that age (printed NaN) is at most no bound,
+        and the others are still counted exactly (NaN sorted among them broke the order)."""
+        created = [T0 - 5000.0, math.nan, T0 - 100.0, T0 - 50_000.0, T0 - 4000.0] * 3
+        h = age_histogram(created, T0, 90_000)
+        printed = [T0 - c for c in created]
+        assert h.cumulative == (*(sum(a <= b for a in printed) for b in h.bounds), len(created))
+        assert math.isnan(h.total)
+
     def test_sessions_created_at_the_scrape_sum_to_no_age(self) -> None:
         """20,000 sessions all created at the scrape's instant: every age printed 0, and so
         is their sum (`len * now - sum(created)` made it 2.2 s; 100 sessions, a negative sum)."""

@@ -97,7 +97,10 @@ def age_histogram(created: Sequence[float], now: float, limit: float) -> Histogr
     for lo in range(0, len(created), _SLICE):
         pause()
         part = sorted(created[lo : lo + _SLICE])  # oldest first: ages from the largest down
-        total += _age_sum(part, now)
+        ages_sum = _age_sum(part, now)
+        total += ages_sum
+        if ages_sum != ages_sum:  # NaN: a NaN time (a hostile worker's) sorts anywhere
+            part = sorted(c for c in part if now - c == now - c)  # a NaN age: in no bucket
         for i, bound in enumerate(bounds):
             at = bisect.bisect_left(part, now - bound)  # the first one young enough, nearly
             while at > 0 and now - part[at - 1] <= bound:
