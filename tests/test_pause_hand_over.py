@@ -143,6 +143,49 @@ async def test_in_thread_watches_the_call_and_stops_ticking_after_it(every_pause
     assert pauses._watched.get() is None  # nothing left set in the caller's context
 
 
+async def test_a_cancelled_render_stops_its_heartbeat_and_waits_for_it_once(monkeypatch) -> None:
+    """The scraper hung up: the await is cancelled, the thread renders on. No heartbeat is
+    left ticking on the loop, and the thread's pauses wait in vain for it once, not at each."""
+    monkeypatch.setattr(pauses, "PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(pauses, "HAND_OVER_SECONDS", 0.01)
+    waited: list[float] = []
+    hand_over = pauses.Heartbeat.hand_over
+
+    def spy(self: pauses.Heartbeat) -> None:
+        waited.append(self.at)
+        hand_over(self)
+
+    monkeypatch.setattr(pauses.Heartbeat, "hand_over", spy)
+    seen: list[pauses.Heartbeat] = []
+    started, cancelled, done = threading.Event(), threading.Event(), threading.Event()
+
+    def render() -> None:
+        beat = pauses._watched.get()
+        assert beat is not None
+        seen.append(beat)
+        started.set()
+        cancelled.wait()
+        for _ in range(50):
+            pauses.pause()
+        done.set()
+
+    task = asyncio.ensure_future(pauses.in_thread(render))
+    try:
+        await asyncio.to_thread(started.wait)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (beat,) = seen
+        ticking = beat.ticking
+        beat.stop()
+        beat.at -= 60.0  # and the loop has not ticked for a minute since
+    finally:
+        cancelled.set()  # the thread goes on (and ends) whatever the test found
+    await asyncio.to_thread(done.wait)
+    assert not ticking
+    assert len(waited) == 1
+
+
 async def test_a_metrics_render_is_watched_by_the_servers_loop(
     monkeypatch, registry: AgentRegistry
 ) -> None:
