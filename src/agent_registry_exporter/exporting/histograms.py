@@ -102,13 +102,15 @@ def age_histogram(created: Sequence[float], now: float, limit: float) -> Histogr
         if ages_sum != ages_sum:  # NaN: a NaN time (a hostile worker's) sorts anywhere
             part = sorted(c for c in part if now - c == now - c)  # a NaN age: in no bucket
         for i, bound in enumerate(bounds):
-            at = bisect.bisect_left(part, now - bound)  # the first one young enough, nearly
-            while at > 0 and now - part[at - 1] <= bound:
-                at -= 1
-            while at < len(part) and now - part[at] > bound:
-                at += 1
-            at_most[i] += len(part) - at
+            at_most[i] += len(part) - _first_young(part, now, bound)
     return Histogram(bounds, (*at_most, len(created)), total)
+
+
+def _first_young(part: list[float], now: float, bound: float) -> int:
+    """The first of the sorted creation times whose age (`now - created`) is at most
+    `bound`: a bisection on that very test, which is monotone in the creation time (the
+    subtraction rounds, but never out of order), in a dozen steps, however many are equal."""
+    return bisect.bisect_left(part, True, key=lambda created: now - created <= bound)
 
 
 def _age_sum(created: list[float], now: float) -> float:
