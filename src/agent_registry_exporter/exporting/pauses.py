@@ -13,7 +13,9 @@ thread took it meanwhile). So a render run by `in_thread` is watched by a `Heart
 loop that started it: when that has not ticked on time, the loop is waiting, and the pause
 sleeps until the loop has run (at most `HAND_OVER_SECONDS`). Otherwise, and in a render no
 loop watches, a pause is `time.sleep(0)`, which lets in a thread already waiting (the gzip
-helper, see parts.py) at the cost of a system call.
+helper, see parts.py) at the cost of a system call. A host whose loop is busy with Python
+work of its own is late at every tick: it gets every pause, and the scrape takes longer
+(the host first: its requests are what the exporter must never slow).
 """
 
 from __future__ import annotations
