@@ -12,7 +12,7 @@ from time import perf_counter
 import pytest
 
 from agent_registry_exporter import AgentRegistry
-from agent_registry_exporter.exporting import Renderer, pauses
+from agent_registry_exporter.exporting import ISAL, ZLIB, Renderer, parts, pauses
 
 from .conftest import loopback_exporter
 
@@ -94,7 +94,7 @@ async def test_a_pause_does_not_wait_for_a_loop_on_time(every_pause, monkeypatch
                 pauses.pause()
         return pauses.pauses_taken()
 
-    assert await asyncio.to_thread(render) == 100  # each pause taken (a sleep(0))
+    assert await asyncio.to_thread(render) == 100  # each pause reached, none waited
     assert waited == []
 
 
@@ -211,3 +211,66 @@ async def test_a_metrics_render_is_watched_by_the_servers_loop(
     assert len(watched) == 1
     assert isinstance(watched[0], pauses.Heartbeat)
     assert not watched[0].ticking  # stopped with the render
+
+
+def in_a_thread(work):  # type: ignore[no-untyped-def]
+    """`work()` in a fresh thread (its own pause count and helpers, as a render's), its result."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(work()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def test_a_pause_sleeps_only_while_a_helper_may_wait(every_pause, monkeypatch) -> None:
+    """No loop watching and no helper: nobody is known to want the GIL, and a pause costs
+    no system call (a sleep(0) lasts ~0.08 ms); with a helper running, each pause lets it in."""
+    slept: list[float] = []
+    monkeypatch.setattr(pauses, "sleep", slept.append)
+
+    def work() -> tuple[int, int, int]:
+        for _ in range(10):
+            pauses.pause()
+        alone = len(slept)
+        pauses.helper_started()
+        for _ in range(10):
+            pauses.pause()
+        pauses.helper_stopped()
+        helped = len(slept) - alone
+        for _ in range(10):
+            pauses.pause()
+        return alone, helped, len(slept) - alone - helped
+
+    assert in_a_thread(work) == (0, 10, 0)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
+def test_a_gzip_body_counts_its_helper_while_it_runs(fails, monkeypatch) -> None:
+    """The gzip parts' helper thread is this thread's helper from its start to its stop,
+    once, whether the body is finished or the render fails first."""
+    seen: list[int] = []
+    real_put = parts._Helper.put
+
+    def put(self, *args):  # type: ignore[no-untyped-def]
+        seen.append(pauses._last.helpers)
+        real_put(self, *args)
+
+    monkeypatch.setattr(parts._Helper, "put", put)
+
+    def work() -> int:
+        body = parts.GzipParts(ISAL if ISAL is not None else ZLIB, batch=1024)
+        try:
+            for _ in range(4):
+                body.text(b"x" * 2048)
+            if fails:
+                raise RuntimeError("render failed")
+            body.finish()
+        except RuntimeError:
+            pass
+        finally:
+            body.close()
+        body.close()  # closed twice: still counted off once
+        return pauses._last.helpers
+
+    assert in_a_thread(work) == 0
+    assert set(seen) == {1}  # the helper started, and counted once while it ran

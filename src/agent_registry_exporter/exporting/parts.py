@@ -19,7 +19,7 @@ import threading
 from typing import NamedTuple, Protocol, TypeVar
 
 from .deflate import Compressor, DeflateEngine
-from .pauses import pause
+from .pauses import helper_started, helper_stopped, pause
 
 __all__ = [
     "BATCH",
@@ -201,10 +201,13 @@ class _Helper:
     def __init__(self, compressor: Compressor, parts: list[bytes]) -> None:
         self._queue: queue.SimpleQueue[tuple[int, bytes, int | None] | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
+        self._counted = False
         self._thread = threading.Thread(
             target=self._run, args=(compressor, parts), name="gzip-batches", daemon=True
         )
         self._thread.start()
+        self._counted = True
+        helper_started()  # the render's pauses let this thread in (see pauses.py)
 
     def put(self, at: int, data: bytes, flush: int | None) -> None:
         self._queue.put((at, data, flush))
@@ -218,6 +221,9 @@ class _Helper:
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        if self._counted:  # on the render's thread, as the start: once, however often stopped
+            self._counted = False
+            helper_stopped()
 
     def _run(self, compressor: Compressor, parts: list[bytes]) -> None:
         while (batch := self._queue.get()) is not None:
