@@ -1,7 +1,7 @@
 """agent-registry-exporter: keep multi-user AI-agent backends from leaking sessions."""
 
-from ._version import __version__
 from .common import configure_logging
+from .common.version import __version__
 from .http import ExporterServer, ListenError, create_app, start_exporter
 from .registry import (
     AgentLifecycleManager,

@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._version import __version__
 from .artifacts import (
     KubernetesOptions,
     RuleOptions,
@@ -28,6 +27,7 @@ from .artifacts import (
     render_rules_yaml,
 )
 from .common import configure_logging
+from .common.version import __version__
 from .http import ExporterServer, ListenError, start_exporter
 from .registry import AgentRegistry, Thresholds
 from .settings import (

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from .._version import __version__
 from ..common.endpoints import WEBHOOK_PATH
 from ..common.sidecar_memory import sidecar_memory_bytes
+from ..common.version import __version__
 from ..registry import Thresholds
 from ..settings import ENV_PREFIX, Settings
 from .alertmanager_route import RECEIVER, AlertmanagerRoute, render_alertmanager_config

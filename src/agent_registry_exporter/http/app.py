@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from .._version import __version__
+from ..common.version import __version__
 from ..exporting import ExporterMetrics
 from ..remediation import Decision
 from ..settings import Settings

@@ -10,10 +10,10 @@ from html import escape as html_escape
 
 from aiohttp import web
 
-from .._version import __version__
 from ..common.endpoints import HEALTHY_PATH, METRICS_PATH, READY_PATH, WEBHOOK_PATH
 from ..common.json_errors import json_error
 from ..common.loggers import logger_name
+from ..common.version import __version__
 from ..sources import WorkerSources, peek
 from .keys import SETTINGS, SOURCE
 from .metrics import RENDERING

@@ -1,7 +1,7 @@
 """The package's version (part of the contract), read from its installed metadata.
 
 Every layer may import this module; it imports nothing of the package, so nothing inside
-needs the package root for `__version__`.
+needs the package root for `__version__`. A helper, not a stage: it sits in `common/`.
 """
 
 from __future__ import annotations
