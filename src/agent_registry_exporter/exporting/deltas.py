@@ -19,7 +19,7 @@ from dataclasses import replace
 from itertools import chain
 from typing import TypeVar
 
-from ..registry import Changes, RegistrySnapshot, SessionRow
+from ..registry import Changes, RegistrySnapshot, SessionRow, changed_at_end
 from .chunk_index import ChunkIndex
 from .chunks import Chunk, ChunkCache, DeltaState, packed
 from .histograms import Histogram, agents_histogram_of
@@ -148,7 +148,9 @@ def apply_changes(
     if state is None or changes is None or rows is None:
         return None
     where = state.where
-    tail = _created_since(snapshot.sessions, changes.changed)
+    # The sessions created since, and changed users just before them: last in the cache's
+    # order too, so taking them out and back in keeps the order.
+    tail = [s.user_id for s in changed_at_end(snapshot.sessions, changes.changed)]
     in_place = changes.changed.difference(tail)
     leaving = _held(where, chain(changes.removed, tail))
     # Checked before anything moves: a cache that does not match is never half updated.
@@ -204,20 +206,6 @@ def _held(where: ChunkIndex[Chunk[P]], user_ids: Iterable[str]) -> list[str]:
         if user_id in where:
             held.append(user_id)
     return held
-
-
-def _created_since(sessions: Sequence[object], changed: frozenset[str]) -> list[str]:
-    """The longest suffix of the registry's order whose users all changed: every session
-    created since (they are last), and changed users just before them, which are last in
-    the cache's order too (so taking them out and back in keeps the order)."""
-    tail: list[str] = []
-    for session in reversed(sessions):
-        user_id: str = session.user_id  # type: ignore[attr-defined]
-        if user_id not in changed:
-            break
-        tail.append(user_id)
-    tail.reverse()
-    return tail
 
 
 def _take(chunk: Chunk[P], user_id: str) -> int:

@@ -2,7 +2,7 @@
 results, the tracker that tells whether cleaned agents were really freed, and the change log
 that readers of only what changed read."""
 
-from .changes import Changes
+from .changes import Changes, changed_at_end
 from .cleaned import DEFAULT_LEAK_GRACE_SECONDS, CleanedAgentTracker
 from .lifecycle import AgentLifecycleManager, CleanupResult, SessionStore
 from .monitoring import MonitorResult, Status
@@ -42,6 +42,7 @@ __all__ = [
     "Thresholds",
     "UserAgentSession",
     "agent_counts",
+    "changed_at_end",
     "check_user_id",
     "created_timestamps",
 ]

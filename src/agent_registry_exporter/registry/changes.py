@@ -11,10 +11,11 @@ takes a full snapshot instead), so a mass removal leaves no lasting memory behin
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Reversible
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-__all__ = ["LOG_MIN", "ChangeLog", "Changes"]
+__all__ = ["LOG_MIN", "ChangeLog", "Changes", "changed_at_end"]
 
 # The log always has room for this many users, and for as many as the registry holds: a
 # reader behind by more changes than that gains nothing from a delta over a full snapshot.
@@ -92,3 +93,25 @@ class ChangeLog:
         return Changes(
             self.epoch, generation, self.generation, frozenset(changed), frozenset(removed)
         )
+
+
+class _OfAUser(Protocol):
+    @property
+    def user_id(self) -> str: ...
+
+
+S = TypeVar("S", bound=_OfAUser)
+
+
+def changed_at_end(sessions: Reversible[S], changed: Container[str]) -> list[S]:
+    """The longest run at the end of `sessions` (in the registry's order) whose users all
+    changed, in order: every session created since the changes' generation sits there (a
+    new or re-created session goes last), and changed ones just before them. Read from the
+    end, that run and the session before it only (a `SessionsAt` holds no more)."""
+    run = []
+    for session in reversed(sessions):
+        if session.user_id not in changed:
+            break
+        run.append(session)
+    run.reverse()
+    return run

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from typing import Any
 
-from .changes import ChangeLog, Changes
+from .changes import ChangeLog, Changes, changed_at_end
 from .cleaned import DEFAULT_LEAK_GRACE_SECONDS
 from .lifecycle import AgentLifecycleManager
 from .sessions import Clock, SessionRow, UserAgentSession, check_user_id
@@ -236,12 +237,10 @@ class AgentRegistry:
     def _sessions_at(self, changes: Changes) -> SessionsAt:
         """The sessions now, uncopied: their number and the last ones, back to the first
         whose user did not change (the changed ones at the end: the sessions created since)."""
-        end = []
-        for session in reversed(self._user_sessions.values()):
-            end.append(session)
-            if session.user_id not in changes.changed:
-                break
-        end.reverse()
+        sessions = self._user_sessions.values()
+        end = changed_at_end(sessions, changes.changed)
+        # And the session before them: a reader's scan from the end stops on it.
+        end[:0] = islice(reversed(sessions), len(end), len(end) + 1)
         return SessionsAt(
             lambda: self._user_sessions,
             lambda: self.generation,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from itertools import compress, count
 from typing import Any
 
-from ..registry import SessionColumns, SessionLike, agent_counts
+from ..registry import SessionColumns, SessionLike, agent_counts, changed_at_end
 from .snapshot_codec import Delta
 
 __all__ = ["DeltaMismatch", "apply_delta", "cut_delta"]
@@ -39,12 +39,7 @@ def cut_delta(
 
     Only the end of `sessions` is read, one index at a time: a `SessionsAt` (a snapshot's
     sessions left uncopied) holds just that end, and a slice would copy every session."""
-    at_end: list[SessionLike] = []
-    for session in reversed(sessions):  # stops at the first unchanged session
-        if session.user_id not in changed:
-            break
-        at_end.append(session)
-    at_end.reverse()
+    at_end = changed_at_end(sessions, changed)
     tail = len(at_end)
     in_tail = {s.user_id for s in at_end}
     in_place: list[SessionLike] = []
