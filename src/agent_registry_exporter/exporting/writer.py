@@ -8,6 +8,7 @@ catalogue; how a header looks comes from the `Format`.
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -148,12 +149,21 @@ def lines(line: str, labels: Sequence[str], values: Iterable[float]) -> str:
         raise ValueError(f"{len(labels)} labels but {len(filled)} values")
     if not labels:
         return ""
-    head, tail = line.rsplit("%s", 1)  # the label's place: the value's format follows it
-    between = tail + head
+    head, tail, between, percents = _template(line)
     joined = between.join(labels)
-    if joined.count("%") != (len(labels) - 1) * between.count("%"):  # a label holds a %
+    if joined.count("%") != (len(labels) - 1) * percents:  # a label holds a %
         joined = between.join([label.replace("%", "%%") for label in labels])
     return (head + joined + tail) % filled
+
+
+@functools.lru_cache(maxsize=256)
+def _template(line: str) -> tuple[str, str, str, int]:
+    """`line` split at the label's place (the value's format follows it): the part before,
+    the part after, what goes between two labels, and how many `%` that holds. Once per
+    family and registry, not at each of a scrape's thousands of chunks."""
+    head, tail = line.rsplit("%s", 1)
+    between = tail + head
+    return head, tail, between, between.count("%")
 
 
 def write_families(
