@@ -1,8 +1,9 @@
 """Where rendered text goes: plain parts, or one gzip member assembled from deflate pieces.
 
 The gzip body is built the way pigz joins independently compressed blocks into one stream:
-every cached chunk is raw deflate ended on a byte boundary by a sync flush (never a final
-block), so pieces compressed at different scrapes can be sent back to back. Fresh text is
+every cached chunk is raw deflate ended on a byte boundary by a full flush (never a final
+block, and no reference to anything before it), so pieces compressed at different scrapes
+can be sent back to back. Fresh text is
 compressed by one running stream that is fully flushed (its history dropped) before each
 cached piece, so nothing refers back across a piece it did not compress; in a large body, by
 a helper thread (ISA-L and zlib release the GIL while they compress) while the render
