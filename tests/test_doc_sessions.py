@@ -64,7 +64,10 @@ def test_readme_look_at_metrics_and_the_webhook(tmp_path: Path) -> None:
 def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
     """The sidecar page's session: uvicorn with two workers serving the page's app in slots
     w0 and w1, the sidecar gathering both; every line shown is printed (the share of alice's
-    six agents each worker got aside), and the per-worker counts add up to the six."""
+    six agents each worker got aside), and the per-worker counts add up to the six. Which
+    worker accepts a connection is the kernel's choice: one may get all six (CI saw w0 get
+    none), and then it has no session of alice's and prints no line for her, so her lines are
+    checked against the totals, not against the page."""
     (tmp_path / "app.py").write_text(block("docs/sidecar.md", "python", "serve_registry").text)
     shown = block("docs/sidecar.md", "console", "uvicorn app:app")
     app_port, sidecar_port = free_ports(2)
@@ -78,7 +81,8 @@ def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
     volatile = [
         (r"\.(sock|lock)\s+", r".\1 "),  # ls prints columns on a terminal, lines to a pipe
         (r'\{"agents":\d+\}', '{"agents":N}'),
-        (r"^(agent_registry_(?:user_)?agents\{[^}]*\}) \d+$", r"\1 N"),
+        (r"^(agent_registry_agents\{[^}]*\}) \d+$", r"\1 N"),
+        (r"^agent_registry_user_agents\{[^}]*\} \d+\n", ""),  # checked below
     ]
 
     def after(step: Step) -> None:
@@ -99,7 +103,8 @@ def test_sidecar_session_two_workers_behind_one_sidecar(tmp_path: Path) -> None:
         r'^agent_registry_user_agents\{worker="(w\d+)",user_id="alice"\} (\d+)$', metrics, re.M
     )
     totals = re.findall(r'^agent_registry_agents\{worker="(w\d+)"\} (\d+)$', metrics, re.M)
-    assert sorted(per_user) == sorted(totals)
+    assert sorted(worker for worker, _ in totals) == ["w0", "w1"]
+    assert sorted(per_user) == sorted((w, count) for w, count in totals if count != "0")
     assert sum(int(count) for _, count in totals) == 6
 
 
