@@ -142,6 +142,16 @@ class TestCli:
         assert main(["serve", "--check-config"]) == 2
         assert "agents_per_user" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("limit", ["inf", "-inf", "nan", "Infinity"])
+    def test_a_session_age_limit_that_is_no_number_of_seconds_stops_start_up(
+        self, capsys, monkeypatch, limit
+    ) -> None:
+        """An infinite limit is no limit of seconds: it printed a second +Inf bucket, spelt
+        le="inf", beside the histogram's own. Exit 2 naming the setting, as for zero."""
+        monkeypatch.setenv("AGENT_REGISTRY_EXPORTER_SESSION_AGE_SECONDS", limit)
+        assert main(["serve", "--check-config"]) == 2
+        assert "session_age_seconds" in capsys.readouterr().err
+
     @pytest.mark.processes
     def test_console_script_reports_bad_port(self) -> None:
         """The installed command exits 2 and names the setting on stderr."""

@@ -123,6 +123,15 @@ class TestGarbage:
         assert delta is False
         assert peak < 1 << 20
 
+    @pytest.mark.parametrize("limit", [float("inf"), float("nan"), -1.0])
+    def test_an_age_limit_of_no_seconds_is_refused(self, limit) -> None:
+        """A hostile worker's header with an infinite (JSON's Infinity, which json reads) or
+        NaN session age limit: refused like any bad header, not rendered as a second +Inf
+        bucket spelt le="inf"."""
+        data = encode([SessionRow("u1", 3, 1.0)])
+        with pytest.raises(SnapshotFormatError, match="session_age_seconds"):
+            decode_snapshot(with_header(data, thresholds={"session_age_seconds": limit}))
+
     def test_truncated_snapshot_is_refused(self) -> None:
         """A body cut short never decodes into fewer users."""
         data = encode([SessionRow("u1", 3, 1.0), SessionRow("u2", 4, 2.0)])

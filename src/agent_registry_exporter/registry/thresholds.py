@@ -14,7 +14,10 @@ class Thresholds(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     agents_per_user: int = Field(default=50, gt=0, description="agents in one user's session")
-    session_age_seconds: float = Field(default=24 * 3600, gt=0, description="age of a session")
+    # Finite: an infinite limit is no limit of seconds (it printed a second +Inf bucket).
+    session_age_seconds: float = Field(
+        default=24 * 3600, gt=0, allow_inf_nan=False, description="age of a session"
+    )
     total_agents: int = Field(default=500, gt=0, description="agents in one registry")
 
     def user_issues(self, agent_count: int, uptime_seconds: float) -> list[str]:
