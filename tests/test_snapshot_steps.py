@@ -105,6 +105,31 @@ async def test_a_small_delta_is_read_in_one_step() -> None:
     same_moment(stepped, registry.snapshot(since=since))
 
 
+@pytest.mark.parametrize("changed", [2 * registry_module.ROWS_STEP, 10], ids=["rounds", "one step"])
+async def test_past_max_changes_the_snapshot_is_full_and_no_row_is_read(changed) -> None:
+    """One user more changed or gone than `max_changes`, seen at the first round's start
+    (more than a step of rows) or in the last step (fewer, no round): a full snapshot of
+    that moment, every session copied, no changes, and no changed user's row read (a delta
+    past its worth is thrown away)."""
+    registry = await registry_of(3 * registry_module.ROWS_STEP)
+    since = registry.generation
+    for n in range(1, changed + 1):
+        await registry.register_user_agent(f"u{n}", "a1", object())
+    await registry.detach_session("u0")
+    with mock.patch.object(AgentRegistry, "_row", side_effect=AssertionError("a row read")):
+        stepped = await registry.snapshot_in_steps(since=since, max_changes=changed)
+    assert stepped.changes is None
+    assert stepped.changed_rows is None
+    assert stepped.sessions == registry.sessions()
+    assert stepped.generation == registry.generation
+    # One user fewer and it is a delta again, its rows read.
+    exact = await registry.snapshot_in_steps(since=since, max_changes=changed + 1)
+    assert exact.changes is not None
+    assert exact.changes.users == changed + 1
+    assert exact.changed_rows is not None
+    assert len(exact.changed_rows) == changed
+
+
 operation = st.one_of(
     st.tuples(st.just("register"), st.integers(0, 29), st.integers(0, 2)),
     st.tuples(st.just("unregister"), st.integers(0, 29), st.integers(0, 2)),

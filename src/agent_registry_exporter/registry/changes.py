@@ -35,6 +35,11 @@ class Changes:
     # Ids present at `since` (or added after) and gone now.
     removed: frozenset[str]
 
+    @property
+    def users(self) -> int:
+        """How many users changed or went: what a delta of these changes carries."""
+        return len(self.changed) + len(self.removed)
+
 
 class ChangeLog:
     """The user each generation changed, the last `max(LOG_MIN, held())` to twice that of

@@ -191,6 +191,7 @@ class AgentRegistry:
         leak_grace_seconds: float = DEFAULT_LEAK_GRACE_SECONDS,
         since: int | None = None,
         copy_sessions: bool = True,
+        max_changes: int | None = None,
     ) -> RegistrySnapshot:
         """`snapshot()`, the changed users' rows read `ROWS_STEP` at a time with the loop
         running between steps (1,000 rows held it ~2 ms in one go at 100,000 users).
@@ -201,8 +202,14 @@ class AgentRegistry:
         With `copy_sessions=False` a snapshot carrying changes keeps only the number of
         sessions and the last ones (`SessionsAt`: what a render of the changes reads);
         read whole after the registry changed, they raise `SnapshotExpired`.
+
+        Past `max_changes` users changed or gone since `since` (seen at a round's start or
+        in the last step), no more rows are read: the snapshot is a full one, as without
+        `since` (no changes, every session copied), however the rounds went. A backend
+        changing users faster than the rounds read them never makes the last step read
+        more than that many rows.
         """
-        rows = _ChangedRows(since)
+        rows = _ChangedRows(since, max_changes)
         for _ in range(_ROUNDS):
             if since is None or not await rows.read_in_steps(self):
                 break
@@ -216,7 +223,7 @@ class AgentRegistry:
         copy_sessions: bool = True,
     ) -> RegistrySnapshot:
         tracker = self.lifecycle_manager.cleaned_agents
-        changes = None if since is None else self.changes_since(since)
+        changes = None if since is None else rows.changes(self, since)
         changed_rows = None if changes is None else rows.finish(self, changes)
         sessions: Sequence[UserAgentSession] = (
             self.sessions() if copy_sessions or changes is None else self._sessions_at(changes)
@@ -289,17 +296,28 @@ class _ChangedRows:
     before its user changed again is read again, so at the end every row is the user's now.
     """
 
-    __slots__ = ("read_from", "rows")
+    __slots__ = ("most", "past_most", "read_from", "rows")
 
-    def __init__(self, since: int | None) -> None:
+    def __init__(self, since: int | None, most: int | None = None) -> None:
         self.read_from = since  # every row is its user's as of this generation or later
         self.rows: dict[str, SessionRow] = {}
+        self.most = most  # past this many users changed or gone since `since`: no delta
+        self.past_most = False
+
+    def changes(self, registry: AgentRegistry, since: int) -> Changes | None:
+        """What changed since `since`, now; None past `most` users (then or before)."""
+        changes = None if self.past_most else registry.changes_since(since)
+        if changes is not None and self.most is not None and changes.users > self.most:
+            self.past_most = True
+            return None
+        return changes
 
     async def read_in_steps(self, registry: AgentRegistry) -> bool:
         """Read the users changed since `read_from`, `ROWS_STEP` at a time, yielding to the
-        loop between steps; False (nothing read) when few enough are left for one step."""
+        loop between steps; False (nothing read) when few enough are left for one step, or
+        too many (past `most`: those changed since `read_from` changed since `since` too)."""
         assert self.read_from is not None
-        changes = registry.changes_since(self.read_from)
+        changes = self.changes(registry, self.read_from)
         if changes is None or len(changes.changed) <= ROWS_STEP:
             return False
         self._forget(changes.removed)

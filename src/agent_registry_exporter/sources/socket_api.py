@@ -211,19 +211,28 @@ async def _delta(app: web.Application, since: int, epoch: str) -> bytes | None:
     # is ~1.5 ms at 5,000 changed users); a change meanwhile is read with the rest.
     await asyncio.sleep(0)
     snapshot = await registry.snapshot_in_steps(
-        leak_grace_seconds=app[_LEAK_GRACE], since=since, copy_sessions=False
+        leak_grace_seconds=app[_LEAK_GRACE],
+        since=since,
+        copy_sessions=False,
+        max_changes=_MAX_DELTA,
     )
+    if snapshot.changes is None:  # past the bound while the rows were read: a full one
+        return await _encoded_full(app, snapshot)
     # No await from here to the bytes: the snapshot's sessions are left uncopied, true only
     # until the registry changes.
     return delta_answer(_with_memory(snapshot), app[_IDENTITY])
 
 
 async def _full(app: web.Application) -> bytes:
+    return await _encoded_full(app, app[_REGISTRY].snapshot(leak_grace_seconds=app[_LEAK_GRACE]))
+
+
+async def _encoded_full(app: web.Application, snapshot: RegistrySnapshot) -> bytes:
+    """A full snapshot (every session copied) taken with no await since, encoded in steps
+    at the registry's position (the snapshot's, with no await between)."""
     registry = app[_REGISTRY]
-    # The snapshot and its position in one step, with no await between.
-    snapshot = _with_memory(registry.snapshot(leak_grace_seconds=app[_LEAK_GRACE]))
     position = Position(registry.epoch, registry.generation)
-    return await encode_snapshot(snapshot, app[_IDENTITY], position)
+    return await encode_snapshot(_with_memory(snapshot), app[_IDENTITY], position)
 
 
 def _with_memory(snapshot: RegistrySnapshot) -> RegistrySnapshot:
@@ -231,7 +240,7 @@ def _with_memory(snapshot: RegistrySnapshot) -> RegistrySnapshot:
 
 
 def _too_many(changes: Changes) -> bool:
-    return len(changes.changed) + len(changes.removed) > _MAX_DELTA
+    return changes.users > _MAX_DELTA
 
 
 def delta_answer(snapshot: RegistrySnapshot, identity: WorkerIdentity) -> bytes | None:
