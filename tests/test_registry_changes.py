@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agent_registry_exporter import AgentRegistry
 from agent_registry_exporter.registry import Changes, DuplicateAgentError
+from agent_registry_exporter.registry import changes as changes_module
 from agent_registry_exporter.registry.changes import LOG_MIN
 
 from .conftest import FakeClock, RecordingAgent
@@ -178,6 +179,49 @@ class TestUnknownGenerations:
         for n, mark in enumerate(marks):
             expected = {f"u{m % 7}" for m in range(n, 50)}
             assert changed_since(registry, mark).changed == expected
+
+
+class TestMostUsers:
+    async def test_past_most_users_changed_or_gone_is_none(self, registry) -> None:
+        """`most`: past that many users changed or gone, None (a full snapshot answers); at
+        it, the changes, every user once however often it changed."""
+        start = registry.generation
+        for n in range(4):
+            await registry.register_user_agent(f"u{n}", "a", object())
+            await registry.register_user_agent(f"u{n}", "b", object())
+        await registry.detach_session("u0")
+        assert registry.changes_since(start, most=3) is None
+        changes = registry.changes_since(start, registry.epoch, most=4)
+        assert changes is not None
+        assert (changes.changed, changes.removed) == ({"u1", "u2", "u3"}, {"u0"})
+        assert changes.users == 4
+        assert registry.changes_since(registry.generation, most=0) is not None  # none changed
+
+    async def test_a_reader_far_behind_stops_reading_past_most(self, registry, monkeypatch) -> None:
+        """A sidecar far behind (a mass change since it asked) costs the worker's loop the
+        log up to `most` users, not the whole log since its generation in one step (100,000
+        users changed: 23 ms, 0.25 ms read to 5,000)."""
+        monkeypatch.setattr(changes_module, "_READ_STEP", 8)
+        start = registry.generation
+        for n in range(1000):
+            await registry.register_user_agent(f"u{n}", "a", object())
+        read = 0
+
+        class Counted(list[str]):
+            def __getitem__(self, index):  # type: ignore[no-untyped-def]
+                nonlocal read
+                got = super().__getitem__(index)
+                read += len(got) if isinstance(index, slice) else 1
+                return got
+
+        registry._log._ids = Counted(registry._log._ids)  # type: ignore[attr-defined]
+        logged = registry.generation - start
+        per_user = logged // 1000  # a session's creation and its agent: one change each
+        assert registry.changes_since(start, most=20) is None
+        assert 20 * per_user < read <= 21 * per_user + 8  # one step past the 21st user
+        read = 0
+        assert len(changed_since(registry, start).changed) == 1000  # unbounded: all read
+        assert read == logged
 
 
 class TestTotals:

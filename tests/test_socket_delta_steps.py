@@ -29,9 +29,11 @@ class ReadWatchingRegistry(AgentRegistry):
         super().__init__()
         self.reading = asyncio.Event()
 
-    def changes_since(self, generation: int, epoch: str | None = None) -> Changes | None:
+    def changes_since(
+        self, generation: int, epoch: str | None = None, *, most: int | None = None
+    ) -> Changes | None:
         self.reading.set()
-        return super().changes_since(generation, epoch)
+        return super().changes_since(generation, epoch, most=most)
 
 
 async def registry_of(users: int) -> ReadWatchingRegistry:

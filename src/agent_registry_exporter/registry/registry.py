@@ -90,11 +90,14 @@ class AgentRegistry:
         """Users the change log holds (bounded: see `changes_since`)."""
         return len(self._log)
 
-    def changes_since(self, generation: int, epoch: str | None = None) -> Changes | None:
+    def changes_since(
+        self, generation: int, epoch: str | None = None, *, most: int | None = None
+    ) -> Changes | None:
         """The users changed and removed since `generation`, or None when that generation is
-        unknown here (another `epoch`, the future, or older than the bounded log keeps): the
-        reader then takes a full snapshot. Cheap: it reads only the newer changes."""
-        return self._log.since(generation, epoch, self._user_sessions)
+        unknown here (another `epoch`, the future, or older than the bounded log keeps) or,
+        given `most`, when more users than that changed or went: the reader then takes a
+        full snapshot. Cheap: it reads only the newer changes, and no further than `most`."""
+        return self._log.since(generation, epoch, self._user_sessions, most)
 
     def session_changed(self, session: UserAgentSession, agents_delta: int) -> None:
         """A caller changed a session the registry holds (backdated it, drained it)."""
@@ -296,20 +299,19 @@ class _ChangedRows:
     before its user changed again is read again, so at the end every row is the user's now.
     """
 
-    __slots__ = ("most", "past_most", "read_from", "rows")
+    __slots__ = ("most", "no_delta", "read_from", "rows")
 
     def __init__(self, since: int | None, most: int | None = None) -> None:
         self.read_from = since  # every row is its user's as of this generation or later
         self.rows: dict[str, SessionRow] = {}
         self.most = most  # past this many users changed or gone since `since`: no delta
-        self.past_most = False
+        self.no_delta = False
 
     def changes(self, registry: AgentRegistry, since: int) -> Changes | None:
-        """What changed since `since`, now; None past `most` users (then or before)."""
-        changes = None if self.past_most else registry.changes_since(since)
-        if changes is not None and self.most is not None and changes.users > self.most:
-            self.past_most = True
-            return None
+        """What changed since `since`, now; None past `most` users or once the log could
+        not tell (then or at an earlier read: the snapshot is a full one)."""
+        changes = None if self.no_delta else registry.changes_since(since, most=self.most)
+        self.no_delta = changes is None
         return changes
 
     async def read_in_steps(self, registry: AgentRegistry) -> bool:

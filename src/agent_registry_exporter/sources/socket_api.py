@@ -202,10 +202,9 @@ async def _snapshot(request: web.Request) -> web.Response:
 async def _delta(app: web.Application, since: int, epoch: str) -> bytes | None:
     """The delta since generation `since` of `epoch`, its rows read in steps; None when a
     full snapshot must answer (another epoch, a generation unknown here, too many changes:
-    known before any row is read)."""
+    known before any row is read, or while the rows are)."""
     registry = app[_REGISTRY]
-    changes = registry.changes_since(since, epoch)
-    if changes is None or _too_many(changes):
+    if registry.changes_since(since, epoch, most=_MAX_DELTA) is None:
         return None
     # A loop turn before the rows' first step, which reads the change log again (each read
     # is ~1.5 ms at 5,000 changed users); a change meanwhile is read with the rest.
