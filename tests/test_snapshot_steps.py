@@ -94,6 +94,32 @@ async def test_the_in_process_source_reads_its_deltas_in_steps() -> None:
     assert len(snapshot.changes.changed) == 3 * registry_module.ROWS_STEP
 
 
+@pytest.mark.parametrize("users", [40_000, 100_000])
+async def test_the_in_process_source_takes_no_delta_of_most_users(users) -> None:
+    """A mass change (every user re-registered, a mass cleanup): more users changed than
+    the bound (a tenth of the users, at least 5,000) and the snapshot is a full one, the
+    host's loop spared the whole change log and rows in one step (a render of that many
+    changes touches every chunk anyway); at the bound, a delta still."""
+    registry = await registry_of(users)
+    source = InProcessSource(registry)
+    await source.snapshot()
+    bound = max(5_000, users // 10)
+    for n in range(bound):
+        await registry.register_user_agent(f"u{n}", "a1", object())
+    at_bound = await source.snapshot()
+    assert at_bound.changes is not None
+    assert at_bound.changes.users == bound
+    for n in range(bound + 1):
+        await registry.register_user_agent(f"u{n}", "a2", object())
+    with mock.patch.object(AgentRegistry, "_row", side_effect=AssertionError("a row read")):
+        past = await source.snapshot()
+    assert past.changes is None
+    assert past.sessions == registry.sessions()
+    later = await source.snapshot()  # and the next one is a delta since that full one
+    assert later.changes is not None
+    assert later.changes.since == past.generation
+
+
 async def test_a_small_delta_is_read_in_one_step() -> None:
     registry = await registry_of(10)
     since = registry.generation

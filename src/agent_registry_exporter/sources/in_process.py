@@ -12,6 +12,13 @@ from ..registry import (
 
 __all__ = ["InProcessSource"]
 
+# A snapshot carries the changes of at most this share of the users (and never fewer than
+# the floor): past it a render of the changes touches nearly every chunk anyway (96% of the
+# 64-user chunks hold a changed user at 5% scattered churn), and reading the changes would
+# hold the host's loop for the change log (~25 ms at 100,000 users changed) in one step.
+_DELTA_SHARE = 10
+_DELTA_FLOOR = 5_000
+
 
 class InProcessSource:
     """A registry living in the same process (the embedded "sidecar server")."""
@@ -35,12 +42,13 @@ class InProcessSource:
     async def snapshot(self) -> RegistrySnapshot:
         """The registry now, with what changed since the previous snapshot (a renderer that
         rendered that one re-renders only the changed users), the changed users read in
-        steps so the loop keeps running."""
+        steps so the loop keeps running; a full one past a tenth of the users changed."""
+        users = len(self.registry)
         snapshot = await self.registry.snapshot_in_steps(
             leak_grace_seconds=self.leak_grace_seconds,
             since=self._last_generation,
-            copy_sessions=self.delta_renders_up_to <= 0
-            or len(self.registry) > self.delta_renders_up_to,
+            copy_sessions=self.delta_renders_up_to <= 0 or users > self.delta_renders_up_to,
+            max_changes=max(_DELTA_FLOOR, users // _DELTA_SHARE),
         )
         self._last_generation = snapshot.generation
         return snapshot
