@@ -30,8 +30,10 @@ from agent_registry_exporter.exporting.chunks import spans
 from agent_registry_exporter.exporting.columns import SLICE, session_columns, sliced_sum
 from agent_registry_exporter.exporting.selection import select_indexes
 from agent_registry_exporter.registry import SessionColumns
+from agent_registry_exporter.sources import decode_snapshot
 
 from .conftest import ENGINES, T0, loopback_exporter
+from .test_snapshot_codec import encode, with_header
 
 OWN = b"# HELP process_"  # the exporter's own figures move between renders: compared apart
 
@@ -426,6 +428,65 @@ class TestSelection:
         limits = Thresholds(agents_per_user=10, session_age_seconds=86_400)
         expected = by_sorting_everyone(counts, created, keep, limits, min_pressure)
         assert select_indexes(counts, created, T0, limits, keep, min_pressure) == expected
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 60) | st.integers(0, 2**63 - 1),
+                st.floats(-1e5, 1e5) | st.floats(allow_nan=False),  # any float64 but NaN
+            ),
+            max_size=40,
+        ),
+        st.integers(1, 45),
+        st.booleans(),
+        st.floats(1e-300, 1e300),
+        st.sampled_from([0.0, 0.5]),
+    )
+    def test_any_float_a_hostile_worker_sends_is_ranked_exactly(
+        self, users, keep, in_creation_order, age_limit, min_pressure
+    ) -> None:
+        """A worker's columns carry any float64 (an infinite or 1e300-old creation time, a
+        count of 2**63 - 1) and an age limit of any finite size: the selection is still the
+        reference's. Before, a tiny limit or a created of -1e300 looped forever finding the
+        least count of the bound's pressure (adding 1 to ~1e300 changes no float), -inf
+        raised OverflowError and -1e20 an IndexError (the age cut's millisecond lost to
+        rounding left fewer candidates than kept users)."""
+        if in_creation_order:
+            users = sorted(users, key=lambda u: u[1])
+        counts = [c for c, _ in users]
+        created = [t for _, t in users]
+        limits = Thresholds(agents_per_user=50, session_age_seconds=age_limit)
+        expected = by_sorting_everyone(counts, created, keep, limits, min_pressure)
+        assert select_indexes(counts, created, T0, limits, keep, min_pressure) == expected
+
+    @pytest.mark.parametrize("limit", [1e-300, 5e-324, 1e300])
+    def test_nan_creation_times_and_extreme_limits_neither_hang_nor_fail(self, limit) -> None:
+        """A NaN creation time ranks nowhere in particular (it has no pressure), and an age
+        limit so small that its inverse is infinite makes pressures NaN: the choice is still
+        made, of at most `keep` distinct users."""
+        created = [float("nan") if i % 3 else T0 - i for i in range(30)]
+        counts = [60 if i in (4, 7) else 1 for i in range(30)]
+        limits = Thresholds(agents_per_user=50, session_age_seconds=limit)
+        for in_order_prefix in (created, sorted(created[::3]) + created):
+            chosen = select_indexes(counts * 2, in_order_prefix[:30] * 2, T0, limits, 10)
+            assert chosen == sorted(set(chosen))
+            assert len(chosen) <= 10
+            assert all(0 <= i < 60 for i in chosen)
+
+    @pytest.mark.parametrize(
+        ("created", "limit"),
+        [(-1e300, 86_400.0), (-1e20, 86_400.0), (float("-inf"), 86_400.0), (1.0, 1e-300)],
+    )
+    def test_a_hostile_workers_answer_renders_under_the_cap(self, created, limit) -> None:
+        """Decoded from a worker's answer as the sidecar gets it: a column of absurd
+        creation times, or a 1e-300 s age limit, rendered with more users than the cap. It
+        hung the render thread (holding its slot and the cache) or failed every scrape."""
+        rows = [SessionRow(f"u{i}", 1, created if i < 12 else 1.0 + i) for i in range(20)]
+        limits = Thresholds(session_age_seconds=limit).model_dump()
+        _, snapshot = decode_snapshot(with_header(encode(rows), thresholds=limits))
+        body = render(snapshot, ExporterMetrics("1"), format=TEXT, max_user_series=10).body
+        assert body.decode().count("agent_registry_user_agents{") == 10
 
     @pytest.mark.parametrize("in_creation_order", [True, False])
     def test_a_few_violators_among_many_users_are_found(self, in_creation_order) -> None:

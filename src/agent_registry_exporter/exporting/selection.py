@@ -62,8 +62,7 @@ def select_indexes(
     kth_created, in_order = _kth_created(created, keep)
     bound = max(_kth_count(packed, keep) * per_agent, (now - kth_created) * per_second)
     min_count = _min_count(bound, per_agent)
-    # Candidates by age: a cut a millisecond generous; the exact pressure decides below.
-    latest_created = now - bound / per_second + 1e-3
+    latest_created = _latest_created(now, bound, per_second)
     many = _at_least(packed, counts, min_count)
     if in_order:  # in creation order, the oldest sessions are a prefix
         oldest = bisect.bisect_right(created, latest_created)
@@ -71,6 +70,10 @@ def select_indexes(
         candidates += sorted(i for i in many if i >= oldest)
     else:
         candidates = sorted(many.union(_created_by(created, latest_created)))
+    if len(candidates) < keep:
+        # Only where the bounds cannot be trusted: NaN creation times, or pressures made
+        # NaN by an age limit whose inverse is infinite (a hostile worker's). Rank them all.
+        candidates = list(range(total))
     if len(candidates) == keep:
         return candidates
     pressures = _pressures(counts, created, now, per_agent, per_second, candidates)
@@ -94,7 +97,7 @@ def _at_pressure(
     per_agent = 1.0 / limits.agents_per_user
     per_second = 1.0 / limits.session_age_seconds
     many = _at_least(_packed(counts), counts, _min_count(min_pressure, per_agent))
-    latest_created = now - min_pressure / per_second + 1e-3  # generous; decided exactly below
+    latest_created = _latest_created(now, min_pressure, per_second)
     candidates = sorted(many.union(_created_by(created, latest_created)))
     pressures = _pressures(counts, created, now, per_agent, per_second, candidates)
     return [i for i, p in zip(candidates, pressures, strict=True) if p >= min_pressure]
@@ -161,9 +164,30 @@ def _created_by(created: Sequence[float], latest: float) -> set[int]:
     return found
 
 
+def _latest_created(now: float, pressure: float, per_second: float) -> float:
+    """The latest creation time whose age pressure may reach `pressure`: generous by a
+    millisecond and by far more than the rounding at these magnitudes (a hostile worker's
+    created of -1e20 lost the millisecond); the exact pressure decides."""
+    latest = now - pressure / per_second
+    if math.isfinite(latest):
+        latest += 1e-3 + 1e-12 * (abs(latest) + abs(now))
+    return latest
+
+
+# Past this many agents `count * per_agent` moves by less than one count's worth: the least
+# count of a pressure is then taken generously, not exactly (a hostile worker's column).
+_EXACT_COUNTS = 2**52
+
+
 def _min_count(bound: float, per_agent: float) -> int:
-    """The smallest count whose agent pressure (`count * per_agent`) reaches `bound`, exactly."""
-    min_count = max(0, math.ceil(bound / per_agent))
+    """The smallest count whose agent pressure (`count * per_agent`) reaches `bound`, exactly
+    (below `_EXACT_COUNTS`; above it, a little less: candidates to spare)."""
+    quotient = bound / per_agent
+    if not quotient < _EXACT_COUNTS:  # also NaN and inf: no count reaches an inf pressure
+        if not math.isfinite(quotient):
+            return 2**64 if quotient > 0 else 0  # past any count a column carries (int64)
+        return math.floor(quotient * (1 - 1e-9))
+    min_count = max(0, math.ceil(quotient))
     while min_count > 0 and (min_count - 1) * per_agent >= bound:
         min_count -= 1
     while min_count * per_agent < bound:
