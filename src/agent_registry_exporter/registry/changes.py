@@ -21,7 +21,7 @@ __all__ = ["LOG_MIN", "ChangeLog", "Changes", "changed_at_end"]
 # reader behind by more changes than that gains nothing from a delta over a full snapshot.
 LOG_MIN = 1024
 
-# A reader with a bound reads the log this many generations at a time, stopping once past
+# A reader reads the log this many generations at a time; one with a bound stops once past
 # it: a sidecar far behind (100,000 users changed since) costs 0.25 ms, not 23 ms.
 _READ_STEP = 4096
 
@@ -102,15 +102,11 @@ class ChangeLog:
             return None
         if not self._base <= generation <= self.generation:
             return None
-        ids, start = self._ids, generation - self._base
-        if most is None:
-            users = set(ids[start:])
-        else:
-            users = set()
-            for lo in range(start, len(ids), _READ_STEP):
-                users.update(ids[lo : lo + _READ_STEP])
-                if len(users) > most:
-                    return None
+        ids, users = self._ids, set()
+        for lo in range(generation - self._base, len(ids), _READ_STEP):
+            users.update(ids[lo : lo + _READ_STEP])
+            if most is not None and len(users) > most:
+                return None
         changed: set[str] = set()
         removed: set[str] = set()
         for user_id in users:
