@@ -21,7 +21,7 @@ from agent_registry_exporter.registry import (
     SnapshotExpired,
 )
 from agent_registry_exporter.registry import registry as registry_module
-from agent_registry_exporter.sources import InProcessSource
+from agent_registry_exporter.sources import InProcessSource, in_process
 
 from .conftest import FakeClock, loopback_exporter
 from .test_render_cache import registry_part
@@ -103,7 +103,7 @@ async def test_the_in_process_source_takes_no_delta_of_most_users(users) -> None
     registry = await registry_of(users)
     source = InProcessSource(registry)
     await source.snapshot()
-    bound = max(5_000, users // 10)
+    bound = max(in_process._DELTA_FLOOR, users // in_process._DELTA_SHARE)
     for n in range(bound):
         await registry.register_user_agent(f"u{n}", "a1", object())
     at_bound = await source.snapshot()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -220,14 +221,6 @@ class TestTooManyChanges:
         monkeypatch.setattr(socket_api, "_MAX_DELTA", 40)
         monkeypatch.setattr(registry_module, "ROWS_STEP", 2)
         registry = await registry_of(30)
-        rows_read = 0
-        row = AgentRegistry._row
-
-        def counted(self: AgentRegistry, user_id: str) -> object:
-            nonlocal rows_read
-            rows_read += 1
-            return row(self, user_id)
-
         handle = await serve_registry(registry, socket_dir, worker="w1")
         states: dict[int, Rows] = {}
         answered = asyncio.Event()
@@ -242,24 +235,23 @@ class TestTooManyChanges:
                 states[registry.generation] = rows_of(registry)
                 await asyncio.sleep(0)
 
-        async def answer_during(churning: asyncio.Task[None]) -> Answer:
-            monkeypatch.setattr(AgentRegistry, "_row", counted)
-            try:
-                return await snapshot_answer(handle.path, since(full.position))
-            finally:
-                monkeypatch.setattr(AgentRegistry, "_row", row)
-                answered.set()
-                await churning
-
         try:
             full = await snapshot_answer(handle.path)
             await touch_all_but_the_last(registry, 30)  # 29 changed: 15 steps of 2
             states[registry.generation] = rows_of(registry)
             registry.reading.clear()
-            answer = await answer_during(asyncio.ensure_future(churn()))
+            churning = asyncio.ensure_future(churn())
+            try:
+                with mock.patch.object(
+                    AgentRegistry, "_row", autospec=True, side_effect=AgentRegistry._row
+                ) as rows_read:
+                    answer = await snapshot_answer(handle.path, since(full.position))
+            finally:
+                answered.set()
+                await churning
         finally:
             await handle.stop()
         assert answer.delta is None
         assert answer.position is not None
         assert list(columns(answer)) == states[answer.position.generation]
-        assert 0 < rows_read <= socket_api._MAX_DELTA
+        assert 0 < rows_read.call_count <= socket_api._MAX_DELTA
